@@ -1,0 +1,165 @@
+"""One direction of one connection: captured chunks in, parsed frames out.
+
+The capture delivers, per syscall, a bounded prefix of the bytes plus their true length.
+This class keeps the bytes that may still start or complete a frame, lets a parser declare
+that a frame extends past what was captured (``end > len(buf)``: those bytes are skipped,
+across gaps), and re-synchronises with the parser's ``find_boundary`` after garbage or after
+a gap it cannot skip.  Buffers are bounded; work is linear in the bytes received.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from protocol.base import ParseState
+
+SUCCESS = ParseState.SUCCESS
+NEEDS_MORE_DATA = ParseState.NEEDS_MORE_DATA
+INVALID = ParseState.INVALID
+IGNORE = ParseState.IGNORE
+
+MAX_BUFFERED = 256 * 1024   # bytes held waiting for a frame to complete
+MAX_FRAMES = 4096           # frames waiting for the stitcher
+
+
+class StreamStats:
+    __slots__ = ("invalid", "resyncs", "gaps", "dropped_bytes", "dropped_frames", "exceptions")
+
+    def __init__(self):
+        self.invalid = self.resyncs = self.gaps = 0
+        self.dropped_bytes = self.dropped_frames = self.exceptions = 0
+
+
+class DataStream:
+    __slots__ = ("parser", "frames", "buf", "base_ts", "skip", "need", "resync", "stats",
+                 "last_error")
+
+    def __init__(self, parser, stats: StreamStats | None = None):
+        self.parser = parser
+        self.frames = deque()
+        self.buf = b""          # bytes not yet consumed (never more than MAX_BUFFERED)
+        self.base_ts = 0        # timestamp of the event holding buf[0]
+        self.skip = 0           # bytes still to skip (a frame's uncaptured tail)
+        self.need = 0           # len(buf) the parser asked for before it is worth retrying
+        self.resync = False     # the next bytes must be searched for a frame boundary
+        self.stats = stats if stats is not None else StreamStats()
+        self.last_error = None
+
+    # -- input -------------------------------------------------------------------------
+    def append(self, data, true_len: int, ts: int) -> None:
+        """``data``: captured bytes of one syscall (a prefix); ``true_len``: bytes that
+        really crossed the socket (>= len(data)); ``ts``: its timestamp in ns."""
+        cap = len(data)
+        if true_len < cap:
+            true_len = cap
+        if self.skip:
+            if self.skip >= true_len:
+                self.skip -= true_len
+                return
+            n = self.skip
+            self.skip = 0
+            true_len -= n
+            data = data[n:] if n < cap else b""
+            cap = len(data)
+        missing = true_len - cap
+        if data:
+            if self.buf:
+                self.buf += data
+            else:
+                self.buf = data
+                self.base_ts = ts
+            if len(self.buf) >= self.need:
+                self._parse(ts)
+        if missing:
+            self._gap(missing)
+
+    def gap(self, nbytes: int) -> None:
+        """Bytes that crossed the socket but were not captured at all (sendfile, drops)."""
+        if nbytes <= 0:
+            return
+        if self.skip >= nbytes:
+            self.skip -= nbytes
+            return
+        self._gap(nbytes)
+
+    # -- internals ---------------------------------------------------------------------
+    def _gap(self, missing: int) -> None:
+        if self.skip:
+            if self.skip >= missing:
+                self.skip -= missing
+                return
+            missing -= self.skip
+            self.skip = 0
+        # Uncaptured bytes that no frame claims: whatever is buffered can never complete.
+        self.stats.gaps += 1
+        self.stats.dropped_bytes += len(self.buf) + missing
+        self.buf = b""
+        self.need = 0
+        self.resync = True
+
+    def _parse(self, ts: int) -> None:
+        parser = self.parser
+        buf = self.buf
+        n = len(buf)
+        pos = 0
+        # base_ts applies to buf[0] (start of a partially received frame); every frame that
+        # starts later starts within the newest event.
+        frame_ts = self.base_ts
+        frames = self.frames
+        self.need = 0
+        try:
+            if self.resync:
+                b = parser.find_boundary(buf, 0)
+                if b < 0:
+                    self.stats.dropped_bytes += n
+                    self.buf = b""
+                    return
+                self.stats.resyncs += 1
+                pos = b
+                self.resync = False
+            while pos < n:
+                state, frame, end = parser.parse(buf, pos, frame_ts)
+                if state is SUCCESS or state is IGNORE:
+                    if frame is not None:
+                        if len(frames) >= MAX_FRAMES:
+                            frames.popleft()
+                            self.stats.dropped_frames += 1
+                        frames.append(frame)
+                    if end <= pos:       # a parser bug; never loop forever
+                        end = pos + 1
+                    if end >= n:
+                        self.skip = end - n
+                        self.buf = b""
+                        return
+                    pos = end
+                    frame_ts = ts
+                elif state is NEEDS_MORE_DATA:
+                    if end > n:          # the parser knows how many bytes it needs
+                        self.need = end - pos
+                    break
+                else:
+                    self.stats.invalid += 1
+                    b = parser.find_boundary(buf, pos + 1)
+                    if b < 0:
+                        self.stats.dropped_bytes += n - pos
+                        self.buf = b""
+                        self.resync = True
+                        return
+                    self.stats.dropped_bytes += b - pos
+                    pos = b
+                    frame_ts = ts
+        except Exception as exc:  # a parser bug must not take the probe down
+            self.stats.exceptions += 1
+            self.last_error = exc
+            self.buf = b""
+            self.resync = True
+            return
+        rest = n - pos
+        if rest > MAX_BUFFERED:
+            self.stats.dropped_bytes += rest
+            self.buf = b""
+            self.resync = True
+            return
+        if pos:
+            self.buf = buf[pos:]
+            self.base_ts = frame_ts
+        # else: keep buf and base_ts (the frame in progress started there)
