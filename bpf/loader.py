@@ -1,0 +1,204 @@
+"""Compile, load and attach the BPF side; feature detection; map access for user space.
+
+Everything BCC-specific lives here, so the rest of the probe can be tested without BPF.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+
+from bpf.layout import DEFINES
+from protocol import registry
+
+log = logging.getLogger("l7probe")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+INCLUDE = os.path.join(ROOT, "include")
+
+CAP_MAX = 32768              # hard upper bound of bytes captured per syscall
+DEFAULT_CAP = 16384          # default bytes captured per syscall
+RINGBUF_PAGES = 4096         # 16 MiB ring buffer (power of two pages)
+PERF_PAGES = 256             # per-CPU perf buffer pages (fallback)
+
+TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+class ProbeError(Exception):
+    """A condition that stops the probe with a one-line message (never a traceback)."""
+
+
+def check_environment():
+    """Raise ProbeError saying what to do if this machine cannot run the probe."""
+    if os.geteuid() != 0:
+        raise ProbeError("l7probe must run as root (it loads eBPF programs): try sudo")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        raise ProbeError("BCC's Python module 'bcc' is missing: install python3-bpfcc "
+                         "(apt-get install python3-bpfcc) and run with /usr/bin/python3 or "
+                         "a venv made with --system-site-packages (make venv)")
+    build = "/lib/modules/%s/build" % platform.release()
+    if not os.path.isdir(os.path.join(build, "include")):
+        raise ProbeError("no kernel headers at %s: run 'make deps' (installs "
+                         "linux-headers and links them for this kernel)" % build)
+    if not any(os.path.isdir(os.path.join(t, "events", "syscalls")) for t in TRACEFS):
+        raise ProbeError("tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing "
+                         "(or run 'make deps')")
+
+
+def _tp_exists(category, event):
+    return any(os.path.isdir(os.path.join(t, "events", category, event)) for t in TRACEFS)
+
+
+class Capture:
+    """The loaded BPF object and its maps."""
+
+    def __init__(self, cap_bytes=DEFAULT_CAP):
+        from bcc import BPF
+        self.BPF = BPF
+        self.cap_bytes = max(64, min(int(cap_bytes), CAP_MAX))
+        self.features = {}
+        self.bpf = None
+        self._lost = 0
+
+    # -- loading ------------------------------------------------------------------------
+    def load(self):
+        BPF = self.BPF
+        kver = tuple(int(x) for x in platform.release().split("-")[0].split(".")[:2])
+        have_ringbuf = kver >= (5, 8)
+        have_sock_len = _tp_exists("sock", "sock_send_length") and \
+            _tp_exists("sock", "sock_recv_length")
+        self.features = {"ringbuf": have_ringbuf, "sock_length_tracepoints": have_sock_len,
+                         "kprobes": bool(self._kprobes_available())}
+        defines = {"CAP_MAX": CAP_MAX, "RINGBUF": int(have_ringbuf),
+                   "RINGBUF_PAGES": RINGBUF_PAGES, "HAVE_SOCK_LEN_TP": int(have_sock_len),
+                   "NR_CPUS_MAX": _possible_cpus()}
+        defines.update(registry.c_defines())
+        cflags = ["-I" + INCLUDE, "-Wno-macro-redefined", "-Wno-unused-function"]
+        cflags += ["-D%s=%d" % kv for kv in sorted(defines.items())]
+        with open(os.path.join(HERE, "probe.c")) as f:
+            text = f.read()
+        try:
+            self.bpf = BPF(text=text, cflags=cflags)
+        except Exception as exc:  # BCC raises bare Exception on compile/load errors
+            raise ProbeError("failed to load the BPF program: %s" % str(exc).splitlines()[0])
+        how = ("sock:sock_send_length/sock_recv_length tracepoints" if have_sock_len else
+               "connection map only (no sock_*_length tracepoints; kprobes %s)"
+               % ("present but unused" if self.features["kprobes"] else "absent"))
+        log.info("capture: syscall tracepoints; socket check: %s; output: %s",
+                 how, "ring buffer" if have_ringbuf else "perf buffer")
+        self.conns = self.bpf["conns"]
+        self.config = self.bpf["config"]
+        self.pids = self.bpf["pids"]
+        self.stats = self.bpf["stats"]
+        self._events = self.bpf["events"]
+        self._ringbuf = have_ringbuf
+
+    def _kprobes_available(self):
+        try:
+            return os.path.exists("/sys/kernel/tracing/kprobe_events") or \
+                os.path.exists("/sys/kernel/debug/tracing/kprobe_events")
+        except OSError:
+            return False
+
+    def open_output(self, callback):
+        """``callback(data: bytes)`` for each record."""
+        def _cb(*args):
+            # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
+            callback(ctypes.string_at(args[1], args[2]))
+
+        def _lost(cpu, count):
+            self._lost += count
+        self._cb = _cb
+        if self._ringbuf:
+            self._events.open_ring_buffer(_cb)
+        else:
+            self._events.open_perf_buffer(_cb, page_cnt=PERF_PAGES, lost_cb=_lost)
+
+    def poll(self, timeout_ms):
+        if self._ringbuf:
+            # records are submitted without wake-ups (cheaper for the traced processes):
+            # the caller sleeps and consumes everything at once
+            self.bpf.ring_buffer_consume()
+        else:
+            self.bpf.perf_buffer_poll(timeout=timeout_ms)
+
+    # -- configuration ------------------------------------------------------------------
+    def set_config(self, proto_flags, pids, emit_data):
+        cfg = self.config[ctypes.c_int(0)]
+        cfg.proto_flags = proto_flags
+        cfg.filter_pids = 0 if pids is None else 1
+        cfg.emit_data = 1 if emit_data else 0
+        cfg.cap_bytes = self.cap_bytes
+        if pids is not None:
+            wanted = set(pids)
+            for k in list(self.pids.keys()):
+                if k.value not in wanted:
+                    del self.pids[k]
+            for pid in wanted:
+                self.pids[ctypes.c_uint(pid)] = ctypes.c_ubyte(1)
+        self.config[ctypes.c_int(0)] = cfg
+
+    def seed_connection(self, tgid, fd, l4_role, family, client_ip, client_port,
+                        server_ip, server_port):
+        """Track a connection that existed before the probe started."""
+        key = self.conns.Key(tgid, fd)
+        if key in self.conns:
+            return False
+        val = self.conns.Leaf()
+        val.conn_id = (0xff << 48) | _next_seed_id()
+        val.family = family
+        val.l4_role = l4_role
+        val.client_port = client_port
+        val.server_port = server_port
+        ctypes.memmove(ctypes.addressof(val.client_ip), client_ip, len(client_ip))
+        ctypes.memmove(ctypes.addressof(val.server_ip), server_ip, len(server_ip))
+        val.flags = DEFINES["CONN_F_ADDR"] | DEFINES["CONN_F_SEEDED"]
+        self.conns[key] = val
+        return True
+
+    def conn_counters(self, tgid, fd):
+        """(conn_id, bytes_sent, bytes_recv, segs_sent, segs_recv) or None."""
+        try:
+            v = self.conns[self.conns.Key(tgid, fd)]
+        except KeyError:
+            return None
+        return v.conn_id, v.bytes_sent, v.bytes_recv, v.segs_sent, v.segs_recv
+
+    def drop_counts(self):
+        """(records dropped, bytes dropped, connections not tracked) since start."""
+        out = []
+        for i in range(3):
+            try:
+                out.append(sum(self.stats[ctypes.c_int(i)]))
+            except Exception:
+                out.append(0)
+        out[0] += self._lost
+        return tuple(out)
+
+    def close(self):
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+
+def _possible_cpus():
+    try:
+        with open("/sys/devices/system/cpu/possible") as f:
+            text = f.read().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
+_seed_counter = [0]
+
+
+def _next_seed_id():
+    _seed_counter[0] += 1
+    return _seed_counter[0]

@@ -1,0 +1,465 @@
+/* l7probe kernel side: syscall tracepoints + sock tracepoints, no kprobes.
+ *
+ * Data flow of one send/recv syscall on a TCP socket:
+ *   sys_enter_<op>      remember (fd, buffer) of this thread's syscall, if (tgid, fd) is a
+ *                       tracked connection
+ *   sock:sock_*_length  the syscall really touched a socket: remember its `sk`
+ *   sys_exit_<op>       count bytes and segments in the connection (kernel-side l7_link
+ *                       counters), detect the protocol on the first data, and send a bounded
+ *                       prefix of the bytes plus their true length to user space.
+ * Connections enter map `conns` at connect()/accept() exit (or from user space, for those
+ * that existed before the probe started); their addresses come from
+ * sock:inet_sock_set_state, keyed by `sk`.  close() sends the final counters.
+ *
+ * Macros set by bpf/loader.py: CAP_MAX (power of two), RINGBUF (1: ring buffer, 0: perf),
+ * PROTO_* / FLAG_* (protocol/registry.py), HAVE_SOCK_LEN_TP (1: sock_*_length exist).
+ */
+#include <uapi/linux/ptrace.h>
+#include <linux/socket.h>
+#include <linux/uio.h>
+
+#include "l7_events.h"
+#include "l7.h"
+
+#define EINPROGRESS 115
+#define MAX_IOV 8
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+struct data_evt_buf {
+    struct evt_data hdr;
+    u8 data[CAP_MAX * 2];     /* twice CAP_MAX so the verifier accepts off + len */
+};
+
+/* What one thread's pending syscall is about. */
+struct active_op {
+    u64 buf;          /* user buffer, or iovec array */
+    u64 sk;           /* set by sock_*_length */
+    s32 fd;
+    u32 iovcnt;       /* 0: plain buffer */
+    u8 dir;           /* DIR_* */
+    u8 sock_seen;
+    u8 is_accept;
+    u8 is_connect;
+    u32 pad;
+};
+
+struct sk_addr {
+    u16 family;
+    u16 sport;
+    u16 dport;
+    u16 pad;
+    u8 saddr[16];
+    u8 daddr[16];
+};
+
+BPF_HASH(conns, struct conn_key, struct conn_val, 65536);
+BPF_HASH(active, u64, struct active_op, 16384);
+BPF_TABLE("lru_hash", u64, struct sk_addr, sk_addrs, 65536);
+BPF_ARRAY(config, struct probe_config, 1);
+BPF_HASH(pids, u32, u8, 16384);
+/* per-CPU scratch as a plain array indexed by CPU: per-CPU maps cap values at 32 KiB */
+BPF_ARRAY(scratch, struct data_evt_buf, NR_CPUS_MAX);
+BPF_PERCPU_ARRAY(seq, u64, 1);
+/* counters user space reports: 0 records dropped (ring full), 1 bytes dropped,
+   2 connections dropped (conns map full) */
+BPF_PERCPU_ARRAY(stats, u64, 4);
+
+#if RINGBUF
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#else
+BPF_PERF_OUTPUT(events);
+#endif
+
+/* Send a record; data records go without a wake-up (user space polls on a timer). */
+static __always_inline int output(void *ctx, void *ptr, u32 size, int wakeup) {
+#if RINGBUF
+    return events.ringbuf_output(ptr, size, wakeup ? 0 : BPF_RB_NO_WAKEUP);
+#else
+    return events.perf_submit(ctx, ptr, size);
+#endif
+}
+
+/* Clamp x to [0, CAP_MAX] in a way the verifier can follow after compiler optimisations. */
+#define CLAMP_CAP(x) do {                     \
+        asm volatile("" : "+r"(x));           \
+        (x) &= (CAP_MAX * 2 - 1);             \
+        if ((x) > CAP_MAX)                    \
+            (x) = CAP_MAX;                    \
+    } while (0)
+
+static __always_inline void stat_add(int idx, u64 n) {
+    u64 *v = stats.lookup(&idx);
+    if (v)
+        *v += n;
+}
+
+static __always_inline struct probe_config *get_config(void) {
+    int zero = 0;
+    return config.lookup(&zero);
+}
+
+static __always_inline int pid_wanted(u32 tgid, struct probe_config *cfg) {
+    if (!cfg->filter_pids)
+        return 1;
+    return pids.lookup(&tgid) != NULL;
+}
+
+static __always_inline u64 new_conn_id(void) {
+    int zero = 0;
+    u64 *s = seq.lookup(&zero);
+    u64 n = 0;
+    if (s) {
+        *s += 1;
+        n = *s;
+    }
+    return ((u64)bpf_get_smp_processor_id() << 48) | (n & 0xffffffffffffULL);
+}
+
+/* ---------------------------------------------------------------- addresses ---------- */
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != 6)   /* IPPROTO_TCP */
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    if (args->newstate == 1) {          /* TCP_ESTABLISHED */
+        struct sk_addr a = {};
+        a.family = args->family;
+        a.sport = args->sport;
+        a.dport = args->dport;
+        if (args->family == AF_INET_) {
+            __builtin_memcpy(a.saddr, args->saddr, 4);
+            __builtin_memcpy(a.daddr, args->daddr, 4);
+        } else {
+            __builtin_memcpy(a.saddr, args->saddr_v6, 16);
+            __builtin_memcpy(a.daddr, args->daddr_v6, 16);
+        }
+        sk_addrs.update(&sk, &a);
+    } else if (args->newstate == 7) {   /* TCP_CLOSE */
+        sk_addrs.delete(&sk);
+    }
+    return 0;
+}
+
+/* Fill a connection's addresses from its sk, once. */
+static __always_inline void conn_fill_addr(struct conn_val *c, u64 sk) {
+    if (c->flags & CONN_F_ADDR || sk == 0)
+        return;
+    c->sk = sk;
+    struct sk_addr *a = sk_addrs.lookup(&sk);
+    if (!a)
+        return;
+    c->family = a->family;
+    if (c->l4_role == L4_SERVER) {
+        c->server_port = a->sport;
+        c->client_port = a->dport;
+        __builtin_memcpy(c->server_ip, a->saddr, 16);
+        __builtin_memcpy(c->client_ip, a->daddr, 16);
+    } else {
+        c->server_port = a->dport;
+        c->client_port = a->sport;
+        __builtin_memcpy(c->server_ip, a->daddr, 16);
+        __builtin_memcpy(c->client_ip, a->saddr, 16);
+    }
+    c->flags |= CONN_F_ADDR;
+}
+
+/* ---------------------------------------------------------------- connect / accept --- */
+
+static __always_inline int enter_conn_op(int fd, int is_accept, int is_connect,
+                                         const struct sockaddr *uaddr) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct probe_config *cfg = get_config();
+    if (!cfg || !pid_wanted(id >> 32, cfg))
+        return 0;
+    if (uaddr) {
+        u16 family = 0;
+        bpf_probe_read_user(&family, sizeof(family), uaddr);
+        if (is_connect && family != AF_INET_ && family != AF_INET6_)
+            return 0;
+    }
+    struct active_op op = {};
+    op.fd = fd;
+    op.is_accept = is_accept;
+    op.is_connect = is_connect;
+    active.update(&id, &op);
+    return 0;
+}
+
+static __always_inline int exit_conn_op(long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct active_op *op = active.lookup(&id);
+    if (!op)
+        return 0;
+    struct conn_key k = {.tgid = id >> 32};
+    struct conn_val c = {};
+    if (op->is_connect) {
+        if (ret < 0 && ret != -EINPROGRESS)
+            goto out;
+        k.fd = op->fd;
+        c.l4_role = L4_CLIENT;
+    } else {
+        if (ret < 0)
+            goto out;
+        k.fd = ret;
+        c.l4_role = L4_SERVER;
+    }
+    c.conn_id = new_conn_id();
+    if (conns.update(&k, &c) != 0)
+        stat_add(2, 1);
+out:
+    active.delete(&id);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    return enter_conn_op(args->fd, 0, 1, (const struct sockaddr *)args->uservaddr);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) { return exit_conn_op(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return enter_conn_op(args->fd, 1, 0, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return exit_conn_op(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return enter_conn_op(args->fd, 1, 0, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return exit_conn_op(args->ret); }
+
+/* ---------------------------------------------------------------- close -------------- */
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct conn_key k = {.tgid = id >> 32, .fd = args->fd};
+    struct conn_val *c = conns.lookup(&k);
+    if (!c)
+        return 0;
+    if (c->proto) {
+        struct evt_close e = {};
+        e.type = EVT_CLOSE;
+        e.tgid = k.tgid;
+        e.conn_id = c->conn_id;
+        e.ts = bpf_ktime_get_ns();
+        e.bytes_sent = c->bytes_sent;
+        e.bytes_recv = c->bytes_recv;
+        e.segs_sent = c->segs_sent;
+        e.segs_recv = c->segs_recv;
+        if (output(args, &e, sizeof(e), 0) != 0)
+            stat_add(0, 1);
+    }
+    conns.delete(&k);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- data --------------- */
+
+static __always_inline int enter_data(int fd, u64 buf, u32 iovcnt, u8 dir) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct conn_key k = {.tgid = id >> 32, .fd = fd};
+    struct conn_val *c = conns.lookup(&k);
+    if (!c || (c->flags & CONN_F_IGNORED))
+        return 0;
+    struct probe_config *cfg = get_config();
+    if (!cfg || !pid_wanted(k.tgid, cfg))
+        return 0;
+    struct active_op op = {};
+    op.fd = fd;
+    op.buf = buf;
+    op.iovcnt = iovcnt;
+    op.dir = dir;
+    active.update(&id, &op);
+    return 0;
+}
+
+#if HAVE_SOCK_LEN_TP
+static __always_inline int mark_sock(u64 sk) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct active_op *op = active.lookup(&id);
+    if (op) {
+        op->sock_seen = 1;
+        op->sk = sk;
+    }
+    return 0;
+}
+TRACEPOINT_PROBE(sock, sock_send_length) { return mark_sock((u64)args->sk); }
+TRACEPOINT_PROBE(sock, sock_recv_length) { return mark_sock((u64)args->sk); }
+#endif
+
+/* Copy up to `len` bytes of the syscall's data into ev->data; returns bytes copied. */
+static __always_inline u32 copy_data(struct data_evt_buf *ev, struct active_op *op, u32 len) {
+    if (len > CAP_MAX)
+        len = CAP_MAX;
+    if (op->buf == 0)
+        return 0;           /* sendfile: no user buffer */
+    if (op->iovcnt == 0) {
+        u32 n = len;
+        CLAMP_CAP(n);
+        if (n == 0)
+            return 0;
+        if (bpf_probe_read_user(ev->data, n, (void *)op->buf) != 0)
+            return 0;
+        return n;
+    }
+    u32 off = 0;
+    u32 cnt = op->iovcnt;
+#pragma unroll
+    for (int i = 0; i < MAX_IOV; i++) {
+        if (i >= cnt || off >= len)
+            break;
+        struct iovec iov = {};
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(op->buf + i * sizeof(iov))) != 0)
+            break;
+        u32 n = iov.iov_len > (len - off) ? (len - off) : (u32)iov.iov_len;
+        if (off >= CAP_MAX)
+            break;
+        u32 o = off;
+        asm volatile("" : "+r"(o));     /* keep the mask: the verifier needs it */
+        o &= (CAP_MAX - 1);
+        CLAMP_CAP(n);
+        if (n == 0)
+            continue;
+        if (bpf_probe_read_user(ev->data + o, n, iov.iov_base) != 0)
+            break;
+        off += n;
+    }
+    return off;
+}
+
+static __always_inline int exit_data(void *ctx, long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct active_op *op = active.lookup(&id);
+    if (!op)
+        return 0;
+    if (ret <= 0)
+        goto out;
+#if HAVE_SOCK_LEN_TP
+    if (!op->sock_seen)
+        goto out;           /* not a socket (the fd was reused by a file, ...) */
+#endif
+    struct conn_key k = {.tgid = id >> 32, .fd = op->fd};
+    struct conn_val *c = conns.lookup(&k);
+    if (!c)
+        goto out;
+    u32 len = ret;
+    u8 dir = op->dir;
+    if (dir == DIR_EGRESS) {
+        c->bytes_sent += len;
+        c->segs_sent += 1;
+    } else {
+        c->bytes_recv += len;
+        c->segs_recv += 1;
+    }
+    conn_fill_addr(c, op->sk);
+    if (c->ssl)
+        goto out;           /* ciphertext: the plaintext comes from the TLS uprobes */
+
+    struct probe_config *cfg = get_config();
+    if (!cfg)
+        goto out;
+    int cpu = bpf_get_smp_processor_id();
+    struct data_evt_buf *ev = scratch.lookup(&cpu);
+    if (!ev)
+        goto out;
+
+    if (c->proto == PROTO_UNKNOWN) {
+        if (c->flags & CONN_F_IGNORED)
+            goto out;
+        __builtin_memset(ev->data, 0, DETECT_LEN);
+        u32 n = copy_data(ev, op, DETECT_LEN);
+        u32 r = n ? l7_detect(ev->data, len, cfg->proto_flags) : 0;
+        if (r == 0) {
+            c->tries += 1;
+            if (c->tries >= DETECT_TRIES)
+                c->flags |= CONN_F_IGNORED;
+            goto out;
+        }
+        u8 msg = r & 0xff;
+        c->proto = r >> 8;
+        c->l7_role = ((dir == DIR_EGRESS) ^ (msg == MSG_RESPONSE)) ? L7_CLIENT : L7_SERVER;
+        if (c->l4_role == L4_UDP && !(c->flags & CONN_F_SEEDED))
+            c->l4_role = c->l7_role == L7_CLIENT ? L4_CLIENT : L4_SERVER;
+        struct evt_open o = {};
+        o.type = EVT_OPEN;
+        o.tgid = k.tgid;
+        o.conn_id = c->conn_id;
+        o.ts = bpf_ktime_get_ns();
+        o.fd = k.fd;
+        o.family = c->family;
+        o.server_port = c->server_port;
+        o.client_port = c->client_port;
+        o.l4_role = c->l4_role;
+        o.l7_role = c->l7_role;
+        o.proto = c->proto;
+        o.ssl = c->ssl;
+        __builtin_memcpy(o.client_ip, c->client_ip, 16);
+        __builtin_memcpy(o.server_ip, c->server_ip, 16);
+        if (output(ctx, &o, sizeof(o), 0) != 0) {
+            stat_add(0, 1);
+            c->proto = PROTO_UNKNOWN;   /* try again on the next syscall */
+            goto out;
+        }
+    }
+    if (!cfg->emit_data)
+        goto out;
+
+    u32 cap = cfg->cap_bytes;
+    if (cap > CAP_MAX)
+        cap = CAP_MAX;
+    u32 want = len < cap ? len : cap;
+    u32 n = copy_data(ev, op, want);
+    CLAMP_CAP(n);
+    ev->hdr.type = EVT_DATA;
+    ev->hdr.tgid = k.tgid;
+    ev->hdr.conn_id = c->conn_id;
+    ev->hdr.ts = bpf_ktime_get_ns();
+    ev->hdr.true_len = len;
+    ev->hdr.cap_len = n;
+    ev->hdr.direction = dir;
+    ev->hdr.source = op->buf ? SRC_SYSCALL : SRC_GAP;
+    ev->hdr.proto = c->proto;
+    ev->hdr.l7_role = c->l7_role;
+    ev->hdr.lost = dir == DIR_EGRESS ? c->lost_sent : c->lost_recv;
+    u32 size = sizeof(struct evt_data) + n;
+    if (output(ctx, ev, size, 0) != 0) {
+        stat_add(0, 1);
+        stat_add(1, len);
+        if (dir == DIR_EGRESS)
+            c->lost_sent += len;
+        else
+            c->lost_recv += len;
+    } else {
+        if (dir == DIR_EGRESS)
+            c->lost_sent = 0;
+        else
+            c->lost_recv = 0;
+    }
+out:
+    active.delete(&id);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return enter_data(args->fd, (u64)args->buf, 0, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return exit_data(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return enter_data(args->fd, (u64)args->buf, 0, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return exit_data(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return enter_data(args->fd, (u64)args->vec, args->vlen, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return exit_data(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return enter_data(args->fd, (u64)args->vec, args->vlen, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return exit_data(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return enter_data(args->fd, (u64)args->buff, 0, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return exit_data(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return enter_data(args->fd, (u64)args->ubuf, 0, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return exit_data(args, args->ret); }
+
+static __always_inline int enter_msg(int fd, const struct user_msghdr *umsg, u8 dir) {
+    struct user_msghdr m = {};
+    if (bpf_probe_read_user(&m, sizeof(m), umsg) != 0)
+        return 0;
+    return enter_data(fd, (u64)m.msg_iov, m.msg_iovlen, dir);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return enter_msg(args->fd, args->msg, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return exit_data(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return enter_msg(args->fd, args->msg, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return exit_data(args, args->ret); }
+
+/* sendfile: bytes cross the socket without passing through a user buffer.  Count them and
+ * tell user space how many, so stream parsing skips them (nginx serves static bodies so). */
+TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) {
+    return enter_data(args->out_fd, 0, 0, DIR_EGRESS);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) { return exit_data(args, args->ret); }

@@ -1,0 +1,482 @@
+"""Where to attach TLS uprobes: OpenSSL (shared or static) and Go crypto/tls.
+
+User-space half of TLS tracing. Given a pid, :func:`discover` returns the
+attach targets of that process; each target is shared by every process that
+maps the same file (``target.key`` = ``(st_dev, st_ino)``: attach once per key,
+filter by tgid in BPF). No struct offsets of OpenSSL are used: the BPF side
+learns the fd from the nested read/write syscall (or from SSL_set_fd).
+
+Targets
+-------
+:class:`OpenSSLTarget`  libssl.so.* mapped by the process, or an executable
+                        with OpenSSL/BoringSSL linked in statically.
+:class:`GoTarget`       a Go >= 1.17 binary containing crypto/tls.
+:class:`Skip`           a candidate that cannot be used, with the reason.
+
+Each target's :meth:`probes` lists the exact uprobes to attach. A
+:class:`ProbeSpec` carries both the ELF virtual address (for BCC 0.26
+``attach_uprobe(name=path, addr=vaddr)``, which converts it to a file offset
+itself) and the file offset (for the kernel's uprobe API, libbpf, or
+``attach_uprobe(name=path, sym=...)`` cross-checks).
+
+Nothing here raises for bad input: a process that exits meanwhile, an
+unreadable, non-ELF, truncated or corrupt file all yield :class:`Skip`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from .elfsym import ElfError, ElfImage, ElfSymbol  # noqa: F401 (ElfSymbol re-exported)
+from . import gotls
+from .gotls import GO_AMD64_ABI, READ_FUNC, WRITE_FUNC, GoError
+
+__all__ = [
+    "ProbeSpec", "Skip", "OpenSSLTarget", "GoTarget", "Target", "TargetCache",
+    "find_libssl_in_process", "openssl_symbols", "openssl_target", "go_tls_target",
+    "discover", "DEFAULT_CACHE", "OPENSSL_FUNCS", "OPENSSL_ABI", "GO_AMD64_ABI",
+]
+
+# Functions looked up in OpenSSL. The data path needs one of the two pairs.
+OPENSSL_DATA_FUNCS = ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex")
+OPENSSL_EXTRA_FUNCS = ("SSL_do_handshake", "SSL_get_fd", "SSL_set_fd", "SSL_set_rfd",
+                       "SSL_set_wfd")
+OPENSSL_FUNCS = OPENSSL_DATA_FUNCS + OPENSSL_EXTRA_FUNCS
+
+# System V x86-64 calling convention for the hooked functions (pt_regs names).
+OPENSSL_ABI = {
+    "SSL_write": {"ssl": "di", "buf": "si", "num": "dx", "ret": "ax (int: >0 bytes written)"},
+    "SSL_read": {"ssl": "di", "buf": "si", "num": "dx", "ret": "ax (int: >0 bytes read)"},
+    "SSL_write_ex": {"ssl": "di", "buf": "si", "num": "dx", "written_ptr": "cx",
+                     "ret": "ax (int: 1 ok; bytes = *(size_t*)written_ptr)"},
+    "SSL_read_ex": {"ssl": "di", "buf": "si", "num": "dx", "readbytes_ptr": "cx",
+                    "ret": "ax (int: 1 ok; bytes = *(size_t*)readbytes_ptr)"},
+    "SSL_set_fd": {"ssl": "di", "fd": "si"},
+    "SSL_set_rfd": {"ssl": "di", "fd": "si"},
+    "SSL_set_wfd": {"ssl": "di", "fd": "si"},
+    "SSL_get_fd": {"ssl": "di", "ret": "ax (fd)"},
+    "SSL_do_handshake": {"ssl": "di", "ret": "ax (1 ok)"},
+}
+
+_LIBSSL_RE = re.compile(r"^lib(?:boring)?ssl(?:-[\w.]+)?\.so(?:\.[\d.]+)?$")
+_VERSION_RE = re.compile(rb"(?:OpenSSL|LibreSSL|BoringSSL) \d+\.\d+\.\d+[a-z]*(?:[-+][\w.]+)?"
+                         rb"(?: +\d{1,2} [A-Z][a-z]{2} \d{4})?")
+
+
+# ----------------------------------------------------------------------------------------
+# result types
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe to attach on ``target.path``.
+
+    kind   "uprobe" or "uretprobe" (Go never gets uretprobes: RETs get uprobes).
+    vaddr  pass as ``addr=`` to BCC 0.26 ``attach_uprobe``/``attach_uretprobe``.
+    offset file offset, for the kernel uprobe API / libbpf ``func_offset``.
+    role   what the BPF program at this spot does, e.g. "SSL_read:entry",
+           "go:Read:ret".
+    """
+
+    func: str
+    kind: str
+    vaddr: int
+    offset: int
+    role: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A candidate that will not be traced, and why (for logging)."""
+
+    path: str
+    reason: str
+    kind: str = "skip"
+
+    def __bool__(self) -> bool:          # `if target:` is False for a Skip
+        return False
+
+
+@dataclass(frozen=True)
+class OpenSSLTarget:
+    path: str                     # host-visible path to attach to
+    key: tuple                    # (st_dev, st_ino): one attachment per key
+    version: str                  # for logging, e.g. "OpenSSL 3.0.22 25 Aug 2026"
+    symbols: dict                 # {func name: ElfSymbol} for OPENSSL_FUNCS found
+    static: bool = False          # True: linked into the main executable
+    kind: str = "openssl"
+
+    def probes(self, extras: bool = True) -> list:
+        """uprobe+uretprobe on each data function found; uprobe on SSL_set_*fd."""
+        out = []
+        for fn in OPENSSL_DATA_FUNCS:
+            s = self.symbols.get(fn)
+            if s is not None:
+                out.append(ProbeSpec(fn, "uprobe", s.vaddr, s.offset, fn + ":entry"))
+                out.append(ProbeSpec(fn, "uretprobe", s.vaddr, s.offset, fn + ":ret"))
+        if extras:
+            for fn in ("SSL_set_fd", "SSL_set_rfd", "SSL_set_wfd"):
+                s = self.symbols.get(fn)
+                if s is not None:
+                    out.append(ProbeSpec(fn, "uprobe", s.vaddr, s.offset, fn + ":entry"))
+        return out
+
+
+@dataclass(frozen=True)
+class GoTarget:
+    path: str
+    key: tuple
+    go_version: str               # e.g. "go1.19.8"
+    stripped: bool                # no .symtab: functions came from .gopclntab
+    write: gotls.GoFuncInfo       # crypto/tls.(*Conn).Write
+    read: gotls.GoFuncInfo        # crypto/tls.(*Conn).Read
+    fd_offsets: Optional[dict]    # DWARF chain *tls.Conn -> fd, or None
+    abi: dict = field(default_factory=lambda: GO_AMD64_ABI)
+    kind: str = "go"
+
+    @property
+    def write_entry_offset(self) -> int:
+        return self.write.entry.offset
+
+    @property
+    def read_entry_offset(self) -> int:
+        return self.read.entry.offset
+
+    @property
+    def read_ret_offsets(self) -> list:
+        return [p.offset for p in self.read.rets]
+
+    def probes(self, after_stack_check: bool = True) -> list:
+        """uprobe on Write and Read entry, uprobe on every RET of Read.
+
+        With ``after_stack_check`` (default) the entry probes sit just after
+        the prologue's stack-growth check when it was recognised: same
+        registers, but no second hit when morestack re-enters the function.
+        """
+        out = []
+        for tag, fi in (("Write", self.write), ("Read", self.read)):
+            p = fi.after_stack_check if (after_stack_check and fi.after_stack_check) else fi.entry
+            out.append(ProbeSpec(fi.name, "uprobe", p.vaddr, p.offset, "go:%s:entry" % tag))
+        for p in self.read.rets:
+            out.append(ProbeSpec(READ_FUNC, "uprobe", p.vaddr, p.offset, "go:Read:ret"))
+        return out
+
+
+Target = Union[OpenSSLTarget, GoTarget, Skip]
+
+
+# ----------------------------------------------------------------------------------------
+# per-file analysis (path independent, cached)
+# ----------------------------------------------------------------------------------------
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file vanished (%s)" % (exc.strerror or exc)
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, OSError):
+        return "unreadable: %s" % (exc.strerror or exc)
+    if isinstance(exc, (ElfError, GoError)):
+        return str(exc)
+    return "corrupt or truncated ELF (%s: %s)" % (type(exc).__name__, exc)
+
+
+def _openssl_version(img: ElfImage, path: str) -> str:
+    for sec in (".rodata",):
+        data = img.section_data(sec)
+        if data:
+            m = _VERSION_RE.search(data)
+            if m:
+                return m.group(0).decode("ascii", "replace")
+    soname = img.soname() or os.path.basename(path)
+    # libcrypto next to libssl carries the full version string.
+    if "libssl" in soname:
+        sibling = os.path.join(os.path.dirname(path), soname.replace("libssl", "libcrypto", 1))
+        try:
+            with ElfImage(sibling) as crypto:
+                data = crypto.section_data(".rodata")
+                m = _VERSION_RE.search(data or b"")
+                if m:
+                    return m.group(0).decode("ascii", "replace")
+        except Exception:
+            pass
+    apis = sorted(v for v in img.version_definitions() if v.startswith("OPENSSL_"))
+    return "%s%s" % (soname, " (API %s)" % apis[-1] if apis else "")
+
+
+def _analyse_openssl(path: str, static: bool):
+    """("ok", symbols, version) or ("skip", reason). Never raises."""
+    try:
+        with ElfImage(path) as img:
+            if static and not img.strtab_contains(("SSL_write", "SSL_read")):
+                return ("skip", "no OpenSSL symbols")
+            syms = img.find_functions(OPENSSL_FUNCS)
+            pair_rw = "SSL_write" in syms and "SSL_read" in syms
+            pair_ex = "SSL_write_ex" in syms and "SSL_read_ex" in syms
+            if not (pair_rw or pair_ex):
+                have = ", ".join(sorted(syms)) or "none"
+                tables = [t.name for t in img.symbol_tables()] or ["no symbol tables"]
+                return ("skip", "no SSL_write/SSL_read (or SSL_write_ex/SSL_read_ex) "
+                        "defined in %s (found: %s)" % ("/".join(tables), have))
+            return ("ok", syms, _openssl_version(img, path))
+    except Exception as exc:          # corrupt input may raise anything from pyelftools
+        return ("skip", _describe_error(exc))
+
+
+def _analyse_go(path: str):
+    """("ok", analysis) / ("notgo",) / ("skip", reason). Never raises."""
+    try:
+        with ElfImage(path) as img:
+            res = gotls.analyse_go(img)
+            if not res["go"]:
+                return ("notgo",)
+            return ("ok", res)
+    except Exception as exc:
+        return ("skip", _describe_error(exc))
+
+
+def _file_id(path: str):
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino), st.st_mtime_ns
+
+
+class TargetCache:
+    """Analysis results keyed by (st_dev, st_ino, mtime_ns, kind): shared by all
+    processes mapping the same file, invalidated when the file changes.
+    ``parses`` counts real ELF analyses (for tests and stats)."""
+
+    def __init__(self, max_entries: int = 4096):
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+        self.parses = 0
+
+    def get(self, ident, mtime, kind, compute):
+        k = (ident, mtime, kind)
+        with self._lock:
+            if k in self._d:
+                self._d.move_to_end(k)
+                return self._d[k]
+        val = compute()
+        with self._lock:
+            self.parses += 1
+            self._d[k] = val
+            while len(self._d) > self.max_entries:
+                self._d.popitem(last=False)
+        return val
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+
+DEFAULT_CACHE = TargetCache()
+
+
+def _openssl_result(path, ident, mtime, static, cache) -> Target:
+    res = cache.get(ident, mtime, "openssl-static" if static else "openssl",
+                    lambda: _analyse_openssl(path, static))
+    if res[0] != "ok":
+        return Skip(path, res[1])
+    return OpenSSLTarget(path, ident, res[2], res[1], static)
+
+
+def _go_result(path, ident, mtime, cache) -> Optional[Target]:
+    res = cache.get(ident, mtime, "go", lambda: _analyse_go(path))
+    if res[0] == "notgo":
+        return None
+    if res[0] == "skip":
+        return Skip(path, res[1])
+    a = res[1]
+    f = a["funcs"]
+    return GoTarget(path, ident, a["version"], a["stripped"], f[WRITE_FUNC], f[READ_FUNC],
+                    a["fd_offsets"])
+
+
+# ----------------------------------------------------------------------------------------
+# public per-file API
+# ----------------------------------------------------------------------------------------
+
+def openssl_symbols(path: str) -> dict:
+    """{name: ElfSymbol} of the OpenSSL functions defined in ``path``.
+
+    Names are OPENSSL_FUNCS without version suffix; ``ElfSymbol.offset`` is the
+    file offset, ``.vaddr`` the address for BCC ``attach_uprobe(addr=)``.
+    Returns {} when the file is unusable; :func:`openssl_target` gives the reason.
+    """
+    res = _analyse_openssl(path, static=False)
+    return dict(res[1]) if res[0] == "ok" else {}
+
+
+def openssl_target(path: str, cache: Optional[TargetCache] = None) -> Target:
+    """OpenSSLTarget for a libssl (or static executable) at ``path``, else Skip."""
+    cache = cache or DEFAULT_CACHE
+    try:
+        ident, mtime = _file_id(path)
+    except OSError as exc:
+        return Skip(path, _describe_error(exc))
+    return _openssl_result(path, ident, mtime, False, cache)
+
+
+def go_tls_target(path: str, cache: Optional[TargetCache] = None) -> Target:
+    """GoTarget for a Go binary at ``path``; Skip (with reason) otherwise,
+    including "not a Go binary"."""
+    cache = cache or DEFAULT_CACHE
+    try:
+        ident, mtime = _file_id(path)
+    except OSError as exc:
+        return Skip(path, _describe_error(exc))
+    res = _go_result(path, ident, mtime, cache)
+    return res if res is not None else Skip(path, "not a Go binary")
+
+
+# ----------------------------------------------------------------------------------------
+# per-process discovery
+# ----------------------------------------------------------------------------------------
+
+def _same_root(pid: int) -> bool:
+    try:
+        a, b = os.stat("/proc/%d/root" % pid), os.stat("/")
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    except OSError:
+        return False
+
+
+def _host_path(pid: int, path: str, same_root: bool) -> str:
+    """A path to ``path`` (as seen by ``pid``) that works from our namespace."""
+    via_root = "/proc/%d/root%s" % (pid, path)
+    if same_root:
+        try:
+            a, b = os.stat(path), os.stat(via_root)
+            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                return path
+        except OSError:
+            pass
+    return via_root
+
+
+def _exe_path(pid: int, same_root: bool) -> str:
+    link = os.readlink("/proc/%d/exe" % pid)
+    if link.endswith(" (deleted)") or not link.startswith("/"):
+        return "/proc/%d/exe" % pid
+    return _host_path(pid, link, same_root)
+
+
+def _libssl_mappings(pid: int, same_root: bool) -> list:
+    out = []
+    seen = set()
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) < 6:
+                continue
+            path = parts[5].rstrip("\n")
+            deleted = path.endswith(" (deleted)")
+            if deleted:
+                path = path[:-len(" (deleted)")]
+            if not path.startswith("/") or not _LIBSSL_RE.match(os.path.basename(path)):
+                continue
+            if path in seen:
+                continue
+            seen.add(path)
+            if deleted:   # replaced on disk: the mapped inode is only reachable here
+                out.append("/proc/%d/map_files/%s" % (pid, parts[0]))
+            else:
+                out.append(_host_path(pid, path, same_root))
+    return out
+
+
+def find_libssl_in_process(pid: int, cache: Optional[TargetCache] = None) -> list:
+    """Host-visible paths of the OpenSSL libraries used by ``pid``.
+
+    libssl*.so* files mapped (from /proc/PID/maps) plus the main executable
+    when it defines SSL_write/SSL_read (static OpenSSL/BoringSSL). Container
+    processes get /proc/PID/root/<path>. Deduplicated by (st_dev, st_ino).
+    Returns [] when the process is gone or unreadable.
+    """
+    cache = cache or DEFAULT_CACHE
+    try:
+        same_root = _same_root(pid)
+        candidates = _libssl_mappings(pid, same_root)
+    except OSError:
+        return []
+    try:
+        exe = _exe_path(pid, same_root)
+        ident, mtime = _file_id(exe)
+        if isinstance(_openssl_result(exe, ident, mtime, True, cache), OpenSSLTarget):
+            candidates.append(exe)
+    except OSError:
+        pass
+    out, keys = [], set()
+    for p in candidates:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in keys:
+            keys.add((st.st_dev, st.st_ino))
+            out.append(p)
+    return out
+
+
+def discover(pid: int, cache: Optional[TargetCache] = None) -> list:
+    """All TLS targets of process ``pid``: [OpenSSLTarget | GoTarget | Skip].
+
+    * the executable: GoTarget when it is a Go binary (Skip with the reason
+      when the Go binary is unusable), else OpenSSLTarget(static=True) when it
+      defines the OpenSSL functions; nothing for an ordinary executable;
+    * every mapped libssl: OpenSSLTarget, or Skip with the reason.
+
+    Results are cached per file (see TargetCache): repeated calls for
+    processes sharing a binary or library cost no ELF parsing. Targets of the
+    same file compare equal on ``key``; attach once per key.
+    """
+    cache = cache or DEFAULT_CACHE
+    proc = "/proc/%d" % pid
+    try:
+        same_root = _same_root(pid)
+        exe = _exe_path(pid, same_root)
+    except FileNotFoundError:
+        return [Skip(proc, "process %d exited" % pid)]
+    except OSError as exc:
+        return [Skip(proc, "cannot inspect process %d: %s" % (pid, exc.strerror or exc))]
+
+    out: list = []
+    keys = set()
+    try:
+        ident, mtime = _file_id(exe)
+    except OSError as exc:
+        out.append(Skip(exe, _describe_error(exc)))
+    else:
+        res = _go_result(exe, ident, mtime, cache)
+        if res is None:
+            st = _openssl_result(exe, ident, mtime, True, cache)
+            if isinstance(st, OpenSSLTarget):
+                res = st
+        if res is not None:
+            out.append(res)
+            if not isinstance(res, Skip):
+                keys.add(res.key)
+
+    try:
+        libs = _libssl_mappings(pid, same_root)
+    except FileNotFoundError:
+        return out or [Skip(proc, "process %d exited" % pid)]
+    except OSError as exc:
+        out.append(Skip(proc + "/maps", "unreadable: %s" % (exc.strerror or exc)))
+        return out
+    for lib in libs:
+        try:
+            ident, mtime = _file_id(lib)
+        except OSError as exc:
+            out.append(Skip(lib, _describe_error(exc)))
+            continue
+        if ident in keys:
+            continue
+        keys.add(ident)
+        out.append(_openssl_result(lib, ident, mtime, False, cache))
+    return out

@@ -1,0 +1,186 @@
+/* In-kernel protocol detection on the first bytes of a connection's data.
+ *
+ * l7_detect(b, count, flags) looks at b[0..DETECT_LEN) (the first bytes of one syscall's
+ * data, zero-filled past `count`) and returns (proto << 8) | msg_type, or 0.  Only protocols
+ * whose FLAG_* bit is in `flags` are tried.  The PROTO_* and FLAG_* macros come from
+ * protocol/registry.py (bpf/loader.py passes them as -D options).
+ *
+ * Rules are deliberately strict (a false positive costs a connection's worth of user-space
+ * work; a miss costs only a retry on the next syscall, up to DETECT_TRIES times).
+ * Adding a protocol: one rule below, in the order of the cheapest, most specific test first.
+ */
+#ifndef L7_H
+#define L7_H
+
+#define DETECT_LEN 32
+#define DETECT_TRIES 8
+
+#define RET(p, m) return ((p) << 8) | (m)
+
+static __always_inline u32 be32(const u8 *b) {
+    return ((u32)b[0] << 24) | ((u32)b[1] << 16) | ((u32)b[2] << 8) | (u32)b[3];
+}
+static __always_inline u32 le32(const u8 *b) {
+    return ((u32)b[3] << 24) | ((u32)b[2] << 16) | ((u32)b[1] << 8) | (u32)b[0];
+}
+static __always_inline int is_digit(u8 c) { return c >= '0' && c <= '9'; }
+static __always_inline int is_upper(u8 c) { return c >= 'A' && c <= 'Z'; }
+
+static __always_inline u32 detect_http(const u8 *b, u32 count) {
+    if (count < 8)
+        return 0;
+    /* responses: "HTTP/1.x NNN" */
+    if (b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' &&
+        b[5] == '1' && b[6] == '.' && b[8] == ' ' && is_digit(b[9]))
+        RET(PROTO_HTTP, MSG_RESPONSE);
+    /* requests: METHOD SP '/' or '*' or an absolute URI, the method upper-case letters */
+    u32 sp = 0;
+#pragma unroll
+    for (int i = 3; i < 9; i++) {
+        if (sp == 0 && b[i] == ' ')
+            sp = i;
+    }
+    if (sp == 0)
+        return 0;
+    if (!(b[sp + 1] == '/' || b[sp + 1] == '*' || b[sp + 1] == 'h'))
+        return 0;
+    if (b[0] == 'G' && b[1] == 'E' && b[2] == 'T' && sp == 3) RET(PROTO_HTTP, MSG_REQUEST);
+    if (b[0] == 'P' && b[1] == 'U' && b[2] == 'T' && sp == 3) RET(PROTO_HTTP, MSG_REQUEST);
+    if (b[0] == 'P' && b[1] == 'O' && b[2] == 'S' && b[3] == 'T' && sp == 4) RET(PROTO_HTTP, MSG_REQUEST);
+    if (b[0] == 'H' && b[1] == 'E' && b[2] == 'A' && b[3] == 'D' && sp == 4) RET(PROTO_HTTP, MSG_REQUEST);
+    if (b[0] == 'D' && b[1] == 'E' && b[2] == 'L' && b[3] == 'E' && sp == 6) RET(PROTO_HTTP, MSG_REQUEST);
+    if (b[0] == 'P' && b[1] == 'A' && b[2] == 'T' && b[3] == 'C' && sp == 5) RET(PROTO_HTTP, MSG_REQUEST);
+    if (b[0] == 'O' && b[1] == 'P' && b[2] == 'T' && b[3] == 'I' && sp == 7) RET(PROTO_HTTP, MSG_REQUEST);
+    if (b[0] == 'C' && b[1] == 'O' && b[2] == 'N' && b[3] == 'N' && sp == 7) RET(PROTO_HTTP, MSG_REQUEST);
+    if (b[0] == 'T' && b[1] == 'R' && b[2] == 'A' && b[3] == 'C' && sp == 5) RET(PROTO_HTTP, MSG_REQUEST);
+    return 0;
+}
+
+static __always_inline u32 detect_http2(const u8 *b, u32 count) {
+    /* client connection preface "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" */
+    if (count >= 16 && b[0] == 'P' && b[1] == 'R' && b[2] == 'I' && b[3] == ' ' &&
+        b[4] == '*' && b[9] == '2' && b[10] == '.' && b[11] == '0')
+        RET(PROTO_HTTP2, MSG_REQUEST);
+    return 0;
+}
+
+static __always_inline u32 detect_redis(const u8 *b, u32 count) {
+    /* a command: "*<n>\r\n$<len>\r\n" */
+    if (count < 8 || b[0] != '*' || !is_digit(b[1]))
+        return 0;
+    if (b[2] == '\r' && b[3] == '\n' && b[4] == '$' && is_digit(b[5]))
+        RET(PROTO_REDIS, MSG_REQUEST);
+    if (is_digit(b[2]) && b[3] == '\r' && b[4] == '\n' && b[5] == '$' && is_digit(b[6]))
+        RET(PROTO_REDIS, MSG_REQUEST);
+    return 0;
+}
+
+static __always_inline u32 detect_pgsql(const u8 *b, u32 count) {
+    if (count < 8)
+        return 0;
+    u32 len = be32(b);
+    u32 code = be32(b + 4);
+    /* StartupMessage (protocol 3.0), SSLRequest, GSSENCRequest */
+    if (len == count && len >= 8 && len < 10000 &&
+        (code == 0x00030000 || code == 80877103 || code == 80877104))
+        RET(PROTO_PGSQL, MSG_REQUEST);
+    /* Query / Parse / Bind with a plausible length */
+    if (b[0] == 'Q' || b[0] == 'P' || b[0] == 'B') {
+        u32 l = be32(b + 1);
+        if (b[1] == 0 && l >= 4 && l + 1 <= count) {
+            if (b[0] != 'Q' || is_upper(b[5]) || (b[5] >= 'a' && b[5] <= 'z') || b[5] == ' ' ||
+                b[5] == '(' || b[5] == '\n' || b[5] == '-' || b[5] == '/')
+                RET(PROTO_PGSQL, MSG_REQUEST);
+        }
+    }
+    return 0;
+}
+
+static __always_inline u32 detect_mysql(const u8 *b, u32 count) {
+    if (count < 5)
+        return 0;
+    u32 len = le32(b) & 0xffffff;
+    u8 seq = b[3];
+    if (seq != 0 || len == 0 || len + 4 > count)
+        return 0;
+    /* server greeting: protocol version 10 then a NUL-terminated version string */
+    if (b[4] == 0x0a && len > 40 && is_digit(b[5]))
+        RET(PROTO_MYSQL, MSG_RESPONSE);
+    /* a command packet: whole packet in this syscall */
+    u8 com = b[4];
+    if (len + 4 != count)
+        return 0;
+    if (com == 0x03 || com == 0x16) {    /* COM_QUERY, COM_STMT_PREPARE: text follows */
+        u8 c = b[5];
+        if (len > 1 && (is_upper(c) || (c >= 'a' && c <= 'z') || c == ' ' || c == '(' ||
+                        c == '/' || c == '\n' || c == '-'))
+            RET(PROTO_MYSQL, MSG_REQUEST);
+        return 0;
+    }
+    if (com == 0x17 && len >= 10)       /* COM_STMT_EXECUTE */
+        RET(PROTO_MYSQL, MSG_REQUEST);
+    if ((com == 0x0e || com == 0x01) && len == 1)   /* COM_PING, COM_QUIT */
+        RET(PROTO_MYSQL, MSG_REQUEST);
+    if (com == 0x02 && len > 1)         /* COM_INIT_DB */
+        RET(PROTO_MYSQL, MSG_REQUEST);
+    return 0;
+}
+
+static __always_inline u32 detect_mongo(const u8 *b, u32 count) {
+    if (count < 16)
+        return 0;
+    u32 len = le32(b);
+    u32 op = le32(b + 12);
+    if (len != count || (s32)le32(b + 4) < 0)
+        return 0;
+    if (!(op == 2013 || op == 2012 || op == 2004 || op == 1 || (op >= 2001 && op <= 2007)))
+        return 0;
+    if (le32(b + 8) == 0)
+        RET(PROTO_MONGO, MSG_REQUEST);
+    RET(PROTO_MONGO, MSG_RESPONSE);
+}
+
+static __always_inline u32 detect_kafka(const u8 *b, u32 count) {
+    /* request: int32 size, int16 api_key, int16 api_version, int32 correlation_id,
+       int16 client_id length */
+    if (count < 14)
+        return 0;
+    u32 size = be32(b);
+    if (size + 4 != count)
+        return 0;
+    u32 key = ((u32)b[4] << 8) | b[5];
+    u32 ver = ((u32)b[6] << 8) | b[7];
+    if (key > 74 || ver > 20 || (b[8] & 0x80))
+        return 0;
+    s32 cid_len = (s16)(((u16)b[12] << 8) | b[13]);
+    if (cid_len < -1 || cid_len > 255 || (u32)(14 + (cid_len > 0 ? cid_len : 0)) > count)
+        return 0;
+    RET(PROTO_KAFKA, MSG_REQUEST);
+}
+
+static __always_inline u32 detect_rocketmq(const u8 *b, u32 count) {
+    /* int32 length, int32 (serialize type << 24 | header length), JSON header */
+    if (count < 16)
+        return 0;
+    u32 len = be32(b);
+    if (len + 4 != count || b[4] != 0 || b[8] != '{' || b[9] != '"')
+        return 0;
+    if (b[10] == 'c' && b[11] == 'o' && b[12] == 'd' && b[13] == 'e')
+        RET(PROTO_ROCKETMQ, MSG_UNKNOWN);
+    return 0;
+}
+
+static __always_inline u32 l7_detect(const u8 *b, u32 count, u32 flags) {
+    u32 r;
+    if (flags & FLAG_HTTP) { r = detect_http(b, count); if (r) return r; }
+    if (flags & FLAG_HTTP2) { r = detect_http2(b, count); if (r) return r; }
+    if (flags & FLAG_REDIS) { r = detect_redis(b, count); if (r) return r; }
+    if (flags & FLAG_PGSQL) { r = detect_pgsql(b, count); if (r) return r; }
+    if (flags & FLAG_MONGO) { r = detect_mongo(b, count); if (r) return r; }
+    if (flags & FLAG_ROCKETMQ) { r = detect_rocketmq(b, count); if (r) return r; }
+    if (flags & FLAG_KAFKA) { r = detect_kafka(b, count); if (r) return r; }
+    if (flags & FLAG_MYSQL) { r = detect_mysql(b, count); if (r) return r; }
+    return 0;
+}
+
+#endif

@@ -1,0 +1,125 @@
+/* Records sent from the BPF programs to user space, and the values user space writes into
+ * the BPF maps.  This file is the one definition of these layouts: bpf/layout.py parses the
+ * structs below (fields of the types u8/u16/u32/s32/u64 and fixed arrays of them only, one
+ * field per line, no padding holes: every field is naturally aligned by construction) and
+ * builds the Python struct formats from them.  Keep that subset when editing.
+ */
+#ifndef L7_EVENTS_H
+#define L7_EVENTS_H
+
+#define EVT_OPEN  1   /* a connection's protocol was detected: roles, addresses */
+#define EVT_DATA  2   /* bytes of one syscall (or one SSL call) on a detected connection */
+#define EVT_CLOSE 3   /* a detected connection was closed: final counters */
+
+#define DIR_EGRESS  0
+#define DIR_INGRESS 1
+
+#define L4_UDP    0
+#define L4_CLIENT 1
+#define L4_SERVER 2
+
+#define L7_UNKNOWN 0
+#define L7_CLIENT  1
+#define L7_SERVER  2
+
+#define MSG_UNKNOWN  0
+#define MSG_REQUEST  1
+#define MSG_RESPONSE 2
+
+/* how a data record's bytes were obtained */
+#define SRC_SYSCALL 0
+#define SRC_SSL     1   /* TLS plaintext from an OpenSSL / Go crypto/tls uprobe */
+#define SRC_GAP     2   /* no bytes: true_len bytes crossed the socket uncaptured (sendfile) */
+
+/* Common header of every record (16 bytes). */
+struct evt_hdr {
+    u32 type;        /* EVT_* */
+    u32 tgid;
+    u64 conn_id;     /* unique per connection for the probe's lifetime */
+};
+
+struct evt_open {
+    u32 type;
+    u32 tgid;
+    u64 conn_id;
+    u64 ts;          /* ns, CLOCK_MONOTONIC */
+    s32 fd;
+    u16 family;      /* AF_INET / AF_INET6, 0 if unknown */
+    u16 server_port;
+    u16 client_port;
+    u8 l4_role;      /* L4_* */
+    u8 l7_role;      /* L7_* */
+    u8 proto;        /* PROTO_* (protocol/registry.py) */
+    u8 ssl;
+    u8 pad[2];
+    u8 client_ip[16];/* IPv4 in the first 4 bytes when family == AF_INET */
+    u8 server_ip[16];
+};
+
+struct evt_data {
+    u32 type;
+    u32 tgid;
+    u64 conn_id;
+    u64 ts;          /* ns at syscall exit */
+    u32 true_len;    /* bytes that crossed the socket */
+    u32 cap_len;     /* bytes of them that follow this header */
+    u32 lost;        /* bytes of this direction lost before this record (ring full) */
+    u8 direction;    /* DIR_* */
+    u8 source;       /* SRC_* */
+    u8 proto;
+    u8 l7_role;
+};
+
+struct evt_close {
+    u32 type;
+    u32 tgid;
+    u64 conn_id;
+    u64 ts;
+    u64 bytes_sent;
+    u64 bytes_recv;
+    u64 segs_sent;
+    u64 segs_recv;
+};
+
+/* Map `conns`: key (tgid, fd) -> per-connection state kept in the kernel. */
+struct conn_key {
+    u32 tgid;
+    s32 fd;
+};
+
+struct conn_val {
+    u64 conn_id;
+    u64 bytes_sent;  /* cumulative since the connection was first seen */
+    u64 bytes_recv;
+    u64 segs_sent;   /* number of send / recv syscalls (or SSL calls) with data */
+    u64 segs_recv;
+    u64 sk;          /* struct sock * (an opaque key, never dereferenced) */
+    u32 lost_sent;   /* bytes not delivered to user space (ring full), per direction */
+    u32 lost_recv;
+    u16 family;
+    u16 server_port;
+    u16 client_port;
+    u8 l4_role;
+    u8 l7_role;
+    u8 proto;
+    u8 ssl;          /* 1: data comes from TLS uprobes, syscall bytes are ciphertext */
+    u8 tries;        /* detection attempts so far */
+    u8 flags;        /* CONN_F_* */
+    u8 pad[4];
+    u8 client_ip[16];
+    u8 server_ip[16];
+};
+
+#define CONN_F_ADDR     1   /* addresses known */
+#define CONN_F_SEEDED   2   /* created by user space for a pre-existing connection */
+#define CONN_F_IGNORED  4   /* detection gave up, or protocol not enabled */
+
+/* Map `config`, index 0. */
+struct probe_config {
+    u32 proto_flags;     /* FLAG_* bits of the protocols to detect */
+    u32 filter_pids;     /* 1: only tgids in map `pids` */
+    u32 emit_data;       /* 1: send data records (rpc/trace tables wanted) */
+    u32 cap_bytes;       /* bytes captured per syscall, <= CAP_MAX */
+};
+
+#endif
