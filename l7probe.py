@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""l7probe: Layer-7 traffic probe (eBPF, BCC) for gala-gopher, or standalone.
+
+Watches the socket traffic of processes without touching them, parses HTTP/1.x, Redis,
+PostgreSQL, MySQL (and detects more), pairs requests with responses and prints, every
+period, gala-gopher records: l7_link (bytes), l7_rpc (per-connection RPC metrics),
+l7_rpc_api (per API) and l7_trace (per request).
+
+Data flow, file by file: bpf/probe.c (kernel: capture, counters, detection) ->
+bpf/loader.py (ring buffer) -> pipeline/conntrack.py (connections) -> pipeline/stream.py
+(reassembly) -> protocol/<name>/ (frames, pairing) -> pipeline/aggregate.py (statistics)
+-> pipeline/report.py (lines).
+"""
+import os
+import sys
+
+# Runs from a checkout or from the installed copy; the libraries sit next to the real file.
+# Prefer the project's venv (BCC from the system plus pinned pip packages) when present.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+_VENV_PY = os.path.join(_HERE, ".venv", "bin", "python3")
+if (os.path.exists(_VENV_PY) and os.path.realpath(sys.prefix) !=
+        os.path.realpath(os.path.join(_HERE, ".venv")) and not os.environ.get("L7PROBE_NO_VENV")):
+    os.environ["L7PROBE_NO_VENV"] = "1"
+    os.execv(_VENV_PY, [_VENV_PY] + sys.argv)
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import struct  # noqa: E402
+import time  # noqa: E402
+
+EXAMPLES = """examples:
+  sudo ./l7probe.py                      # every process, every protocol, 5 s period
+  sudo ./l7probe.py --proto http,redis   # only these protocols
+  sudo ./l7probe.py -p 1234 -P 10        # only pid 1234, 10 s period
+  sudo ./l7probe.py --range l7_rpc_metrics --format json
+  sudo ./l7probe.py --duration 30        # stop after 30 s, reporting the last period
+Under gala-gopher the probe is started with no arguments and configured over IPC.
+"""
+
+log = logging.getLogger("l7probe")
+
+POLL_INTERVAL = 0.05      # seconds between ring buffer drains
+IPC_INTERVAL = 1.0        # seconds between IPC queue checks
+
+
+class GopherLogFormatter(logging.Formatter):
+    LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR"}
+
+    def format(self, record):
+        level = self.LEVELS.get(record.levelname, record.levelname)
+        return "[%s] l7probe: %s" % (level, record.getMessage())
+
+
+def setup_logging(gopher, verbose):
+    handler = logging.StreamHandler(sys.stdout if gopher else sys.stderr)
+    if gopher:
+        handler.setFormatter(GopherLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("l7probe: %(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="l7probe", description="eBPF Layer-7 traffic probe (gala-gopher extend probe)",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-P", "--period", help="report period in seconds (default 5)")
+    p.add_argument("--proto", help="comma list of http,http2,pgsql,mysql,redis,kafka,mongo,"
+                   "rocketmq,dns or all (default all)")
+    p.add_argument("--range", dest="range_", help="sub-probes: l7_bytes_metrics,"
+                   "l7_rpc_metrics,l7_rpc_trace (default all three)")
+    p.add_argument("-p", "--pid", action="append", help="only these processes (repeatable "
+                   "or comma list)")
+    p.add_argument("--container", action="append", help="only processes of these "
+                   "containers (full or short id)")
+    p.add_argument("--no-ssl", action="store_true", help="do not attach TLS uprobes")
+    p.add_argument("--duration", type=float, help="stop after SEC seconds")
+    p.add_argument("--format", choices=("gopher", "json"), default="gopher",
+                   help="output format (default gopher)")
+    p.add_argument("--ipc", action="store_true", help="force gala-gopher IPC mode")
+    p.add_argument("--capture-bytes", type=int, default=None,
+                   help="bytes captured per syscall (default 16384, max 32768)")
+    p.add_argument("--trace-limit", type=int, default=1000,
+                   help="at most this many l7_trace rows per period (default 1000)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+class ArgError(Exception):
+    pass
+
+
+class Probe:
+    """Capture + pipeline + reporting for one set of settings, changeable at run time."""
+
+    def __init__(self, args, out):
+        from bpf.layout import DEFINES, LAYOUTS
+        from bpf.loader import DEFAULT_CAP, Capture
+        from pipeline.aggregate import Links
+        from pipeline.conntrack import Tracker
+        from pipeline.report import TraceWriter, Writer, mono_to_wall_factory
+
+        self.args = args
+        self.settings = None
+        self.capture = Capture(args.capture_bytes or DEFAULT_CAP)
+        self.links = Links()
+        self.writer = Writer(out, args.format, self._json_labels if args.format == "json"
+                             else None)
+        self.traces = TraceWriter(self.writer, max(0, args.trace_limit), mono_to_wall_factory())
+        self.tracker = Tracker(self.links, None)
+        self.last_report = time.monotonic()
+        self.dropped_reported = (0, 0, 0)
+        self.EVT_OPEN = DEFINES["EVT_OPEN"]
+        self.EVT_DATA = DEFINES["EVT_DATA"]
+        self.EVT_CLOSE = DEFINES["EVT_CLOSE"]
+        self.open_layout = LAYOUTS["evt_open"]
+        self.close_layout = LAYOUTS["evt_close"]
+        self.data_struct = LAYOUTS["evt_data"].struct
+        self.data_hdr = LAYOUTS["evt_data"].size
+        self._type = struct.Struct("<I")
+        self._comm_cache = {}
+
+    # -- set-up -------------------------------------------------------------------------
+    def start(self):
+        from pipeline.seed import seed
+        self.capture.load()
+        self.capture.open_output(self.on_record)
+        self.apply(self.settings)
+        n = seed(self.capture, self.settings.pids)
+        log.info("tracking %d connection(s) that existed before start", n)
+        log.info("started: capturing")
+
+    def apply(self, settings):
+        """(Re)configure the kernel side and the reporting for new settings."""
+        from protocol import registry
+        old = self.settings
+        self.settings = settings
+        tables = settings.tables
+        emit_data = bool(tables & {"l7_rpc", "l7_rpc_api", "l7_trace"})
+        self.tracker.record_sink = self.traces.add if "l7_trace" in tables else None
+        if self.capture.bpf is None:
+            return
+        self.capture.set_config(settings.proto_flags, settings.pids, emit_data)
+        log.info("watching %s; protocols %s; tables %s; period %d s",
+                 "all processes" if settings.pids is None else
+                 "%d process(es)" % len(settings.pids),
+                 ",".join(registry.names_from_flags(settings.proto_flags)) or "none",
+                 ",".join(sorted(tables)), settings.period)
+        if old is not None and settings.pids is not None:
+            wanted = settings.pids
+            self.tracker.drop_where(lambda c: c.tgid not in wanted)
+            self.links.retain(lambda tgid: tgid in wanted)
+            if old.pids is None or not settings.pids <= old.pids:
+                from pipeline.seed import seed
+                seed(self.capture, settings.pids - (old.pids or frozenset()))
+
+    # -- records ------------------------------------------------------------------------
+    def on_record(self, raw):
+        t = self._type.unpack_from(raw)[0]
+        if t == self.EVT_DATA:
+            (_, _, conn_id, ts, true_len, cap_len, lost, direction, _, _, _) = \
+                self.data_struct.unpack_from(raw)
+            h = self.data_hdr
+            self.tracker.on_data(conn_id, direction, ts, raw[h:h + cap_len], true_len, lost)
+        elif t == self.EVT_OPEN:
+            self.tracker.on_open(self.open_layout.unpack(raw))
+        elif t == self.EVT_CLOSE:
+            self.tracker.on_close(self.close_layout.unpack(raw))
+
+    def poll(self):
+        self.tracker.now = time.time()
+        self.capture.poll(int(POLL_INTERVAL * 1000))
+        self.tracker.stitch_dirty()
+
+    # -- reporting ----------------------------------------------------------------------
+    def report(self, final=False):
+        from pipeline.report import report_links
+        now_mono = time.monotonic()
+        elapsed = now_mono - self.last_report
+        self.last_report = now_mono
+        self.poll()
+        self._collect_counters()
+        report_links(self.writer, self.links, self.settings.tables, elapsed)
+        self.links.age(time.time())
+        dropped_traces = self.traces.new_period()
+        if dropped_traces:
+            log.warning("l7_trace: %d row(s) over the limit of %d per period not printed",
+                        dropped_traces, self.traces.limit)
+        drops = self.capture.drop_counts()
+        if drops != self.dropped_reported:
+            d = [a - b for a, b in zip(drops, self.dropped_reported)]
+            self.dropped_reported = drops
+            if d[0] or d[2]:
+                log.warning("kernel: %d record(s) (%d bytes) dropped, ring buffer full; "
+                            "%d connection(s) not tracked, map full", d[0], d[1], d[2])
+        st = self.tracker.stream_stats
+        if st.exceptions:
+            log.error("parsers raised %d exception(s) (last: %r); affected streams "
+                      "were resynchronised", st.exceptions, self.tracker.stream_stats)
+            st.exceptions = 0
+
+    def _collect_counters(self):
+        """Kernel byte counters of live connections; forget those of dead processes."""
+        alive = {}
+        dead = []
+        for conn in list(self.tracker.conns.values()):
+            c = self.capture.conn_counters(conn.tgid, conn.fd)
+            if c is not None and c[0] == conn.conn_id:
+                self.tracker.add_counters(conn, c[1], c[2], c[3], c[4])
+            ok = alive.get(conn.tgid)
+            if ok is None:
+                ok = alive[conn.tgid] = os.path.exists("/proc/%d" % conn.tgid)
+            if not ok or c is None or c[0] != conn.conn_id:
+                dead.append(conn.conn_id)
+        if dead:
+            dead = set(dead)
+            self.tracker.drop_where(lambda c: c.conn_id in dead)
+
+    def _json_labels(self, tgid):
+        v = self._comm_cache.get(tgid)
+        if v is None:
+            try:
+                with open("/proc/%d/comm" % tgid) as f:
+                    comm = f.read().strip()
+            except OSError:
+                comm = ""
+            from ipc.config import container_of_pid
+            v = self._comm_cache[tgid] = {"comm": comm,
+                                          "container_id": container_of_pid(tgid) or ""}
+        return v
+
+    def close(self):
+        self.capture.close()
+
+
+def standalone_settings(args):
+    from ipc.config import settings_from_options
+    try:
+        return settings_from_options(period=args.period, proto=args.proto,
+                                     range_=args.range_, pids=args.pid,
+                                     containers=args.container, no_ssl=args.no_ssl)
+    except ValueError as exc:
+        raise ArgError(str(exc))
+
+
+def run(args, gopher_mode):
+    from bpf.loader import ProbeError, check_environment
+
+    stop = []
+
+    def on_signal(signum, frame):
+        stop.append(signum)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    queue = None
+    settings = None
+    if gopher_mode:
+        from ipc.message import drain
+        from ipc.msgqueue import MessageQueue
+        try:
+            queue = MessageQueue.open()
+        except OSError as exc:
+            raise ProbeError("cannot open gala-gopher's IPC queue (%s): is gala-gopher "
+                             "running?" % exc)
+        log.info("waiting for gala-gopher's configuration on IPC queue %d", queue.msqid)
+        while not stop:                   # nothing is loaded before the first message
+            res = drain(queue)
+            if res.error:
+                log.error("%s", res.error)
+            if res.config is not None:
+                from ipc.config import settings_from_ipc
+                settings = settings_from_ipc(res.config)
+                break
+            time.sleep(IPC_INTERVAL)
+        if stop:
+            return 0
+    else:
+        settings = standalone_settings(args)
+        if not (args.pid or args.container or args.proto or args.range_ or args.period):
+            log.info("no options: watching every process for every protocol, "
+                     "reporting every %d s", settings.period)
+
+    check_environment()
+    probe = Probe(args, sys.stdout)
+    probe.settings = settings
+    try:
+        probe.start()
+        deadline = time.monotonic() + args.duration if args.duration else None
+        next_ipc = time.monotonic() + IPC_INTERVAL
+        while not stop:
+            time.sleep(POLL_INTERVAL)
+            probe.poll()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if now - probe.last_report >= probe.settings.period:
+                probe.report()
+            if queue is not None and now >= next_ipc:
+                next_ipc = now + IPC_INTERVAL
+                _check_ipc(probe, queue)
+        probe.report(final=True)
+    finally:
+        probe.close()
+    return 0
+
+
+def _check_ipc(probe, queue):
+    from ipc.config import refresh_pids, settings_from_ipc
+    from ipc.message import drain
+    if queue.removed and not queue.reopen():
+        return
+    res = drain(queue)
+    if res.error:
+        log.error("%s; keeping the previous configuration", res.error)
+    if res.queue_error:
+        log.warning("%s", res.queue_error)
+    if res.config is not None:
+        probe.apply(settings_from_ipc(res.config))
+    else:
+        new = refresh_pids(probe.settings)
+        if new is not probe.settings and new != probe.settings:
+            probe.apply(new)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    from bpf.loader import ProbeError
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    gopher_mode = args.ipc
+    if not argv:
+        from ipc.msgqueue import MessageQueue
+        try:
+            MessageQueue.open().msqid
+            gopher_mode = True
+        except OSError:
+            gopher_mode = False
+    setup_logging(gopher_mode, args.verbose)
+    try:
+        return run(args, gopher_mode)
+    except (ProbeError, ArgError) as exc:
+        if gopher_mode:
+            print("[ERROR] l7probe: %s" % exc, flush=True)
+        else:
+            print("l7probe: error: %s" % exc, file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

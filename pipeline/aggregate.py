@@ -1,0 +1,145 @@
+"""Per-period statistics of links and APIs (upstream formulas, compat §5.5, §5.6, §2.6).
+
+A *link* is upstream's aggregation key: all connections of one process to one server
+ip:port (or, on the server side, from one client ip) with the same roles, protocol and TLS
+flag.  Everything here is reset after each report.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from protocol.base import ERR_CLIENT, ERR_SERVER
+
+# upper bounds (ns) of the 7 latency buckets; a value v lands in bucket i iff
+# bound[i-1] < v <= bound[i]; 0 and values above 10 s land in none (but count in the sum)
+BOUNDS = (10_000_000, 50_000_000, 100_000_000, 500_000_000, 1_000_000_000,
+          3_000_000_000, 10_000_000_000)
+_NB = len(BOUNDS)
+
+
+class Histogram:
+    __slots__ = ("counts", "sum", "max")
+
+    def __init__(self):
+        self.counts = [0] * _NB
+        self.sum = 0
+        self.max = 0
+
+    def add(self, v):
+        if 0 < v <= 10_000_000_000:
+            self.counts[bisect_left(BOUNDS, v)] += 1
+            self.sum += v
+            if v > self.max:
+                self.max = v
+
+    def serialize(self):
+        """``"7 <b1> <cum1> ... <b7> <cum7> <sum> <max>"`` (compat §2.6)."""
+        parts = [str(_NB)]
+        cum = 0
+        for b, c in zip(BOUNDS, self.counts):
+            cum += c
+            parts.append(str(b))
+            parts.append(str(cum))
+        parts.append(str(self.sum))
+        parts.append(str(self.max))
+        return " ".join(parts)
+
+
+class RpcStats:
+    """Request/response counters of a link or an API for one period."""
+
+    __slots__ = ("req", "resp", "err", "client_err", "server_err", "lat_sum", "lat_n", "histo")
+
+    def __init__(self):
+        self.req = self.resp = self.err = self.client_err = self.server_err = 0
+        self.lat_sum = self.lat_n = 0
+        self.histo = Histogram()
+
+    def add(self, rec):
+        if rec.req_ts:
+            self.req += 1
+        if rec.resp_ts:
+            self.resp += 1
+            if rec.req_ts:
+                lat = rec.resp_ts - rec.req_ts
+                if lat < 0:
+                    lat = 0
+                self.lat_sum += lat
+                self.lat_n += 1
+                self.histo.add(lat)
+        err = rec.err
+        if err:
+            self.err += 1
+            if err == ERR_CLIENT:
+                self.client_err += 1
+            elif err == ERR_SERVER:
+                self.server_err += 1
+
+    def latency_avg(self):
+        # upstream divides by req_count; we divide by the pairs that have a latency
+        return self.lat_sum / self.lat_n if self.lat_n else 0.0
+
+
+class Link:
+    __slots__ = ("key", "tgid", "client_ip", "server_ip", "server_port", "l4_role", "l7_role",
+                 "protocol", "ssl", "bytes_sent", "bytes_recv", "segs_sent", "segs_recv",
+                 "rpc", "apis", "last_active", "conns")
+
+    def __init__(self, key, now):
+        (self.tgid, self.client_ip, self.server_ip, self.server_port, self.l4_role,
+         self.l7_role, self.protocol, self.ssl) = key
+        self.key = key
+        self.bytes_sent = self.bytes_recv = self.segs_sent = self.segs_recv = 0
+        self.rpc = RpcStats()
+        self.apis = {}
+        self.last_active = now
+        self.conns = 0            # open connections in this link
+
+    def add_record(self, rec):
+        self.rpc.add(rec)
+        api = rec.api
+        if api is not None:
+            st = self.apis.get(api)
+            if st is None:
+                if len(self.apis) >= Links.MAX_APIS_PER_LINK:
+                    return
+                st = self.apis[api] = RpcStats()
+            st.add(rec)
+
+    def reset(self):
+        self.bytes_sent = self.bytes_recv = self.segs_sent = self.segs_recv = 0
+        self.rpc = RpcStats()
+        for api in self.apis:
+            self.apis[api] = RpcStats()
+
+
+class Links:
+    """All links, in creation order (the order of the report)."""
+
+    MAX_LINKS = 65536
+    MAX_APIS_PER_LINK = 1024
+    IDLE_SECS = 300
+
+    def __init__(self):
+        self.links = {}
+        self.dropped = 0
+
+    def get(self, key, now):
+        link = self.links.get(key)
+        if link is None:
+            if len(self.links) >= self.MAX_LINKS:
+                self.dropped += 1
+                return None
+            link = self.links[key] = Link(key, now)
+        return link
+
+    def age(self, now):
+        """Forget links without connections and without activity for IDLE_SECS."""
+        dead = [k for k, l in self.links.items()
+                if l.conns <= 0 and now - l.last_active >= self.IDLE_SECS]
+        for k in dead:
+            del self.links[k]
+
+    def retain(self, keep_tgid):
+        for k in [k for k in self.links if not keep_tgid(k[0])]:
+            del self.links[k]

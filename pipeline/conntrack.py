@@ -1,0 +1,179 @@
+"""Connections: open / data / close records in, protocol records into link statistics out.
+
+Each connection (one ``conn_id`` from the kernel) owns two DataStreams, requests and
+responses, whose parsers share one protocol state, and the stitcher that pairs them.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+
+from pipeline.aggregate import Links
+from pipeline.stream import DataStream, StreamStats
+from protocol import registry
+from protocol.base import MessageType
+
+log = logging.getLogger("l7probe")
+
+DIR_EGRESS = 0
+L7_CLIENT = 1
+AF_INET = 2
+AF_INET6 = 10
+
+
+def ip_text(family, raw):
+    """Upstream's rendering: dotted IPv4 (also for v4-mapped IPv6), inet_ntop, or no_ip."""
+    if family == AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if family == AF_INET6:
+        if raw[:12] == b"\0" * 10 + b"\xff\xff":
+            return socket.inet_ntop(socket.AF_INET, raw[12:16])
+        return socket.inet_ntop(socket.AF_INET6, raw[:16])
+    return "no_ip"
+
+
+class Conn:
+    __slots__ = ("conn_id", "tgid", "fd", "link", "proto", "state", "req_stream",
+                 "resp_stream", "req_dir", "sent_base", "recv_base", "ssent_base",
+                 "srecv_base", "warned")
+
+    def __init__(self, conn_id, tgid, fd, link, proto, l7_role):
+        self.conn_id = conn_id
+        self.tgid = tgid
+        self.fd = fd
+        self.link = link
+        self.proto = proto                 # a protocol.base.Protocol, or None
+        self.state = None
+        self.req_stream = self.resp_stream = None
+        # requests travel egress from a client, ingress to a server
+        self.req_dir = DIR_EGRESS if l7_role == L7_CLIENT else 1 - DIR_EGRESS
+        self.sent_base = self.recv_base = self.ssent_base = self.srecv_base = 0
+        self.warned = False
+
+
+class Tracker:
+    def __init__(self, links: Links, record_sink=None):
+        self.links = links
+        self.conns = {}
+        self.dirty = set()
+        self.record_sink = record_sink     # callable(link, record) for l7_trace
+        self.stream_stats = StreamStats()
+        self.unknown_data = 0
+        self.now = 0.0                     # wall seconds, set by the main loop
+
+    # -- records from the kernel --------------------------------------------------------
+    def on_open(self, ev):
+        """ev: dict from layout evt_open."""
+        proto_id = ev["proto"]
+        name = registry.NAME_OF_ID.get(proto_id, "unknown")
+        family = ev["family"]
+        key = (ev["tgid"], ip_text(family, ev["client_ip"]), ip_text(family, ev["server_ip"]),
+               ev["server_port"], ev["l4_role"], ev["l7_role"], name, ev["ssl"])
+        link = self.links.get(key, self.now)
+        if link is None:
+            return None
+        old = self.conns.get(ev["conn_id"])
+        if old is not None:
+            self._finish(old)
+        link.conns += 1
+        link.last_active = self.now
+        conn = Conn(ev["conn_id"], ev["tgid"], ev["fd"], link,
+                    registry.protocol_for_id(proto_id), ev["l7_role"])
+        self.conns[conn.conn_id] = conn
+        return conn
+
+    def on_data(self, conn_id, direction, ts, data, true_len, lost):
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            self.unknown_data += 1
+            return
+        proto = conn.proto
+        if proto is None:
+            return                          # byte-counted only (no parser yet)
+        if direction == conn.req_dir:
+            stream = conn.req_stream
+        else:
+            stream = conn.resp_stream
+        if stream is None:
+            self._make_streams(conn)
+            stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
+        if lost:
+            stream.gap(lost)
+        n = len(stream.frames)
+        if data:
+            stream.append(data, true_len, ts)
+        else:
+            stream.gap(true_len)
+        if len(stream.frames) != n:
+            self.dirty.add(conn)
+
+    def on_close(self, ev):
+        conn = self.conns.pop(ev["conn_id"], None)
+        if conn is None:
+            return
+        self.add_counters(conn, ev["bytes_sent"], ev["bytes_recv"], ev["segs_sent"],
+                          ev["segs_recv"])
+        self._finish(conn)
+
+    # -- stitching ----------------------------------------------------------------------
+    def _make_streams(self, conn):
+        proto = conn.proto
+        conn.state = proto.new_state()
+        conn.req_stream = DataStream(proto.new_parser(MessageType.REQUEST, conn.state),
+                                     self.stream_stats)
+        conn.resp_stream = DataStream(proto.new_parser(MessageType.RESPONSE, conn.state),
+                                      self.stream_stats)
+
+    def stitch_dirty(self):
+        if not self.dirty:
+            return
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            self._stitch(conn, conn.proto.stitch)
+
+    def _stitch(self, conn, fn):
+        rs, ps = conn.req_stream, conn.resp_stream
+        try:
+            recs = fn(rs.frames, ps.frames, conn.state)
+        except Exception as exc:   # a stitcher bug must not stop the probe
+            self.stream_stats.exceptions += 1
+            if not conn.warned:
+                conn.warned = True
+                log.warning("%s stitcher failed on a connection of pid %d: %r",
+                            conn.proto.name, conn.tgid, exc)
+            rs.frames.clear()
+            ps.frames.clear()
+            return
+        if recs:
+            link = conn.link
+            link.last_active = self.now
+            sink = self.record_sink
+            for rec in recs:
+                link.add_record(rec)
+                if sink is not None:
+                    sink(link, rec)
+
+    def _finish(self, conn):
+        conn.link.conns -= 1
+        conn.link.last_active = self.now
+        if conn.req_stream is not None:
+            self._stitch(conn, conn.proto.flush)
+
+    # -- counters -----------------------------------------------------------------------
+    def add_counters(self, conn, sent, recv, ssent, srecv):
+        """Cumulative kernel counters -> this period's deltas on the link."""
+        link = conn.link
+        if sent > conn.sent_base or recv > conn.recv_base:
+            link.last_active = self.now
+        link.bytes_sent += max(0, sent - conn.sent_base)
+        link.bytes_recv += max(0, recv - conn.recv_base)
+        link.segs_sent += max(0, ssent - conn.ssent_base)
+        link.segs_recv += max(0, srecv - conn.srecv_base)
+        conn.sent_base, conn.recv_base = sent, recv
+        conn.ssent_base, conn.srecv_base = ssent, srecv
+
+    def drop_where(self, pred):
+        """Forget connections for which pred(conn) is true (process gone, not watched)."""
+        for conn in [c for c in self.conns.values() if pred(c)]:
+            del self.conns[conn.conn_id]
+            self._finish(conn)

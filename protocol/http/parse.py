@@ -1,0 +1,171 @@
+"""HTTP/1.x frame boundaries and parsing (RFC 9112), sans-IO.
+
+Headers are located with one ``bytes.find`` and read with compiled regexes; bodies are
+never copied: a frame ends at ``end`` which may lie beyond the captured bytes (the stream
+skips the rest).  Chunked bodies are walked chunk by chunk in a continuation state, so a
+chunked body far larger than the capture keeps the stream in sync.
+"""
+from __future__ import annotations
+
+import re
+
+from protocol.base import MessageType, Parser, ParseState
+from protocol.http.types import HttpRequest, HttpResponse
+
+SUCCESS = ParseState.SUCCESS
+NEEDS_MORE_DATA = ParseState.NEEDS_MORE_DATA
+INVALID = ParseState.INVALID
+IGNORE = ParseState.IGNORE
+
+MAX_HEADER = 64 * 1024
+
+METHODS = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH", b"OPTIONS", b"CONNECT",
+           b"TRACE")
+_REQ_LINE = re.compile(rb"([A-Z]{3,16}) ([^ \r\n]{1,8192}) HTTP/1\.([01])\r\n")
+_RESP_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9]\d\d)(?:[ \t][^\r\n]*)?\r\n")
+_CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:[ \t]*([^\r\n]*)", re.I)
+_CHUNKED = re.compile(rb"\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.I)
+_REQ_START = re.compile(rb"(?:GET|POST|PUT|DELETE|HEAD|PATCH|OPTIONS|CONNECT|TRACE) [/*a-zA-Z]")
+_RESP_START = re.compile(rb"HTTP/1\.[01] [1-9]\d\d")
+_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?\r\n")
+_PREFIXES_REQ = tuple(m + b" " for m in METHODS)
+
+
+def _decode(b):
+    return b.decode("latin-1")
+
+
+class HttpParser(Parser):
+    __slots__ = ("chunked",)
+
+    def __init__(self, msg_type, state):
+        super().__init__(msg_type, state)
+        self.chunked = False     # inside a chunked body: parse chunk framing next
+
+    # -- boundary -----------------------------------------------------------------------
+    def find_boundary(self, buf, start):
+        if self.state.upgraded:
+            return -1
+        self.chunked = False
+        pat = _REQ_START if self.msg_type == MessageType.REQUEST else _RESP_START
+        m = pat.search(buf, start)
+        while m is not None:
+            i = m.start()
+            if i == 0 or buf[i - 1] == 0x0A:      # at a line start
+                return i
+            m = pat.search(buf, i + 1)
+        return -1
+
+    # -- frames -------------------------------------------------------------------------
+    def parse(self, buf, start, ts):
+        if self.state.upgraded:
+            return IGNORE, None, len(buf)
+        if self.chunked:
+            return self._parse_chunks(buf, start)
+        hend = buf.find(b"\r\n\r\n", start, start + MAX_HEADER)
+        if hend < 0:
+            return self._incomplete(buf, start)
+        if self.msg_type == MessageType.REQUEST:
+            return self._parse_request(buf, start, hend, ts)
+        return self._parse_response(buf, start, hend, ts)
+
+    def _incomplete(self, buf, start):
+        n = len(buf) - start
+        if n >= MAX_HEADER:
+            return INVALID, None, start
+        head = bytes(buf[start:start + 8])
+        if self.msg_type == MessageType.REQUEST:
+            ok = any(p.startswith(head[:len(p)]) or head.startswith(p) for p in _PREFIXES_REQ)
+        else:
+            ok = b"HTTP/1."[:len(head)] == head[:7]
+        return (NEEDS_MORE_DATA if ok else INVALID), None, 0
+
+    def _body_end(self, buf, hstart, hend):
+        """(end, chunked) for a message whose headers are buf[hstart:hend+4]."""
+        body = hend + 4
+        if _CHUNKED.search(buf, hstart, hend + 2):
+            return body, True
+        m = _CONTENT_LENGTH.search(buf, hstart, hend + 2)
+        if m:
+            v = m.group(1).strip()
+            if not v.isdigit() or len(v) > 15:
+                return -1, False
+            return body + int(v), False
+        return body, False
+
+    def _parse_request(self, buf, start, hend, ts):
+        m = _REQ_LINE.match(buf, start, hend + 2)
+        if m is None:
+            return INVALID, None, start
+        end, chunked = self._body_end(buf, m.end() - 2, hend)
+        if end < 0:
+            return INVALID, None, start
+        method = _decode(m.group(1))
+        frame = HttpRequest(ts, method, _decode(m.group(2)), m.group(3)[0] - 48)
+        self.state.methods.append(method)
+        self.chunked = chunked
+        return SUCCESS, frame, end
+
+    def _parse_response(self, buf, start, hend, ts):
+        m = _RESP_LINE.match(buf, start, hend + 2)
+        if m is None:
+            return INVALID, None, start
+        status = int(m.group(2))
+        frame = HttpResponse(ts, status, m.group(1)[0] - 48)
+        body = hend + 4
+        methods = self.state.methods
+        if status < 200:
+            if status == 101:
+                self.state.upgraded = True
+                if methods:
+                    methods.popleft()
+            return SUCCESS, frame, body
+        method = methods.popleft() if methods else None
+        if status == 204 or status == 304 or method == "HEAD":
+            return SUCCESS, frame, body
+        if method == "CONNECT" and status < 300:
+            self.state.upgraded = True
+            return SUCCESS, frame, body
+        end, chunked = self._body_end(buf, m.end() - 2, hend)
+        if end < 0:
+            return INVALID, None, start
+        if method is None and end > body and buf.startswith(b"HTTP/1.", body):
+            end = body     # request unseen: a HEAD response is followed by the next response
+        self.chunked = chunked
+        return SUCCESS, frame, end
+
+    def _parse_chunks(self, buf, pos):
+        """Consume chunk framing from pos; IGNORE with the end of what was consumed."""
+        n = len(buf)
+        start = pos
+        match = _CHUNK_SIZE.match
+        while True:
+            m = match(buf, pos)
+            if m is None:
+                if n - pos < 20 and buf.find(b"\n", pos) < 0:
+                    # a size line not complete yet
+                    if pos > start:
+                        return IGNORE, None, pos
+                    return NEEDS_MORE_DATA, None, 0
+                self.chunked = False
+                return INVALID, None, pos
+            size = int(m.group(1), 16)
+            pos = m.end()
+            if size == 0:
+                # trailer section: empty line, or header lines then an empty line
+                if buf.startswith(b"\r\n", pos):
+                    self.chunked = False
+                    return IGNORE, None, pos + 2
+                t = buf.find(b"\r\n\r\n", pos)
+                if t < 0:
+                    if n - pos > MAX_HEADER:
+                        self.chunked = False
+                        return INVALID, None, pos
+                    # keep the size line so we come back here
+                    return (IGNORE, None, m.start()) if m.start() > start else \
+                        (NEEDS_MORE_DATA, None, 0)
+                self.chunked = False
+                return IGNORE, None, t + 4
+            pos += size + 2          # data and its CRLF; may lie beyond the buffer
+            if pos >= n:
+                return IGNORE, None, pos

@@ -1,0 +1,37 @@
+"""HTTP/1.x frames."""
+
+
+class HttpRequest:
+    __slots__ = ("ts", "method", "target", "version")
+
+    def __init__(self, ts, method, target, version):
+        self.ts = ts
+        self.method = method      # str, e.g. "GET"
+        self.target = target      # str, the request target as sent
+        self.version = version    # 0 or 1 (HTTP/1.x minor)
+
+    def __repr__(self):
+        return "HttpRequest(%r %r)" % (self.method, self.target)
+
+
+class HttpResponse:
+    __slots__ = ("ts", "status", "version")
+
+    def __init__(self, ts, status, version):
+        self.ts = ts
+        self.status = status      # int
+        self.version = version
+
+    def __repr__(self):
+        return "HttpResponse(%r)" % (self.status,)
+
+
+class HttpState:
+    """Per connection: what the response parser must know about the requests."""
+
+    __slots__ = ("methods", "upgraded")
+
+    def __init__(self):
+        from collections import deque
+        self.methods = deque(maxlen=4096)   # methods of parsed requests, not yet answered
+        self.upgraded = False               # 101 Switching Protocols seen: stop parsing
