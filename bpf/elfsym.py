@@ -21,6 +21,7 @@ raise wrap the whole analysis, see ``tls_targets``).
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -77,6 +78,7 @@ class ElfImage:
             self._f.seek(0, os.SEEK_END)
             self.file_size = self._f.tell()
             self._f.seek(0)
+            self._check_tables(head)
             self.elf = ELFFile(self._f)
             if self.elf.elfclass != 64 or self.elf["e_machine"] != "EM_X86_64":
                 raise ElfError("not an x86-64 ELF file (%s, %d-bit)"
@@ -88,6 +90,21 @@ class ElfImage:
             self._f.close()
             raise
         self._symcache: dict = {}
+
+    def _check_tables(self, head: bytes) -> None:
+        """Clear reasons for the usual truncation cases, before pyelftools."""
+        if head[4] != 2 or head[5] != 1:
+            raise ElfError("not a 64-bit little-endian ELF file")
+        phoff, shoff = struct.unpack_from("<QQ", head, 0x20)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 0x36)
+        if phnum == 0:
+            raise ElfError("ELF file without program headers (not loadable)")
+        if phoff + phnum * phentsize > self.file_size:
+            raise ElfError("truncated ELF: program headers end beyond the file (%d bytes)"
+                           % self.file_size)
+        if shoff and shoff + shnum * shentsize > self.file_size:
+            raise ElfError("truncated ELF: section headers at 0x%x beyond the file (%d bytes)"
+                           % (shoff, self.file_size))
 
     # -- lifetime -------------------------------------------------------
     def close(self) -> None:
@@ -135,6 +152,9 @@ class ElfImage:
         out = []
         for seg in self.elf.iter_segments():
             if seg["p_type"] == "PT_LOAD":
+                if seg["p_offset"] + seg["p_filesz"] > self.file_size:
+                    raise ElfError("truncated ELF: a PT_LOAD segment ends beyond the file "
+                                   "(%d bytes)" % self.file_size)
                 out.append(LoadSegment(seg["p_vaddr"], seg["p_offset"], seg["p_filesz"],
                                        seg["p_memsz"], seg["p_flags"]))
         return out

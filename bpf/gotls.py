@@ -155,6 +155,8 @@ def find_buildinfo(img: ElfImage) -> Optional[bytes]:
         data = img.read_at(sec["sh_offset"], min(sec["sh_size"], 64 * 1024))
         if data.startswith(BUILDINFO_MAGIC):
             return data
+    if img.elf.num_sections():
+        return None      # section table present but no .go.buildinfo: do not scan
     for seg in img.segments:
         if seg.executable or seg.filesz == 0:
             continue
@@ -483,7 +485,8 @@ def analyse_go(img: ElfImage) -> dict:
     """
     version = go_version_of(img)
     if version is None:
-        if img.section(".gopclntab") is None and img.section(".go.buildinfo") is None:
+        if not any(img.section(n) is not None for n in
+                   (".gopclntab", ".data.rel.ro.gopclntab", ".go.buildinfo", ".gosymtab")):
             return {"go": False}
         raise GoError("Go binary without readable build info (version unknown)")
     reason = check_go_version(version)

@@ -173,7 +173,7 @@ Target = Union[OpenSSLTarget, GoTarget, Skip]
 # per-file analysis (path independent, cached)
 # ----------------------------------------------------------------------------------------
 
-def _describe_error(exc: BaseException) -> str:
+def _describe_error(exc: BaseException, path: Optional[str] = None) -> str:
     if isinstance(exc, FileNotFoundError):
         return "file vanished (%s)" % (exc.strerror or exc)
     if isinstance(exc, PermissionError):
@@ -182,7 +182,13 @@ def _describe_error(exc: BaseException) -> str:
         return "unreadable: %s" % (exc.strerror or exc)
     if isinstance(exc, (ElfError, GoError)):
         return str(exc)
-    return "corrupt or truncated ELF (%s: %s)" % (type(exc).__name__, exc)
+    size = ""
+    if path:
+        try:
+            size = "file is %d bytes; " % os.path.getsize(path)
+        except OSError:
+            pass
+    return "corrupt or truncated ELF (%s%s: %s)" % (size, type(exc).__name__, exc)
 
 
 def _openssl_version(img: ElfImage, path: str) -> str:
@@ -224,7 +230,7 @@ def _analyse_openssl(path: str, static: bool):
                         "defined in %s (found: %s)" % ("/".join(tables), have))
             return ("ok", syms, _openssl_version(img, path))
     except Exception as exc:          # corrupt input may raise anything from pyelftools
-        return ("skip", _describe_error(exc))
+        return ("skip", _describe_error(exc, path))
 
 
 def _analyse_go(path: str):
@@ -236,7 +242,7 @@ def _analyse_go(path: str):
                 return ("notgo",)
             return ("ok", res)
     except Exception as exc:
-        return ("skip", _describe_error(exc))
+        return ("skip", _describe_error(exc, path))
 
 
 def _file_id(path: str):
@@ -338,55 +344,67 @@ def go_tls_target(path: str, cache: Optional[TargetCache] = None) -> Target:
 # per-process discovery
 # ----------------------------------------------------------------------------------------
 
-def _same_root(pid: int) -> bool:
+def _ident(path: str):
     try:
-        a, b = os.stat("/proc/%d/root" % pid), os.stat("/")
-        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        st = os.stat(path)
     except OSError:
-        return False
+        return None
+    return (st.st_dev, st.st_ino)
 
 
-def _host_path(pid: int, path: str, same_root: bool) -> str:
-    """A path to ``path`` (as seen by ``pid``) that works from our namespace."""
-    via_root = "/proc/%d/root%s" % (pid, path)
-    if same_root:
-        try:
-            a, b = os.stat(path), os.stat(via_root)
-            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
-                return path
-        except OSError:
-            pass
-    return via_root
+def _host_path(pid: int, shown: str, ref_path: Optional[str]) -> str:
+    """A path, usable from our mount namespace, to the file that ``pid`` maps
+    and the kernel shows as ``shown`` (in /proc/PID/maps or /proc/PID/exe).
+
+    ``ref_path`` (/proc/PID/exe or /proc/PID/map_files/<range>) reaches the
+    real mapped inode; the first candidate with the same (st_dev, st_ino)
+    wins: the plain path (host process), /proc/PID/root/<path> (container),
+    then /proc/PID/root/<path minus leading components> (chroot inside a
+    mount namespace, where the kernel shows the path from the namespace's
+    root). Without a match, ``ref_path`` itself (valid while pid lives).
+    """
+    root = "/proc/%d/root" % pid
+    ref = _ident(ref_path) if ref_path else None
+    parts = [x for x in shown.split("/") if x]
+    candidates = [shown, root + shown]
+    candidates += [root + "/" + "/".join(parts[i:]) for i in range(1, len(parts))]
+    if ref is None:
+        # map_files not readable: trust the namespace root check only.
+        same_root = _ident(root) == _ident("/")
+        return shown if same_root and os.path.exists(shown) else root + shown
+    for c in candidates:
+        if _ident(c) == ref:
+            return c
+    return ref_path
 
 
-def _exe_path(pid: int, same_root: bool) -> str:
-    link = os.readlink("/proc/%d/exe" % pid)
+def _exe_path(pid: int) -> str:
+    exe = "/proc/%d/exe" % pid
+    link = os.readlink(exe)
     if link.endswith(" (deleted)") or not link.startswith("/"):
-        return "/proc/%d/exe" % pid
-    return _host_path(pid, link, same_root)
+        os.stat(exe)           # raises when the process is gone
+        return exe
+    return _host_path(pid, link, exe)
 
 
-def _libssl_mappings(pid: int, same_root: bool) -> list:
+def _libssl_mappings(pid: int) -> list:
     out = []
     seen = set()
     with open("/proc/%d/maps" % pid) as f:
-        for line in f:
-            parts = line.split(None, 5)
-            if len(parts) < 6:
-                continue
-            path = parts[5].rstrip("\n")
-            deleted = path.endswith(" (deleted)")
-            if deleted:
-                path = path[:-len(" (deleted)")]
-            if not path.startswith("/") or not _LIBSSL_RE.match(os.path.basename(path)):
-                continue
-            if path in seen:
-                continue
-            seen.add(path)
-            if deleted:   # replaced on disk: the mapped inode is only reachable here
-                out.append("/proc/%d/map_files/%s" % (pid, parts[0]))
-            else:
-                out.append(_host_path(pid, path, same_root))
+        lines = f.readlines()
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) < 6:
+            continue
+        path = parts[5].rstrip("\n")
+        if path.endswith(" (deleted)"):
+            path = path[:-len(" (deleted)")]
+        if not path.startswith("/") or not _LIBSSL_RE.match(os.path.basename(path)):
+            continue
+        if path in seen:
+            continue
+        seen.add(path)
+        out.append(_host_path(pid, path, "/proc/%d/map_files/%s" % (pid, parts[0])))
     return out
 
 
@@ -400,12 +418,11 @@ def find_libssl_in_process(pid: int, cache: Optional[TargetCache] = None) -> lis
     """
     cache = cache or DEFAULT_CACHE
     try:
-        same_root = _same_root(pid)
-        candidates = _libssl_mappings(pid, same_root)
+        candidates = _libssl_mappings(pid)
     except OSError:
         return []
     try:
-        exe = _exe_path(pid, same_root)
+        exe = _exe_path(pid)
         ident, mtime = _file_id(exe)
         if isinstance(_openssl_result(exe, ident, mtime, True, cache), OpenSSLTarget):
             candidates.append(exe)
@@ -438,8 +455,7 @@ def discover(pid: int, cache: Optional[TargetCache] = None) -> list:
     cache = cache or DEFAULT_CACHE
     proc = "/proc/%d" % pid
     try:
-        same_root = _same_root(pid)
-        exe = _exe_path(pid, same_root)
+        exe = _exe_path(pid)
     except FileNotFoundError:
         return [Skip(proc, "process %d exited" % pid)]
     except OSError as exc:
@@ -463,7 +479,7 @@ def discover(pid: int, cache: Optional[TargetCache] = None) -> list:
                 keys.add(res.key)
 
     try:
-        libs = _libssl_mappings(pid, same_root)
+        libs = _libssl_mappings(pid)
     except FileNotFoundError:
         return out or [Skip(proc, "process %d exited" % pid)]
     except OSError as exc:
