@@ -1,0 +1,729 @@
+"""Tests for bpf/tls_targets.py (+ bpf/elfsym.py, bpf/gotls.py): where TLS uprobes go.
+
+Cross-checks use independent tools: binutils (readelf/nm) for symbol values and
+PT_LOAD segments, the raw file bytes for RET opcodes, and BCC's own resolver
+(``BPF._check_path_symbol``, no BPF loaded) when the bcc module is importable.
+Go binaries are built once per session (tests/support/goapps.py).
+"""
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bpf import gotls
+from bpf.gotls import READ_FUNC, WRITE_FUNC
+from bpf.tls_targets import (GoTarget, OpenSSLTarget, Skip, TargetCache, discover,
+                             find_libssl_in_process, go_tls_target, openssl_symbols,
+                             openssl_target)
+from tests.support import goapps
+from tests.support.tlscert import make_self_signed
+
+TLS_APPS = Path(__file__).resolve().parent / "tls_apps"
+PYSSL = TLS_APPS / "pyssl.py"
+
+try:
+    from bcc import BPF as _BCC
+except Exception:          # bcc missing: the BCC cross-checks are skipped
+    _BCC = None
+
+
+# ----------------------------------------------------------------------------------------
+# helpers (independent of the code under test)
+# ----------------------------------------------------------------------------------------
+
+def readelf_segments(path):
+    """[(offset, vaddr, filesz, flags)] of PT_LOAD from `readelf -lW`."""
+    out = subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    segs = []
+    for line in out.splitlines():
+        f = line.split()
+        if f and f[0] == "LOAD":
+            segs.append((int(f[1], 16), int(f[2], 16), int(f[4], 16), " ".join(f[6:-1])))
+    return segs
+
+
+def to_offset(segs, vaddr):
+    for off, va, filesz, flags in segs:
+        if "E" in flags and va <= vaddr < va + filesz:
+            return vaddr - va + off
+    raise AssertionError("0x%x not in an executable segment" % vaddr)
+
+
+def readelf_symbols(path):
+    """{name-without-version: value} of defined symbols from `readelf -Ws`."""
+    out = subprocess.run(["readelf", "-Ws", "--dyn-syms", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    syms = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 8 and f[0][:-1].isdigit() and f[0].endswith(":") and f[6] != "UND":
+            syms.setdefault(f[7].split("@")[0], int(f[1], 16))
+    return syms
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_line(proc, prefix, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(prefix):
+            return line.strip()
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError("process did not print %r (rc=%s)" % (prefix, proc.poll()))
+
+
+def system_libssl():
+    """The libssl this Python's ssl module maps (via /proc/self/maps)."""
+    import ssl  # noqa: F401  (loads libssl)
+    with open("/proc/self/maps") as f:
+        for line in f:
+            p = line.split()[-1]
+            if re.search(r"/libssl\.so\.\d", p):
+                return p
+    pytest.skip("no libssl.so mapped by the ssl module")
+
+
+def assert_rets_are_c3(path, offsets):
+    data = Path(path).read_bytes()
+    for off in offsets:
+        assert data[off] == 0xC3, "offset 0x%x is 0x%02x, not RET" % (off, data[off])
+
+
+# ----------------------------------------------------------------------------------------
+# fixtures
+# ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("tls")
+
+
+@pytest.fixture(scope="session")
+def certs(work):
+    return make_self_signed(work / "certs")
+
+
+@pytest.fixture(scope="session")
+def go_builds(work):
+    """Built lazily and once per session: {variant: path}."""
+    try:
+        goapps.go_binary()
+    except goapps.GoUnavailable as e:
+        pytest.skip(str(e))
+    cache = {}
+
+    def get(variant):
+        if variant not in cache:
+            app, _, flavour = variant.partition(":")
+            cache[variant] = goapps.build_go(
+                TLS_APPS / app, work / "go" / variant.replace(":", "-"),
+                strip="strip" in flavour, pie="pie" in flavour)
+        return cache[variant]
+    return get
+
+
+@pytest.fixture(scope="session")
+def go_server(go_builds):
+    return go_builds("goserver")
+
+
+@pytest.fixture(scope="session")
+def go_server_stripped(go_builds):
+    return go_builds("goserver:strip")
+
+
+@pytest.fixture(scope="session")
+def go_server_pie_stripped(go_builds):
+    return go_builds("goserver:pie-strip")
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def start(procs, cmd, **kw):
+    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, **kw)
+    procs.append(p)
+    return p
+
+
+# ----------------------------------------------------------------------------------------
+# OpenSSL
+# ----------------------------------------------------------------------------------------
+
+def test_system_libssl_symbols_match_readelf():
+    path = system_libssl()
+    syms = openssl_symbols(path)
+    ref = readelf_symbols(path)
+    segs = readelf_segments(path)
+    for name in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"):
+        assert name in syms, name
+        s = syms[name]
+        assert s.vaddr == ref[name]
+        assert s.offset == to_offset(segs, ref[name])
+        assert s.version and s.version.startswith("OPENSSL_")
+    for name in ("SSL_do_handshake", "SSL_set_fd", "SSL_get_fd"):
+        assert syms[name].vaddr == ref[name]
+
+
+def test_system_libssl_symbols_match_nm():
+    path = system_libssl()
+    out = subprocess.run(["nm", "-D", "--defined-only", path], capture_output=True, text=True,
+                         check=True).stdout
+    nm = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) == 3:
+            nm[f[2].split("@")[0]] = int(f[0], 16)
+    for name, s in openssl_symbols(path).items():
+        assert nm[name] == s.vaddr, name
+
+
+@pytest.mark.skipif(_BCC is None, reason="bcc not importable")
+def test_system_libssl_offsets_match_bcc_resolver():
+    path = system_libssl()
+    for name, s in openssl_symbols(path).items():
+        _p, off = _BCC._check_path_symbol(path.encode(), name.encode(), None, -1)
+        assert off == s.offset, name
+        _p, off = _BCC._check_path_symbol(path.encode(), b"", s.vaddr, -1)
+        assert off == s.offset, name
+
+
+def test_openssl_target_version_and_probes():
+    path = system_libssl()
+    t = openssl_target(path, cache=TargetCache())
+    assert isinstance(t, OpenSSLTarget) and t
+    assert t.key == (os.stat(path).st_dev, os.stat(path).st_ino)
+    assert re.match(r"OpenSSL \d+\.\d+\.\d+", t.version) or "libssl" in t.version
+    kinds = {(p.func, p.kind) for p in t.probes()}
+    for fn in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"):
+        assert (fn, "uprobe") in kinds and (fn, "uretprobe") in kinds
+    assert ("SSL_set_fd", "uprobe") in kinds
+
+
+def test_library_without_ssl_symbols_gives_reason():
+    for path in ("/usr/lib/x86_64-linux-gnu/libssl3.so", "/bin/ls"):   # NSS libssl3, ls
+        if not os.path.exists(path):
+            continue
+        t = openssl_target(path, cache=TargetCache())
+        assert isinstance(t, Skip) and not t
+        assert "SSL_write" in t.reason
+        assert openssl_symbols(path) == {}
+
+
+@pytest.fixture(scope="session")
+def static_ssl_exe(work):
+    src = work / "sslstatic.c"
+    src.write_text(r"""
+#include <openssl/ssl.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(void) {
+    SSL_CTX *c = SSL_CTX_new(TLS_method());
+    SSL *s = SSL_new(c);
+    char b[1];
+    size_t n;
+    if (getenv("NEVER_SET_L7PROBE")) {   /* keep the data functions linked in */
+        SSL_write(s, b, 1); SSL_read(s, b, 1);
+        SSL_write_ex(s, b, 1, &n); SSL_read_ex(s, b, 1, &n);
+    }
+    write(1, "ready\n", 6);
+    pause();
+    return 0;
+}
+""")
+    out = work / "sslstatic"
+    res = subprocess.run(["gcc", "-O1", "-static", "-o", str(out), str(src),
+                          "-l:libssl.a", "-l:libcrypto.a", "-lpthread"],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip("cannot build a static OpenSSL executable: %s" % res.stderr[-300:])
+    return out
+
+
+def test_static_openssl_executable(static_ssl_exe, procs):
+    p = start(procs, [static_ssl_exe])
+    wait_line(p, "ready")
+    ref = readelf_symbols(static_ssl_exe)
+    segs = readelf_segments(static_ssl_exe)
+    assert find_libssl_in_process(p.pid, cache=TargetCache()) == [str(static_ssl_exe)]
+    targets = discover(p.pid, cache=TargetCache())
+    [t] = [t for t in targets if isinstance(t, OpenSSLTarget)]
+    assert t.static and t.path == str(static_ssl_exe)
+    assert t.symbols["SSL_write"].offset == to_offset(segs, ref["SSL_write"])
+    assert t.symbols["SSL_read_ex"].offset == to_offset(segs, ref["SSL_read_ex"])
+
+
+# ----------------------------------------------------------------------------------------
+# Go: build info parser (synthetic bytes)
+# ----------------------------------------------------------------------------------------
+
+def _uvarint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def inline_buildinfo(version, mod="path\tx\n"):
+    hdr = gotls.BUILDINFO_MAGIC + bytes([8, 2]) + b"\0" * 16
+    return hdr + _uvarint(len(version)) + version.encode() + _uvarint(len(mod)) + mod.encode()
+
+
+def pointer_buildinfo(version, mod=""):
+    """Pre-1.18 layout: pointers to Go string headers, plus a fake memory image."""
+    mem = {}
+    vstr, mstr, vhdr, mhdr = 0x5000, 0x6000, 0x7000, 0x7010
+    mem[vstr] = version.encode()
+    mem[mstr] = mod.encode()
+    mem[vhdr] = struct.pack("<QQ", vstr, len(version))
+    mem[mhdr] = struct.pack("<QQ", mstr, len(mod))
+    blob = gotls.BUILDINFO_MAGIC + bytes([8, 0]) + struct.pack("<QQ", vhdr, mhdr)
+
+    def read(vaddr, size):
+        for base, data in mem.items():
+            if base <= vaddr and vaddr + size <= base + len(data):
+                return data[vaddr - base:vaddr - base + size]
+        raise gotls.GoError("unmapped 0x%x" % vaddr)
+    return blob, read
+
+
+def test_buildinfo_inline_format():
+    v, mod = gotls.parse_buildinfo(inline_buildinfo("go1.19.8"))
+    assert v == "go1.19.8" and mod.startswith("path")
+    assert gotls.check_go_version(v) is None
+
+
+def test_buildinfo_pointer_format_old_go_refused():
+    blob, read = pointer_buildinfo("go1.16.15", "mod x")
+    v, mod = gotls.parse_buildinfo(blob, read)
+    assert (v, mod) == ("go1.16.15", "mod x")
+    reason = gotls.check_go_version(v)
+    assert reason and "go1.17" in reason and "register ABI" in reason
+
+
+def test_buildinfo_pointer_format_117_accepted():
+    blob, read = pointer_buildinfo("go1.17.13")
+    v, _ = gotls.parse_buildinfo(blob, read)
+    assert v == "go1.17.13" and gotls.check_go_version(v) is None
+
+
+def test_go_version_strings():
+    assert gotls.parse_go_version("go1.19.8") == (1, 19, 8)
+    assert gotls.parse_go_version("go1.21rc2") == (1, 21, 0)
+    assert gotls.parse_go_version("devel go1.22-abcdef Tue") == (1, 22, 0)
+    assert gotls.parse_go_version("go1.20.1 X:boringcrypto") == (1, 20, 1)
+    assert gotls.parse_go_version("nonsense") is None
+    assert gotls.check_go_version("go1.10") and gotls.check_go_version("weird")
+
+
+def test_buildinfo_garbage_raises_goerror():
+    for blob in (b"", b"\xff Go buildinf:", gotls.BUILDINFO_MAGIC + bytes([8, 2]) + b"\0" * 16 + b"\xff"):
+        with pytest.raises(gotls.GoError):
+            gotls.parse_buildinfo(blob)
+
+
+def _synthetic_pclntab(fmt, funcs, text_start=0x401000):
+    """A minimal pclntab with the given [(name, entry vaddr)] and an end entry."""
+    names = b""
+    nameoffs = []
+    for n, _ in funcs:
+        nameoffs.append(len(names))
+        names += n.encode() + b"\0"
+    nfunc = len(funcs)
+    end = funcs[-1][1] + 0x40
+    if fmt == "1.16":
+        magic, hdr_words = 0xFFFFFFFA, 7
+        field = 8
+    else:
+        magic, hdr_words = (0xFFFFFFF0 if fmt == "1.18" else 0xFFFFFFF1), 8
+        field = 4
+    hdr_len = 8 + hdr_words * 8
+    funcname_off = hdr_len
+    functab_off = funcname_off + len(names)
+    functab_off += (-functab_off) % 8
+    ftab_len = (2 * nfunc + 1) * field
+    ffmt = "<Q" if field == 8 else "<I"
+    ftab = b""
+    funcs_blob = b""
+    for i, (_n, entry) in enumerate(funcs):
+        e = entry if field == 8 else entry - text_start
+        funcoff = ftab_len + len(funcs_blob)
+        ftab += struct.pack(ffmt, e) + struct.pack(ffmt, funcoff)
+        funcs_blob += struct.pack(ffmt, e) + struct.pack("<i", nameoffs[i]) + b"\0" * 4
+    ftab += struct.pack(ffmt, end if field == 8 else end - text_start)
+    if fmt == "1.16":
+        words = [nfunc, 1, funcname_off, 0, 0, 0, functab_off]
+    else:
+        words = [nfunc, 1, text_start, funcname_off, 0, 0, 0, functab_off]
+    hdr = struct.pack("<I", magic) + b"\0\0\x01\x08" + b"".join(struct.pack("<Q", w) for w in words)
+    body = hdr + names
+    body += b"\0" * (functab_off - len(body))
+    return body + ftab + funcs_blob
+
+
+@pytest.mark.parametrize("fmt", ["1.16", "1.18", "1.20"])
+def test_pclntab_formats_synthetic(fmt):
+    funcs = [("runtime.text", 0x401000), (WRITE_FUNC, 0x401100), ("main.main", 0x401400),
+             (READ_FUNC, 0x401500)]
+    tab = gotls.PclnTab(_synthetic_pclntab(fmt, funcs))
+    assert tab.format == fmt and tab.nfunc == 4 and tab.sane()
+    found = tab.find([WRITE_FUNC, READ_FUNC])
+    assert found[WRITE_FUNC].vaddr == 0x401100 and found[WRITE_FUNC].size == 0x300
+    assert found[READ_FUNC].vaddr == 0x401500 and found[READ_FUNC].size == 0x40
+
+
+def test_pclntab_rejects_bad_headers():
+    good = _synthetic_pclntab("1.18", [("a", 0x401000)])
+    for bad in (b"", good[:20], b"\xfb\xff\xff\xff\0\0\x01\x08" + good[8:],
+                b"\x00\x00\x00\x00" + good[4:], good[:4] + b"\1\0\1\x08" + good[8:]):
+        with pytest.raises(gotls.GoError):
+            gotls.PclnTab(bad)
+
+
+# ----------------------------------------------------------------------------------------
+# Go: real binaries
+# ----------------------------------------------------------------------------------------
+
+def _check_go_target(t, path):
+    assert isinstance(t, GoTarget), t
+    assert gotls.parse_go_version(t.go_version) >= (1, 17)
+    data = Path(path).read_bytes()
+    assert t.read_ret_offsets, "no RET found in Read"
+    assert_rets_are_c3(path, t.read_ret_offsets)
+    for fi in (t.write, t.read):
+        start, end = fi.entry.offset, fi.entry.offset + fi.size
+        assert all(start < r < end for r in (p.offset for p in fi.rets))
+        # the entry and the post-stack-check point differ only by the cmp/jbe bytes
+        assert fi.after_stack_check is not None
+        assert 0 < fi.after_stack_check.offset - start <= 16
+        assert fi.after_stack_check.vaddr - fi.entry.vaddr == fi.after_stack_check.offset - start
+    for fi in (t.write, t.read):
+        # Go amd64 prologue at the file offset: cmp rsp,[r14+0x10] or lea r12,[rsp-N]
+        assert data[fi.entry.offset:fi.entry.offset + 4] in (b"\x49\x3b\x66\x10", b"\x4c\x8d\x64\x24")
+    kinds = [(p.role, p.kind) for p in t.probes()]
+    assert ("go:Write:entry", "uprobe") in kinds and ("go:Read:entry", "uprobe") in kinds
+    assert kinds.count(("go:Read:ret", "uprobe")) == len(t.read_ret_offsets)
+    assert not any(k == "uretprobe" for _r, k in kinds)
+
+
+def test_go_unstripped_matches_readelf(go_server):
+    t = go_tls_target(str(go_server), cache=TargetCache())
+    _check_go_target(t, go_server)
+    ref = readelf_symbols(go_server)
+    segs = readelf_segments(go_server)
+    assert t.write.entry.vaddr == ref[WRITE_FUNC]
+    assert t.read.entry.vaddr == ref[READ_FUNC]
+    assert t.write_entry_offset == to_offset(segs, ref[WRITE_FUNC])
+    assert t.read_entry_offset == to_offset(segs, ref[READ_FUNC])
+    assert t.write_entry_offset != t.write.entry.vaddr     # non-PIE: offsets are not vaddrs
+    assert not t.stripped and t.read.source == ".symtab"
+    assert t.abi["entry"] == {"conn": "rax", "buf": "rbx", "len": "rcx", "cap": "rdi"}
+    assert t.abi["ret"]["n"] == "rax"
+
+
+def test_go_unstripped_rets_match_objdump(go_server):
+    t = go_tls_target(str(go_server), cache=TargetCache())
+    start = t.read.entry.vaddr
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "--start-address=0x%x" % start,
+                          "--stop-address=0x%x" % (start + t.read.size), str(go_server)],
+                         capture_output=True, text=True, check=True).stdout
+    rets = [int(m.group(1), 16) for m in re.finditer(r"^\s*([0-9a-f]+):\s+ret", out, re.M)]
+    assert rets == [p.vaddr for p in t.read.rets]
+
+
+def test_go_dwarf_fd_chain(go_server):
+    t = go_tls_target(str(go_server), cache=TargetCache())
+    fo = t.fd_offsets
+    assert fo is not None
+    assert set(fo) == {"tls.Conn.conn", "net.conn.fd", "net.netFD.pfd", "poll.FD.Sysfd"}
+    assert all(isinstance(v, int) and 0 <= v < 256 for v in fo.values())
+    assert fo["poll.FD.Sysfd"] > 0        # after the fdMutex
+
+
+def test_go_pclntab_agrees_with_symtab(go_server):
+    from bpf.elfsym import ElfImage
+    with ElfImage(str(go_server)) as img:
+        tab = gotls.find_pclntab(img)
+        syms = img.find_functions([WRITE_FUNC, READ_FUNC])
+    found = tab.find([WRITE_FUNC, READ_FUNC])
+    for n in (WRITE_FUNC, READ_FUNC):
+        assert found[n].vaddr == syms[n].vaddr
+        assert syms[n].size <= found[n].size < syms[n].size + 64   # + alignment padding
+
+
+@pytest.mark.skipif(_BCC is None, reason="bcc not importable")
+def test_go_offsets_match_bcc_resolver(go_server):
+    t = go_tls_target(str(go_server), cache=TargetCache())
+    path = str(go_server).encode()
+    _p, off = _BCC._check_path_symbol(path, READ_FUNC.encode(), None, -1)
+    assert off == t.read_entry_offset
+    for spec in t.probes():
+        _p, off = _BCC._check_path_symbol(path, b"", spec.vaddr, -1)
+        assert off == spec.offset
+
+
+def test_go_stripped_equals_unstripped(go_server, go_server_stripped):
+    full = go_tls_target(str(go_server), cache=TargetCache())
+    t = go_tls_target(str(go_server_stripped), cache=TargetCache())
+    _check_go_target(t, go_server_stripped)
+    assert t.stripped and t.read.source == ".gopclntab" and t.fd_offsets is None
+    assert t.write_entry_offset == full.write_entry_offset
+    assert t.read_entry_offset == full.read_entry_offset
+    assert t.read_ret_offsets == full.read_ret_offsets
+    assert t.write.after_stack_check == full.write.after_stack_check
+
+
+def test_go_stripped_pie(go_server_pie_stripped):
+    t = go_tls_target(str(go_server_pie_stripped), cache=TargetCache())
+    _check_go_target(t, go_server_pie_stripped)
+    assert t.stripped
+
+
+def _drop_section_headers(src, dst):
+    data = bytearray(Path(src).read_bytes())
+    struct.pack_into("<Q", data, 0x28, 0)        # e_shoff
+    struct.pack_into("<HHH", data, 0x3A, 0, 0, 0)  # e_shentsize, e_shnum, e_shstrndx
+    Path(dst).write_bytes(bytes(data))
+    os.chmod(dst, 0o755)
+    return dst
+
+
+@pytest.mark.parametrize("variant", ["goserver:strip", "goserver:pie-strip"])
+def test_go_without_section_headers_uses_magic_search(go_builds, work, variant):
+    """No section table at all: build info and pclntab are found by their magic."""
+    src = go_builds(variant)
+    ref = go_tls_target(str(src), cache=TargetCache())
+    dst = _drop_section_headers(src, work / ("noshdr-" + variant.replace(":", "-")))
+    t = go_tls_target(str(dst), cache=TargetCache())
+    _check_go_target(t, dst)
+    assert (t.write_entry_offset, t.read_entry_offset, t.read_ret_offsets) == \
+        (ref.write_entry_offset, ref.read_entry_offset, ref.read_ret_offsets)
+
+
+def test_go_old_version_binary_refused(go_server_stripped, work):
+    data = Path(go_server_stripped).read_bytes()
+    v = gotls.parse_buildinfo(data[data.index(gotls.BUILDINFO_MAGIC):][:4096])[0]
+    old = re.sub(r"^go1\.\d+", "go1.16", v)
+    assert old != v
+    patched = work / "go-patched-old"
+    patched.write_bytes(data.replace(_uvarint(len(v)) + v.encode(), _uvarint(len(old)) + old.encode()))
+    t = go_tls_target(str(patched), cache=TargetCache())
+    assert isinstance(t, Skip) and "go1.17" in t.reason and "go1.16" in t.reason
+
+
+def test_non_go_file_is_skip():
+    t = go_tls_target("/bin/ls", cache=TargetCache())
+    assert isinstance(t, Skip) and "not a Go binary" in t.reason
+
+
+# ----------------------------------------------------------------------------------------
+# bad input never raises
+# ----------------------------------------------------------------------------------------
+
+def _truncations(size):
+    return sorted({0, 3, 4, 20, 63, 64, 200, 4096, size // 10, size // 3, size // 2,
+                   size * 9 // 10, size - 1})
+
+
+def test_truncated_libssl_is_skip(work):
+    path = system_libssl()
+    data = Path(path).read_bytes()
+    for n in _truncations(len(data)):
+        p = work / ("libssl.so.3.cut%d" % n)
+        p.write_bytes(data[:n])
+        t = openssl_target(str(p), cache=TargetCache())
+        assert isinstance(t, (Skip, OpenSSLTarget))
+        if n <= len(data) // 2:
+            assert isinstance(t, Skip) and t.reason, n
+        assert isinstance(openssl_symbols(str(p)), dict)
+        assert isinstance(go_tls_target(str(p), cache=TargetCache()), Skip)
+
+
+def test_truncated_go_binary_is_skip(go_server, go_server_stripped, work):
+    for src in (go_server, go_server_stripped):
+        data = Path(src).read_bytes()
+        for n in _truncations(len(data)):
+            p = work / ("%s.cut%d" % (src.name, n))
+            p.write_bytes(data[:n])
+            t = go_tls_target(str(p), cache=TargetCache())
+            assert isinstance(t, (Skip, GoTarget)), n
+            if n <= len(data) // 2:
+                assert isinstance(t, Skip) and t.reason, n
+            assert isinstance(openssl_target(str(p), cache=TargetCache()), Skip)
+
+
+def test_corrupt_files_are_skip(go_server_stripped, work):
+    data = bytearray(Path(go_server_stripped).read_bytes())
+    # smash the pclntab header magic everywhere: stripped binary loses its function table
+    for magic in (0xFFFFFFF0, 0xFFFFFFF1, 0xFFFFFFFA):
+        needle = struct.pack("<I", magic) + b"\0\0\x01\x08"
+        pos = data.find(needle)
+        while pos >= 0:
+            data[pos:pos + 4] = b"\x00\x11\x22\x33"
+            pos = data.find(needle, pos + 1)
+    p = work / "go-nopcln"
+    p.write_bytes(bytes(data))
+    t = go_tls_target(str(p), cache=TargetCache())
+    assert isinstance(t, Skip) and "pclntab" in t.reason and "stripped" in t.reason
+
+    junk = work / "junk.elf"
+    junk.write_bytes(b"\x7fELF" + os.urandom(5000))
+    text = work / "plain.txt"
+    text.write_text("hello\n")
+    for path in (junk, text, work, work / "does-not-exist"):
+        for fn in (go_tls_target, openssl_target):
+            t = fn(str(path), cache=TargetCache())
+            assert isinstance(t, Skip) and t.reason
+        assert openssl_symbols(str(path)) == {}
+
+
+# ----------------------------------------------------------------------------------------
+# running processes
+# ----------------------------------------------------------------------------------------
+
+def test_go_apps_talk_http11(go_server, go_builds, certs, procs, work):
+    client = go_builds("goclient")
+    port = free_port()
+    srv = start(procs, [go_server, "-addr", "127.0.0.1:%d" % port, "-cert", certs[0], "-key", certs[1]])
+    wait_line(srv, "listening")
+    urls = work / "urls.txt"
+    urls.write_text("https://127.0.0.1:%d/status/404\nhttps://127.0.0.1:%d/bytes/1000\n" % (port, port))
+    out = subprocess.run([str(client), "-urls", str(urls), "-n", "2", "-url",
+                          "https://127.0.0.1:%d/status/200" % port],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "requests=4 errors=0 bytes=1033 status=200:3,404:1"
+    # Python's ssl client against the Go server (and HTTP/1.1, not h2)
+    out = subprocess.run([sys.executable, str(PYSSL), "client", "-n", "3", "--url",
+                          "https://127.0.0.1:%d/bytes/10" % port],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "requests=3 errors=0 bytes=30 status=200:3", out.stderr
+
+
+def test_discover_go_server(go_server, certs, procs):
+    cache = TargetCache()
+    port = free_port()
+    p = start(procs, [go_server, "-addr", "127.0.0.1:%d" % port, "-cert", certs[0], "-key", certs[1]])
+    wait_line(p, "listening")
+    targets = discover(p.pid, cache=cache)
+    [t] = targets
+    assert isinstance(t, GoTarget)
+    assert os.path.samefile(t.path, go_server)
+    st = os.stat(go_server)
+    assert t.key == (st.st_dev, st.st_ino)
+    assert t.read_entry_offset == go_tls_target(str(go_server), cache=TargetCache()).read_entry_offset
+    assert find_libssl_in_process(p.pid, cache=cache) == []
+    # a second process of the same binary: no new ELF parsing, same key
+    port2 = free_port()
+    p2 = start(procs, [go_server, "-addr", "127.0.0.1:%d" % port2, "-cert", certs[0], "-key", certs[1]])
+    wait_line(p2, "listening")
+    parses = cache.parses
+    [t2] = discover(p2.pid, cache=cache)
+    assert cache.parses == parses and t2.key == t.key
+
+
+def test_discover_python_ssl_server(certs, procs):
+    cache = TargetCache()
+    servers = []
+    for _ in range(2):
+        p = start(procs, [sys.executable, PYSSL, "server", "--addr", "127.0.0.1:0",
+                          "--cert", certs[0], "--key", certs[1]])
+        port = int(wait_line(p, "listening").rsplit(":", 1)[1])
+        servers.append((p, port))
+    p, port = servers[0]
+    out = subprocess.run([sys.executable, str(PYSSL), "client", "-n", "2", "--url",
+                          "https://127.0.0.1:%d/status/503" % port],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "requests=2 errors=0 bytes=22 status=503:2", out.stderr
+
+    targets = discover(p.pid, cache=cache)
+    ssl_targets = [t for t in targets if isinstance(t, OpenSSLTarget)]
+    assert len(ssl_targets) == 1 and not [t for t in targets if isinstance(t, GoTarget)]
+    t = ssl_targets[0]
+    assert not t.static and re.search(r"libssl\.so", t.path)
+    assert {"SSL_read_ex", "SSL_write_ex", "SSL_read", "SSL_write"} <= set(t.symbols)
+    assert find_libssl_in_process(p.pid, cache=cache) == [t.path]
+    assert os.path.samefile(t.path, system_libssl())
+    parses = cache.parses
+    t2 = [x for x in discover(servers[1][0].pid, cache=cache) if isinstance(x, OpenSSLTarget)][0]
+    assert cache.parses == parses and t2.key == t.key and t2.symbols == t.symbols
+
+
+def test_discover_exited_and_plain_processes(procs):
+    p = start(procs, ["sleep", "30"])
+    assert discover(p.pid, cache=TargetCache()) == []
+    p.kill()
+    p.wait()
+    r = discover(p.pid, cache=TargetCache())
+    assert len(r) == 1 and isinstance(r[0], Skip) and "exited" in r[0].reason
+    assert find_libssl_in_process(p.pid) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("chroot"), reason="needs root + chroot")
+def test_discover_chrooted_process(go_server, certs, procs, work):
+    """Another root, same mount namespace: the host path is still usable."""
+    root = work / "chroot"
+    (root / "app").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(go_server, root / "app" / "server")
+    shutil.copy2(certs[0], root / "app" / "c.pem")
+    shutil.copy2(certs[1], root / "app" / "k.pem")
+    port = free_port()
+    p = start(procs, ["chroot", root, "/app/server", "-addr", "127.0.0.1:%d" % port,
+                      "-cert", "/app/c.pem", "-key", "/app/k.pem"])
+    wait_line(p, "listening")
+    [t] = discover(p.pid, cache=TargetCache())
+    assert isinstance(t, GoTarget)
+    assert os.path.samefile(t.path, root / "app" / "server")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root + unshare")
+def test_discover_container_like_process_uses_proc_root(go_server, certs, procs, work):
+    """Private mount namespace + chroot (like a container): the binary lives on a
+    tmpfs that only that namespace sees, so the target path must be
+    /proc/PID/root/<path inside the container>."""
+    nsroot = work / "nsroot"
+    nsroot.mkdir(exist_ok=True)
+    script = ("mount -t tmpfs tmpfs {r} && mkdir {r}/app && cp {srv} {r}/app/server && "
+              "cp {c} {r}/app/c.pem && cp {k} {r}/app/k.pem && "
+              "exec chroot {r} /app/server -addr 127.0.0.1:{port} -cert /app/c.pem -key /app/k.pem"
+              ).format(r=nsroot, srv=go_server, c=certs[0], k=certs[1], port=free_port())
+    p = start(procs, ["unshare", "-m", "--propagation", "private", "sh", "-c", script])
+    try:
+        wait_line(p, "listening", timeout=10)
+    except AssertionError:
+        pytest.skip("cannot create a mount namespace here: %s" % p.stderr.read()[-200:])
+    assert not (nsroot / "app").exists()          # invisible from the host namespace
+    [t] = discover(p.pid, cache=TargetCache())
+    assert isinstance(t, GoTarget), t
+    assert t.path == "/proc/%d/root/app/server" % p.pid
+    ref = go_tls_target(str(go_server), cache=TargetCache())
+    assert t.read_ret_offsets == ref.read_ret_offsets
