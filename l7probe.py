@@ -17,6 +17,8 @@ import sys
 # Runs from a checkout or from the installed copy; the libraries sit next to the real file.
 # Prefer the project's venv (BCC from the system plus pinned pip packages) when present.
 _HERE = os.path.dirname(os.path.realpath(__file__))
+if os.path.isdir(os.path.join(_HERE, "l7probe.d")):     # installed: `make install` layout
+    _HERE = os.path.join(_HERE, "l7probe.d")
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 _VENV_PY = os.path.join(_HERE, ".venv", "bin", "python3")

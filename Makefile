@@ -1,0 +1,57 @@
+# l7probe: `make run` installs what is missing and starts the probe on this host;
+# `make test` runs the whole test suite; `make bench` prints the performance figures.
+PY        ?= /usr/bin/python3
+VENV      := .venv
+VPY       := $(VENV)/bin/python
+PREFIX    ?= /opt/gala-gopher
+DESTDIR   ?=
+ARGS      ?=
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv run test bench install uninstall clean
+
+all: venv
+
+deps:
+	@sh scripts/setup-host.sh
+
+$(VENV)/.stamp: requirements.txt
+	$(PY) -m venv --system-site-packages $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+venv: deps $(VENV)/.stamp
+
+run: venv
+	$(VPY) ./l7probe.py $(ARGS)
+
+test: venv
+	$(VPY) -m pytest -q -ra $(PYTEST_ARGS) tests
+
+bench: venv
+	$(VPY) bench/run.py
+
+# Installs the probe where gala-gopher looks for it: the executable as
+# $(PREFIX)/extend_probes/l7probe (a Python script that finds its libraries in
+# l7probe.d/ beside it) and the meta file as $(PREFIX)/meta/l7probe.meta.
+SRC_DIRS := bpf include ipc pipeline protocol
+install: venv
+	install -d $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d $(DESTDIR)$(PREFIX)/meta
+	cp -r $(SRC_DIRS) $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/
+	find $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d -name __pycache__ -prune -exec rm -rf {} +
+	install -m 0644 requirements.txt $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/
+	install -m 0644 l7probe.meta $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/l7probe.meta
+	install -m 0644 l7probe.meta $(DESTDIR)$(PREFIX)/meta/l7probe.meta
+	install -m 0755 l7probe.py $(DESTDIR)$(PREFIX)/extend_probes/l7probe
+	rm -rf $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/.venv
+	$(PY) -m venv --system-site-packages $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/.venv
+	$(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/.venv/bin/python -m pip install -q \
+	    --disable-pip-version-check -r requirements.txt
+
+uninstall:
+	rm -rf $(DESTDIR)$(PREFIX)/extend_probes/l7probe $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d \
+	    $(DESTDIR)$(PREFIX)/meta/l7probe.meta
+
+clean:
+	rm -rf $(VENV) .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +
