@@ -250,7 +250,7 @@ def standalone_settings(args):
         raise ArgError(str(exc))
 
 
-def run(args, gopher_mode):
+def run(args, gopher_mode, no_options=False):
     from bpf.loader import ProbeError, check_environment
 
     stop = []
@@ -282,13 +282,14 @@ def run(args, gopher_mode):
             time.sleep(IPC_INTERVAL)
         if stop:
             return 0
+        check_environment()
     else:
         settings = standalone_settings(args)
-        if not (args.pid or args.container or args.proto or args.range_ or args.period):
+        check_environment()
+        if no_options:
             log.info("no options: watching every process for every protocol, "
                      "reporting every %d s", settings.period)
 
-    check_environment()
     probe = Probe(args, sys.stdout)
     probe.settings = settings
     try:
@@ -347,7 +348,7 @@ def main(argv=None):
             gopher_mode = False
     setup_logging(gopher_mode, args.verbose)
     try:
-        return run(args, gopher_mode)
+        return run(args, gopher_mode, no_options=not argv)
     except (ProbeError, ArgError) as exc:
         if gopher_mode:
             print("[ERROR] l7probe: %s" % exc, flush=True)

@@ -40,7 +40,8 @@ def check_environment():
         raise ProbeError("BCC's Python module 'bcc' is missing: install python3-bpfcc "
                          "(apt-get install python3-bpfcc) and run with /usr/bin/python3 or "
                          "a venv made with --system-site-packages (make venv)")
-    build = "/lib/modules/%s/build" % platform.release()
+    # L7PROBE_KERNEL_BUILD overrides where BCC's headers are looked for (tests use it)
+    build = os.environ.get("L7PROBE_KERNEL_BUILD") or "/lib/modules/%s/build" % platform.release()
     if not os.path.isdir(os.path.join(build, "include")):
         raise ProbeError("no kernel headers at %s: run 'make deps' (installs "
                          "linux-headers and links them for this kernel)" % build)
