@@ -147,19 +147,28 @@ class Probe:
         self.tracker.record_sink = self.traces.add if "l7_trace" in tables else None
         if self.capture.bpf is None:
             return
-        self.capture.set_config(settings.proto_flags, settings.pids, emit_data)
+        self.capture.set_config(settings.proto_flags, settings.pids, emit_data,
+                                settings.exclude_pids)
         log.info("watching %s; protocols %s; tables %s; period %d s",
                  "all processes" if settings.pids is None else
                  "%d process(es)" % len(settings.pids),
                  ",".join(registry.names_from_flags(settings.proto_flags)) or "none",
                  ",".join(sorted(tables)), settings.period)
-        if old is not None and settings.pids is not None:
-            wanted = settings.pids
-            self.tracker.drop_where(lambda c: c.tgid not in wanted)
-            self.links.retain(lambda tgid: tgid in wanted)
-            if old.pids is None or not settings.pids <= old.pids:
+        if old is not None:
+            wanted = self.wanted
+            self.tracker.drop_where(lambda c: not wanted(c.tgid))
+            self.links.retain(wanted)
+            if settings.pids is None or old.pids is None or not settings.pids <= old.pids:
+                # newly watched processes: track their existing connections
                 from pipeline.seed import seed
-                seed(self.capture, settings.pids - (old.pids or frozenset()))
+                seed(self.capture, None if settings.pids is None
+                     else settings.pids - (old.pids or frozenset()))
+
+    def wanted(self, tgid):
+        s = self.settings
+        if s.pids is not None:
+            return tgid in s.pids
+        return tgid not in s.exclude_pids
 
     # -- records ------------------------------------------------------------------------
     def on_record(self, raw):
@@ -263,6 +272,9 @@ def run(args, gopher_mode, no_options=False):
     queue = None
     settings = None
     if gopher_mode:
+        # gala-gopher starts us through `/bin/sh -c`, and dash does not exec: its SIGINT
+        # may reach the shell only.  Leave with it.
+        _exit_with_parent()
         from ipc.message import drain
         from ipc.msgqueue import MessageQueue
         try:
@@ -311,6 +323,17 @@ def run(args, gopher_mode, no_options=False):
     finally:
         probe.close()
     return 0
+
+
+def _exit_with_parent():
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)        # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _check_ipc(probe, queue):

@@ -128,19 +128,19 @@ class Capture:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
 
     # -- configuration ------------------------------------------------------------------
-    def set_config(self, proto_flags, pids, emit_data):
+    def set_config(self, proto_flags, pids, emit_data, exclude=frozenset()):
+        """pids: whitelist (None: every process); exclude: blacklist when pids is None."""
         cfg = self.config[ctypes.c_int(0)]
         cfg.proto_flags = proto_flags
-        cfg.filter_pids = 0 if pids is None else 1
+        cfg.filter_pids = 1 if pids is not None else (2 if exclude else 0)
         cfg.emit_data = 1 if emit_data else 0
         cfg.cap_bytes = self.cap_bytes
-        if pids is not None:
-            wanted = set(pids)
-            for k in list(self.pids.keys()):
-                if k.value not in wanted:
-                    del self.pids[k]
-            for pid in wanted:
-                self.pids[ctypes.c_uint(pid)] = ctypes.c_ubyte(1)
+        wanted = set(pids if pids is not None else exclude)
+        for k in list(self.pids.keys()):
+            if k.value not in wanted:
+                del self.pids[k]
+        for pid in wanted:
+            self.pids[ctypes.c_uint(pid)] = ctypes.c_ubyte(1)
         self.config[ctypes.c_int(0)] = cfg
 
     def seed_connection(self, tgid, fd, l4_role, family, client_ip, client_port,

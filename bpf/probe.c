@@ -102,7 +102,9 @@ static __always_inline struct probe_config *get_config(void) {
 static __always_inline int pid_wanted(u32 tgid, struct probe_config *cfg) {
     if (!cfg->filter_pids)
         return 1;
-    return pids.lookup(&tgid) != NULL;
+    if (cfg->filter_pids == 1)                  /* whitelist */
+        return pids.lookup(&tgid) != NULL;
+    return pids.lookup(&tgid) == NULL;          /* 2: blacklist */
 }
 
 static __always_inline u64 new_conn_id(void) {

@@ -21,6 +21,30 @@ itself) and the file offset (for the kernel's uprobe API, libbpf, or
 
 Nothing here raises for bad input: a process that exits meanwhile, an
 unreadable, non-ELF, truncated or corrupt file all yield :class:`Skip`.
+
+What the BPF side does with a target (all plain uprobes unless stated)
+----------------------------------------------------------------------
+* Attach once per ``target.key`` with ``pid=-1`` and filter on tgid in BPF
+  (or pass ``pid=`` for a single process). BCC 0.26:
+  ``b.attach_uprobe(name=t.path.encode(), addr=spec.vaddr, fn_name=...)`` /
+  ``attach_uretprobe(...)`` for each ``spec`` in ``t.probes()``.
+* OpenSSL (System V ABI, see OPENSSL_ABI): entry of SSL_write/SSL_read/
+  SSL_write_ex/SSL_read_ex: stash (SSL* = di, buf = si, num = dx, and for
+  *_ex the size_t* out-pointer in cx) keyed by pid_tgid; uretprobe: ret (ax)
+  > 0 (or == 1 for *_ex, bytes = *out-pointer) -> emit buf. The fd is the one
+  of the nested read/write/sendmsg/recvmsg syscall on the same thread
+  between entry and return (or SSL_set_fd: di = SSL*, si = fd).
+* Go (GO_AMD64_ABI): at ``go:Write:entry`` RAX = *tls.Conn, RBX = buf,
+  RCX = len: emit the plaintext. At ``go:Read:entry`` stash (RBX = buf)
+  keyed by (tgid, R14 = goroutine *g), NOT by thread: the goroutine may
+  block in Read and resume on another thread. At each ``go:Read:ret``
+  (uprobes on the RET instructions; never uretprobes on Go) RAX = n bytes,
+  RBX/RCX = error interface (itab, data; RBX == 0 means nil): emit n bytes of
+  the stashed buf and delete the stash. The fd is learned from the nested
+  read/write syscall, or, when ``fd_offsets`` is not None, by reading
+  conn = *(RAX + off["tls.Conn.conn"] + 8) (interface data word, a
+  *net.TCPConn), netfd = *(conn + off["net.conn.fd"]),
+  fd = *(int64*)(netfd + off["net.netFD.pfd"] + off["poll.FD.Sysfd"]).
 """
 from __future__ import annotations
 
@@ -38,7 +62,7 @@ from .gotls import GO_AMD64_ABI, READ_FUNC, WRITE_FUNC, GoError
 __all__ = [
     "ProbeSpec", "Skip", "OpenSSLTarget", "GoTarget", "Target", "TargetCache",
     "find_libssl_in_process", "openssl_symbols", "openssl_target", "go_tls_target",
-    "discover", "DEFAULT_CACHE", "OPENSSL_FUNCS", "OPENSSL_ABI", "GO_AMD64_ABI",
+    "discover", "discover_many", "DEFAULT_CACHE", "OPENSSL_FUNCS", "OPENSSL_ABI", "GO_AMD64_ABI",
 ]
 
 # Functions looked up in OpenSSL. The data path needs one of the two pairs.
@@ -496,3 +520,24 @@ def discover(pid: int, cache: Optional[TargetCache] = None) -> list:
         keys.add(ident)
         out.append(_openssl_result(lib, ident, mtime, False, cache))
     return out
+
+
+def discover_many(pids, cache: Optional[TargetCache] = None):
+    """Discover over many processes, grouped per file.
+
+    Returns ``(targets, skips)``: ``targets`` maps ``target.key`` to
+    ``(target, [pids])`` (one attachment each), ``skips`` lists
+    ``(pid, Skip)``.
+    """
+    cache = cache or DEFAULT_CACHE
+    targets: dict = {}
+    skips: list = []
+    for pid in pids:
+        for t in discover(pid, cache):
+            if isinstance(t, Skip):
+                skips.append((pid, t))
+            elif t.key in targets:
+                targets[t.key][1].append(pid)
+            else:
+                targets[t.key] = (t, [pid])
+    return targets, skips

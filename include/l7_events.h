@@ -117,7 +117,7 @@ struct conn_val {
 /* Map `config`, index 0. */
 struct probe_config {
     u32 proto_flags;     /* FLAG_* bits of the protocols to detect */
-    u32 filter_pids;     /* 1: only tgids in map `pids` */
+    u32 filter_pids;     /* 0: all, 1: only tgids in map `pids`, 2: all but those */
     u32 emit_data;       /* 1: send data records (rpc/trace tables wanted) */
     u32 cap_bytes;       /* bytes captured per syscall, <= CAP_MAX */
 };

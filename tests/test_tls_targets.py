@@ -19,7 +19,7 @@ import pytest
 
 from bpf import gotls
 from bpf.gotls import READ_FUNC, WRITE_FUNC
-from bpf.tls_targets import (GoTarget, OpenSSLTarget, Skip, TargetCache, discover,
+from bpf.tls_targets import (GoTarget, OpenSSLTarget, Skip, TargetCache, discover, discover_many,
                              find_libssl_in_process, go_tls_target, openssl_symbols,
                              openssl_target)
 from tests.support import goapps
@@ -659,6 +659,10 @@ def test_discover_python_ssl_server(certs, procs):
                           "--cert", certs[0], "--key", certs[1]])
         port = int(wait_line(p, "listening").rsplit(":", 1)[1])
         servers.append((p, port))
+    groups, skips = discover_many([sp.pid for sp, _ in servers], cache=TargetCache())
+    assert not skips and len(groups) == 1
+    [(_t, pids)] = groups.values()
+    assert sorted(pids) == sorted(sp.pid for sp, _ in servers)
     p, port = servers[0]
     out = subprocess.run([sys.executable, str(PYSSL), "client", "-n", "2", "--url",
                           "https://127.0.0.1:%d/status/503" % port],
@@ -727,3 +731,84 @@ def test_discover_container_like_process_uses_proc_root(go_server, certs, procs,
     assert t.path == "/proc/%d/root/app/server" % p.pid
     ref = go_tls_target(str(go_server), cache=TargetCache())
     assert t.read_ret_offsets == ref.read_ret_offsets
+
+
+# ----------------------------------------------------------------------------------------
+# end to end with BCC (skipped where BCC cannot compile/attach)
+# ----------------------------------------------------------------------------------------
+
+_COUNTER_PROG = r"""
+#include <uapi/linux/ptrace.h>
+BPF_ARRAY(hits, u64, 8);
+BPF_ARRAY(sums, u64, 8);
+static inline void bump(int i, u64 n) {
+    u64 *h = hits.lookup(&i); if (h) __sync_fetch_and_add(h, 1);
+    u64 *s = sums.lookup(&i); if (s) __sync_fetch_and_add(s, n);
+}
+/* Go ABIInternal: RAX=*Conn RBX=buf RCX=len at entry, RAX=n at RET */
+int go_write(struct pt_regs *ctx) { bump(0, ctx->cx); return 0; }
+int go_read(struct pt_regs *ctx) { bump(1, ctx->cx); return 0; }
+int go_read_ret(struct pt_regs *ctx) { long n = (long)ctx->ax; bump(2, n > 0 ? n : 0); return 0; }
+/* System V: RDI=SSL* RSI=buf RDX=num */
+int ssl_write_ex(struct pt_regs *ctx) { bump(3, ctx->dx); return 0; }
+int ssl_read_ex_ret(struct pt_regs *ctx) { bump(4, 0); return 0; }
+"""
+
+
+def _bpf_or_skip():
+    if _BCC is None or os.geteuid() != 0:
+        pytest.skip("needs root and bcc")
+    try:
+        return _BCC(text=_COUNTER_PROG.encode())
+    except Exception as e:   # no kernel headers, no BPF permission, ...
+        pytest.skip("BCC cannot load a program here: %s" % e)
+
+
+def test_bcc_uprobes_fire_at_go_targets(go_server_pie_stripped, go_builds, certs, procs):
+    """Attach with BCC exactly as documented (addr=vaddr) on a stripped PIE server."""
+    b = _bpf_or_skip()
+    client = go_builds("goclient")
+    port = free_port()
+    srv = start(procs, [go_server_pie_stripped, "-addr", "127.0.0.1:%d" % port,
+                        "-cert", certs[0], "-key", certs[1]])
+    wait_line(srv, "listening")
+    [t] = discover(srv.pid, cache=TargetCache())
+    fn = {"go:Write:entry": "go_write", "go:Read:entry": "go_read", "go:Read:ret": "go_read_ret"}
+    try:
+        for p in t.probes():
+            b.attach_uprobe(name=t.path.encode(), addr=p.vaddr, fn_name=fn[p.role].encode(), pid=srv.pid)
+        out = subprocess.run([str(client), "-n", "10", "-url", "https://127.0.0.1:%d/bytes/5000" % port],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        hits = [b[b"hits"][i].value for i in range(3)]
+        sums = [b[b"sums"][i].value for i in range(3)]
+    finally:
+        b.cleanup()
+    assert hits[0] >= 10 and sums[0] >= 10 * 5000        # Write: len in RCX
+    assert hits[1] >= 10 and hits[2] == hits[1]          # one RET hit per Read call
+    assert sums[2] >= 10 * len("GET /bytes/5000 HTTP/1.1\r\n")   # n in RAX at RET
+
+
+def test_bcc_uprobes_fire_at_openssl_targets(certs, procs):
+    b = _bpf_or_skip()
+    srv = start(procs, [sys.executable, PYSSL, "server", "--addr", "127.0.0.1:0",
+                        "--cert", certs[0], "--key", certs[1]])
+    port = int(wait_line(srv, "listening").rsplit(":", 1)[1])
+    [t] = [x for x in discover(srv.pid, cache=TargetCache()) if isinstance(x, OpenSSLTarget)]
+    try:
+        for p in t.probes():
+            if p.role == "SSL_write_ex:entry":
+                b.attach_uprobe(name=t.path.encode(), addr=p.vaddr, fn_name=b"ssl_write_ex", pid=srv.pid)
+            elif p.role == "SSL_read_ex:ret":
+                b.attach_uretprobe(name=t.path.encode(), addr=p.vaddr, fn_name=b"ssl_read_ex_ret",
+                                  pid=srv.pid)
+        out = subprocess.run([sys.executable, str(PYSSL), "client", "-n", "5", "--url",
+                              "https://127.0.0.1:%d/bytes/5000" % port],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        hits = [b[b"hits"][i].value for i in range(5)]
+        sums = [b[b"sums"][i].value for i in range(5)]
+    finally:
+        b.cleanup()
+    assert hits[3] >= 5 and sums[3] >= 5 * 5000
+    assert hits[4] >= 5
