@@ -55,12 +55,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from .elfsym import ElfError, ElfImage, ElfSymbol  # noqa: F401 (ElfSymbol re-exported)
+from .elfsym import ElfError, ElfImage, ElfSymbol
 from . import gotls
 from .gotls import GO_AMD64_ABI, READ_FUNC, WRITE_FUNC, GoError
 
 __all__ = [
-    "ProbeSpec", "Skip", "OpenSSLTarget", "GoTarget", "Target", "TargetCache",
+    "ProbeSpec", "ElfSymbol", "Skip", "OpenSSLTarget", "GoTarget", "Target", "TargetCache",
     "find_libssl_in_process", "openssl_symbols", "openssl_target", "go_tls_target",
     "discover", "discover_many", "DEFAULT_CACHE", "OPENSSL_FUNCS", "OPENSSL_ABI", "GO_AMD64_ABI",
 ]
