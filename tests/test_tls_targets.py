@@ -88,7 +88,7 @@ def wait_line(proc, prefix, timeout=20):
 
 def system_libssl():
     """The libssl this Python's ssl module maps (via /proc/self/maps)."""
-    import ssl  # noqa: F401  (loads libssl)
+    __import__("ssl")  # maps libssl into this process
     with open("/proc/self/maps") as f:
         for line in f:
             p = line.split()[-1]
