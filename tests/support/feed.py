@@ -121,3 +121,56 @@ def merge_directions(chunks):
 def summary(records):
     """(api, req seen, resp seen, status, err) tuples, for compact assertions."""
     return [(r.api, bool(r.req_ts), bool(r.resp_ts), r.status, r.err) for r in records]
+
+
+# -- robustness ------------------------------------------------------------------------
+def total_len(chunks):
+    return sum(len(d) for _, _, d in chunks)
+
+
+def truncated(chunks, k):
+    """The first k bytes of the conversation (chunks in order), the last one cut."""
+    out = []
+    for d, ts, data in chunks:
+        if k <= 0:
+            break
+        out.append((d, ts, data[:k]))
+        k -= len(data)
+    return out
+
+
+def flipped(chunks, rng, flips):
+    """A copy with ``flips`` random bytes replaced by random values."""
+    out = [bytearray(data) for _, _, data in chunks]
+    sizes = [len(b) for b in out]
+    total = sum(sizes)
+    if total:
+        for _ in range(flips):
+            i = rng.randrange(total)
+            for j, size in enumerate(sizes):
+                if i < size:
+                    out[j][i] = rng.randrange(256)
+                    break
+                i -= size
+    return [(d, ts, bytes(b)) for (d, ts, _), b in zip(chunks, out)]
+
+
+def robustness_runs(proto, chunks, rng, max_runs=120):
+    """Feed many damaged variants of ``chunks``; return the total parser exceptions."""
+    exceptions = 0
+    total = total_len(chunks)
+    stride = max(1, total // max_runs)
+    for k in range(1, total, stride):
+        exceptions += run(proto, truncated(chunks, k)).exceptions
+    for k in (1, 2, 3, 5, 7, 11, 13, 31, 64, 100):
+        exceptions += run(proto, split_at(chunks, k)).exceptions
+    for prefix in (1, 4, 9, 33, 200):
+        exceptions += run(proto, chunks, prefix=prefix).exceptions
+    for flips in (1, 2, 8, 64):
+        for _ in range(4):
+            exceptions += run(proto, flipped(chunks, rng, flips)).exceptions
+    for _ in range(8):
+        noise = [(rng.choice(("c2s", "s2c")), i, bytes(rng.randrange(256) for _ in range(
+            rng.randrange(1, 300)))) for i in range(6)]
+        exceptions += run(proto, noise).exceptions
+    return exceptions
