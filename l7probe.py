@@ -185,8 +185,25 @@ class Probe:
 
     def poll(self):
         self.tracker.now = time.time()
-        self.capture.poll(int(POLL_INTERVAL * 1000))
+        batch = self.capture.poll(int(POLL_INTERVAL * 1000))
+        if batch:
+            self.on_records(batch)
         self.tracker.stitch_dirty()
+
+    def on_records(self, batch):
+        """The hot path: decode a batch of records and feed the tracker."""
+        unpack_type = self._type.unpack_from
+        unpack_data = self.data_struct.unpack_from
+        on_data = self.tracker.on_data
+        EVT_DATA = self.EVT_DATA
+        h = self.data_hdr
+        for raw in batch:
+            if unpack_type(raw)[0] == EVT_DATA:
+                (_, _, conn_id, ts, true_len, cap_len, lost, direction, _, _, _) = \
+                    unpack_data(raw)
+                on_data(conn_id, direction, ts, raw[h:h + cap_len], true_len, lost)
+            else:
+                self.on_record(raw)
 
     # -- reporting ----------------------------------------------------------------------
     def report(self, final=False):

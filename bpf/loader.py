@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import platform
 
@@ -106,7 +107,13 @@ class Capture:
             return False
 
     def open_output(self, callback):
-        """``callback(data: bytes)`` for each record."""
+        """Records are read in batches with read_batch(); ``callback(data: bytes)`` is used
+        only with the perf-buffer fallback."""
+        if self._ringbuf:
+            from bpf.ringbuf import RingReader
+            self.reader = RingReader(self._events.map_fd, RINGBUF_PAGES * mmap.PAGESIZE)
+            self._callback = callback
+            return
         def _cb(*args):
             # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
             callback(ctypes.string_at(args[1], args[2]))
@@ -120,12 +127,13 @@ class Capture:
             self._events.open_perf_buffer(_cb, page_cnt=PERF_PAGES, lost_cb=_lost)
 
     def poll(self, timeout_ms):
+        """Records available now: a list of bytes (ring buffer), or [] after the perf
+        buffer's callbacks ran.  Records are submitted without wake-ups (cheaper for the
+        traced processes): the caller sleeps between polls."""
         if self._ringbuf:
-            # records are submitted without wake-ups (cheaper for the traced processes):
-            # the caller sleeps and consumes everything at once
-            self.bpf.ring_buffer_consume()
-        else:
-            self.bpf.perf_buffer_poll(timeout=timeout_ms)
+            return self.reader.read_batch()
+        self.bpf.perf_buffer_poll(timeout=timeout_ms)
+        return ()
 
     # -- configuration ------------------------------------------------------------------
     def set_config(self, proto_flags, pids, emit_data, exclude=frozenset()):
@@ -181,6 +189,10 @@ class Capture:
         return tuple(out)
 
     def close(self):
+        reader = getattr(self, "reader", None)
+        if reader is not None:
+            reader.close()
+            self.reader = None
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

@@ -398,6 +398,15 @@ static __always_inline int exit_data(void *ctx, long ret) {
     }
     if (!cfg->emit_data)
         goto out;
+    if (op->buf == 0) {
+        /* sendfile: no bytes to show; the next record of this direction carries the
+           count so the parser skips them (one record less per static response) */
+        if (dir == DIR_EGRESS)
+            c->lost_sent += len;
+        else
+            c->lost_recv += len;
+        goto out;
+    }
 
     u32 cap = cfg->cap_bytes;
     if (cap > CAP_MAX)
@@ -412,7 +421,7 @@ static __always_inline int exit_data(void *ctx, long ret) {
     ev->hdr.true_len = len;
     ev->hdr.cap_len = n;
     ev->hdr.direction = dir;
-    ev->hdr.source = op->buf ? SRC_SYSCALL : SRC_GAP;
+    ev->hdr.source = SRC_SYSCALL;
     ev->hdr.proto = c->proto;
     ev->hdr.l7_role = c->l7_role;
     ev->hdr.lost = dir == DIR_EGRESS ? c->lost_sent : c->lost_recv;

@@ -29,7 +29,6 @@
 /* how a data record's bytes were obtained */
 #define SRC_SYSCALL 0
 #define SRC_SSL     1   /* TLS plaintext from an OpenSSL / Go crypto/tls uprobe */
-#define SRC_GAP     2   /* no bytes: true_len bytes crossed the socket uncaptured (sendfile) */
 
 /* Common header of every record (16 bytes). */
 struct evt_hdr {
@@ -63,7 +62,8 @@ struct evt_data {
     u64 ts;          /* ns at syscall exit */
     u32 true_len;    /* bytes that crossed the socket */
     u32 cap_len;     /* bytes of them that follow this header */
-    u32 lost;        /* bytes of this direction lost before this record (ring full) */
+    u32 lost;        /* bytes of this direction that crossed the socket before this record
+                        without being delivered (sendfile, ring full): a gap to skip */
     u8 direction;    /* DIR_* */
     u8 source;       /* SRC_* */
     u8 proto;
@@ -94,7 +94,7 @@ struct conn_val {
     u64 segs_sent;   /* number of send / recv syscalls (or SSL calls) with data */
     u64 segs_recv;
     u64 sk;          /* struct sock * (an opaque key, never dereferenced) */
-    u32 lost_sent;   /* bytes not delivered to user space (ring full), per direction */
+    u32 lost_sent;   /* bytes not delivered to user space (sendfile, ring full) */
     u32 lost_recv;
     u16 family;
     u16 server_port;

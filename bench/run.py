@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""`make bench`: the performance figures of the brief, measured side by side in one run.
+
+1. Parser: HTTP messages/s through the user-space pipeline (ring-buffer records recorded
+   from real nginx traffic, replayed without BPF), and each database parser's rate.
+2. Fixed rate (~15k req/s, wrk with a 1 ms delay per request, keep-alive) against nginx:
+   nginx CPU without and with the probe, probe CPU, added CPU per request (us), and the
+   share of wrk's requests the probe reported.
+3. Saturation (wrk without delay): requests/s without and with the probe.
+Figures only: no thresholds here (the brief's targets are printed beside them).
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.support.probe import ProbeRun, total  # noqa: E402
+from tests.support.servers import nginx  # noqa: E402
+
+DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
+CONNS = 20
+DELAY_LUA = "function delay()\n  return 1\nend\n"
+
+
+def cpu_seconds(pids):
+    t = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            t += (int(parts[11]) + int(parts[12])) / tick
+        except (OSError, IndexError):
+            pass
+    return t
+
+
+def wrk(url, seconds, delay, threads=2):
+    cmd = ["wrk", "-t%d" % threads, "-c%d" % CONNS, "-d%ds" % seconds, url]
+    lua = None
+    if delay:
+        lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        lua.write(DELAY_LUA)
+        lua.close()
+        cmd[1:1] = ["-s", lua.name]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    if lua:
+        os.unlink(lua.name)
+    m = re.search(r"(\d+) requests in ([\d.]+)s", out)
+    if not m:
+        raise RuntimeError("wrk output not understood: %s" % out)
+    return int(m.group(1)), float(m.group(2))
+
+
+def run_load(ng, delay, probe_args):
+    """(requests, wall s, nginx cpu s, probe cpu s or None, reported server requests)."""
+    probe = ProbeRun(probe_args) if probe_args is not None else None
+    try:
+        time.sleep(0.5)
+        pids = ng.pids()
+        c0 = cpu_seconds(pids)
+        p0 = cpu_seconds([probe.proc.pid]) if probe else 0.0
+        reqs, secs = wrk(ng.url("/"), DURATION, delay)
+        c1 = cpu_seconds(pids)
+        p1 = cpu_seconds([probe.proc.pid]) if probe else 0.0
+    finally:
+        if probe:
+            time.sleep(0.3)
+            probe.stop()
+    reported = None
+    if probe:
+        rows = [r for r in probe.records("l7_rpc")
+                if r["server_port"] == str(ng.port) and r["l7_role"] == "server"]
+        reported = total(rows, "req_count")
+    return reqs, secs, c1 - c0, (p1 - p0) if probe else None, reported
+
+
+def bench_load():
+    with nginx(workers=1) as ng:
+        # warm up
+        wrk(ng.url("/"), 2, True)
+        print("== fixed rate: wrk -c%d with 1 ms delay per request, %d s, keep-alive, "
+              "nginx 1 worker" % (CONNS, DURATION))
+        base = run_load(ng, True, None)
+        print("  without probe: %d req (%.0f req/s), nginx CPU %.2f us/req"
+              % (base[0], base[0] / base[1], 1e6 * base[2] / base[0]))
+        base_per_req = base[2] / base[0]
+        for label, args in (("probe, all processes", ["-P", "2"]),
+                            ("probe, --pid nginx", ["-P", "2", "-p",
+                                                    ",".join(map(str, ng.pids()))])):
+            r = run_load(ng, True, args)
+            added = (r[3] + r[2] - base_per_req * r[0]) / r[0]
+            print("  with %s: %d req (%.0f req/s), nginx CPU %.2f us/req, probe CPU %.2f "
+                  "us/req, added CPU %.2f us/req (target <= 10), reported %d of %d "
+                  "(%.2f %%), probe CPU per reported request %.2f us"
+                  % (label, r[0], r[0] / r[1], 1e6 * r[2] / r[0], 1e6 * r[3] / r[0],
+                     1e6 * added, r[4], r[0], 100.0 * r[4] / r[0],
+                     1e6 * r[3] / max(1, r[4])))
+        print("== saturation: wrk -c%d without delay, %d s" % (CONNS, DURATION))
+        s0 = run_load(ng, False, None)
+        s1 = run_load(ng, False, ["-P", "2"])
+        print("  without probe: %.0f req/s; with probe: %.0f req/s (%.1f %% kept, target "
+              ">= 60 %%); reported %d of %d (%.2f %%)"
+              % (s0[0] / s0[1], s1[0] / s1[1], 100.0 * (s1[0] / s1[1]) / (s0[0] / s0[1]),
+                 s1[4], s1[0], 100.0 * s1[4] / s1[0]))
+
+
+def main():
+    from bench import parsers
+    parsers.main()
+    if os.geteuid() != 0:
+        print("== load benchmarks need root (BPF): skipped")
+        return
+    bench_load()
+
+
+if __name__ == "__main__":
+    main()
