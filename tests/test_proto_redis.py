@@ -73,7 +73,8 @@ def test_fixture_matches_tshark(name):
 def test_fixture_details():
     recs = feed.run(PROTOCOL, conns("redis_session.pcap")[0].chunks).records
     assert [(r.path, r.status, r.err) for r in recs[:3]] == [
-        ("SET key3", "OK", ERR_NONE), ("GET key3", "OK", ERR_NONE), ("LLEN key3", "ERR", ERR_CLIENT)]
+        ("SET key3", "OK", ERR_NONE), ("GET key3", "OK", ERR_NONE),
+        ("LLEN key3", "ERR", ERR_CLIENT)]
     # pub/sub: SUBSCRIBE, PSUBSCRIBE, 3 pushes without requests, RESET, GET
     recs = feed.run(PROTOCOL, conns("pubsub.pcap")[0].chunks).records
     assert [(r.api, bool(r.req_ts)) for r in recs] == [
