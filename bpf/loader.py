@@ -77,12 +77,16 @@ class Capture:
                          "kprobes": bool(self._kprobes_available())}
         defines = {"CAP_MAX": CAP_MAX, "RINGBUF": int(have_ringbuf),
                    "RINGBUF_PAGES": RINGBUF_PAGES, "HAVE_SOCK_LEN_TP": int(have_sock_len),
-                   "NR_CPUS_MAX": _possible_cpus()}
+                   "NR_CPUS_MAX": _possible_cpus(), "TLS": int(os.environ.get("L7PROBE_TLS_BUILD", "1"))}
         defines.update(registry.c_defines())
         cflags = ["-I" + INCLUDE, "-Wno-macro-redefined", "-Wno-unused-function"]
         cflags += ["-D%s=%d" % kv for kv in sorted(defines.items())]
         with open(os.path.join(HERE, "probe.c")) as f:
             text = f.read()
+        # BCC rewrites map calls (m.lookup()) only in the main text, not in headers:
+        # splice in the parts that use maps
+        with open(os.path.join(HERE, "tls.h")) as f:
+            text = text.replace('#include "tls.h"', f.read())
         try:
             self.bpf = BPF(text=text, cflags=cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load errors
@@ -136,13 +140,14 @@ class Capture:
         return ()
 
     # -- configuration ------------------------------------------------------------------
-    def set_config(self, proto_flags, pids, emit_data, exclude=frozenset()):
+    def set_config(self, proto_flags, pids, emit_data, exclude=frozenset(), tls=False):
         """pids: whitelist (None: every process); exclude: blacklist when pids is None."""
         cfg = self.config[ctypes.c_int(0)]
         cfg.proto_flags = proto_flags
         cfg.filter_pids = 1 if pids is not None else (2 if exclude else 0)
         cfg.emit_data = 1 if emit_data else 0
         cfg.cap_bytes = self.cap_bytes
+        cfg.tls = 1 if tls else 0
         wanted = set(pids if pids is not None else exclude)
         for k in list(self.pids.keys()):
             if k.value not in wanted:
@@ -178,9 +183,10 @@ class Capture:
         return v.conn_id, v.bytes_sent, v.bytes_recv, v.segs_sent, v.segs_recv
 
     def drop_counts(self):
-        """(records dropped, bytes dropped, connections not tracked) since start."""
+        """(records dropped, bytes dropped, connections not tracked, TLS calls whose socket
+        was unknown) since start."""
         out = []
-        for i in range(3):
+        for i in range(4):
             try:
                 out.append(sum(self.stats[ctypes.c_int(i)]))
             except Exception:

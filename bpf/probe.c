@@ -223,6 +223,21 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return exit_conn_op(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return enter_conn_op(args->fd, 1, 0, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return exit_conn_op(args->ret); }
 
+/* ---------------------------------------------------------------- exec --------------- */
+
+#if TLS
+/* New programs may link TLS libraries: tell user space, which looks for uprobe targets. */
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    struct probe_config *cfg = get_config();
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!cfg || !cfg->tls || !pid_wanted(tgid, cfg))
+        return 0;
+    struct evt_hdr e = {.type = EVT_EXEC, .tgid = tgid};
+    output(args, &e, sizeof(e), 0);
+    return 0;
+}
+#endif
+
 /* ---------------------------------------------------------------- close -------------- */
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close) {
@@ -322,6 +337,121 @@ static __always_inline u32 copy_data(struct data_evt_buf *ev, struct active_op *
     return off;
 }
 
+/* First data of a connection: detect its protocol on buffer `op`; on success announce the
+ * connection to user space.  Returns 1 if the connection now has a protocol. */
+static __always_inline int detect_open(void *ctx, struct conn_val *c, struct conn_key *k,
+                                       struct data_evt_buf *ev, struct active_op *op, u32 len,
+                                       u8 dir, struct probe_config *cfg) {
+    if (c->flags & CONN_F_IGNORED)
+        return 0;
+    __builtin_memset(ev->data, 0, DETECT_LEN);
+    u32 n = copy_data(ev, op, DETECT_LEN);
+    u32 r = n ? l7_detect(ev->data, len, cfg->proto_flags) : 0;
+    if (r == 0) {
+        /* TLS records before the TLS uprobes claim the connection are no attempt */
+        u8 b0 = ev->data[0];
+        if (cfg->tls && b0 >= 0x14 && b0 <= 0x17 && ev->data[1] == 0x03)
+            return 0;
+        c->tries += 1;
+        if (c->tries >= DETECT_TRIES)
+            c->flags |= CONN_F_IGNORED;
+        return 0;
+    }
+    u8 msg = r & 0xff;
+    c->proto = r >> 8;
+    c->l7_role = ((dir == DIR_EGRESS) ^ (msg == MSG_RESPONSE)) ? L7_CLIENT : L7_SERVER;
+    if (c->l4_role == L4_UDP && !(c->flags & CONN_F_SEEDED))
+        c->l4_role = c->l7_role == L7_CLIENT ? L4_CLIENT : L4_SERVER;
+    struct evt_open o = {};
+    o.type = EVT_OPEN;
+    o.tgid = k->tgid;
+    o.conn_id = c->conn_id;
+    o.ts = bpf_ktime_get_ns();
+    o.fd = k->fd;
+    o.family = c->family;
+    o.server_port = c->server_port;
+    o.client_port = c->client_port;
+    o.l4_role = c->l4_role;
+    o.l7_role = c->l7_role;
+    o.proto = c->proto;
+    o.ssl = c->ssl;
+    __builtin_memcpy(o.client_ip, c->client_ip, 16);
+    __builtin_memcpy(o.server_ip, c->server_ip, 16);
+    if (output(ctx, &o, sizeof(o), 0) != 0) {
+        stat_add(0, 1);
+        c->proto = PROTO_UNKNOWN;   /* try again on the next data */
+        return 0;
+    }
+    return 1;
+}
+
+/* Send `len` bytes (a bounded prefix of them) of buffer `op` as a data record. */
+static __always_inline void send_data(void *ctx, struct conn_val *c, struct conn_key *k,
+                                      struct data_evt_buf *ev, struct active_op *op, u32 len,
+                                      u8 dir, u8 source, struct probe_config *cfg) {
+    u32 cap = cfg->cap_bytes;
+    if (cap > CAP_MAX)
+        cap = CAP_MAX;
+    u32 want = len < cap ? len : cap;
+    u32 n = copy_data(ev, op, want);
+    CLAMP_CAP(n);
+    ev->hdr.type = EVT_DATA;
+    ev->hdr.tgid = k->tgid;
+    ev->hdr.conn_id = c->conn_id;
+    ev->hdr.ts = bpf_ktime_get_ns();
+    ev->hdr.true_len = len;
+    ev->hdr.cap_len = n;
+    ev->hdr.direction = dir;
+    ev->hdr.source = source;
+    ev->hdr.proto = c->proto;
+    ev->hdr.l7_role = c->l7_role;
+    ev->hdr.lost = dir == DIR_EGRESS ? c->lost_sent : c->lost_recv;
+    u32 size = sizeof(struct evt_data) + n;
+    if (output(ctx, ev, size, 0) != 0) {
+        stat_add(0, 1);
+        stat_add(1, len);
+        if (dir == DIR_EGRESS)
+            c->lost_sent += len;
+        else
+            c->lost_recv += len;
+    } else {
+        if (dir == DIR_EGRESS)
+            c->lost_sent = 0;
+        else
+            c->lost_recv = 0;
+    }
+}
+
+/* Bytes of a tracked connection: detect, then send.  `op` says where they are. */
+static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct conn_key *k,
+                                         struct active_op *op, u32 len, u8 dir, u8 source) {
+    struct probe_config *cfg = get_config();
+    if (!cfg)
+        return;
+    int cpu = bpf_get_smp_processor_id();
+    struct data_evt_buf *ev = scratch.lookup(&cpu);
+    if (!ev)
+        return;
+    if (c->proto == PROTO_UNKNOWN && !detect_open(ctx, c, k, ev, op, len, dir, cfg))
+        return;
+    if (!cfg->emit_data)
+        return;
+    if (op->buf == 0) {
+        /* sendfile: no bytes to show; the next record of this direction carries the
+           count so the parser skips them (one record less per static response) */
+        if (dir == DIR_EGRESS)
+            c->lost_sent += len;
+        else
+            c->lost_recv += len;
+        return;
+    }
+    send_data(ctx, c, k, ev, op, len, dir, source, cfg);
+}
+
+#if TLS
+#include "tls.h"        /* spliced in by bpf/loader.py (BCC rewrites map calls only here) */
+#endif
+
 static __always_inline int exit_data(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     struct active_op *op = active.lookup(&id);
@@ -347,98 +477,11 @@ static __always_inline int exit_data(void *ctx, long ret) {
         c->segs_recv += 1;
     }
     conn_fill_addr(c, op->sk);
-    if (c->ssl)
-        goto out;           /* ciphertext: the plaintext comes from the TLS uprobes */
-
-    struct probe_config *cfg = get_config();
-    if (!cfg)
-        goto out;
-    int cpu = bpf_get_smp_processor_id();
-    struct data_evt_buf *ev = scratch.lookup(&cpu);
-    if (!ev)
-        goto out;
-
-    if (c->proto == PROTO_UNKNOWN) {
-        if (c->flags & CONN_F_IGNORED)
-            goto out;
-        __builtin_memset(ev->data, 0, DETECT_LEN);
-        u32 n = copy_data(ev, op, DETECT_LEN);
-        u32 r = n ? l7_detect(ev->data, len, cfg->proto_flags) : 0;
-        if (r == 0) {
-            c->tries += 1;
-            if (c->tries >= DETECT_TRIES)
-                c->flags |= CONN_F_IGNORED;
-            goto out;
-        }
-        u8 msg = r & 0xff;
-        c->proto = r >> 8;
-        c->l7_role = ((dir == DIR_EGRESS) ^ (msg == MSG_RESPONSE)) ? L7_CLIENT : L7_SERVER;
-        if (c->l4_role == L4_UDP && !(c->flags & CONN_F_SEEDED))
-            c->l4_role = c->l7_role == L7_CLIENT ? L4_CLIENT : L4_SERVER;
-        struct evt_open o = {};
-        o.type = EVT_OPEN;
-        o.tgid = k.tgid;
-        o.conn_id = c->conn_id;
-        o.ts = bpf_ktime_get_ns();
-        o.fd = k.fd;
-        o.family = c->family;
-        o.server_port = c->server_port;
-        o.client_port = c->client_port;
-        o.l4_role = c->l4_role;
-        o.l7_role = c->l7_role;
-        o.proto = c->proto;
-        o.ssl = c->ssl;
-        __builtin_memcpy(o.client_ip, c->client_ip, 16);
-        __builtin_memcpy(o.server_ip, c->server_ip, 16);
-        if (output(ctx, &o, sizeof(o), 0) != 0) {
-            stat_add(0, 1);
-            c->proto = PROTO_UNKNOWN;   /* try again on the next syscall */
-            goto out;
-        }
-    }
-    if (!cfg->emit_data)
-        goto out;
-    if (op->buf == 0) {
-        /* sendfile: no bytes to show; the next record of this direction carries the
-           count so the parser skips them (one record less per static response) */
-        if (dir == DIR_EGRESS)
-            c->lost_sent += len;
-        else
-            c->lost_recv += len;
-        goto out;
-    }
-
-    u32 cap = cfg->cap_bytes;
-    if (cap > CAP_MAX)
-        cap = CAP_MAX;
-    u32 want = len < cap ? len : cap;
-    u32 n = copy_data(ev, op, want);
-    CLAMP_CAP(n);
-    ev->hdr.type = EVT_DATA;
-    ev->hdr.tgid = k.tgid;
-    ev->hdr.conn_id = c->conn_id;
-    ev->hdr.ts = bpf_ktime_get_ns();
-    ev->hdr.true_len = len;
-    ev->hdr.cap_len = n;
-    ev->hdr.direction = dir;
-    ev->hdr.source = SRC_SYSCALL;
-    ev->hdr.proto = c->proto;
-    ev->hdr.l7_role = c->l7_role;
-    ev->hdr.lost = dir == DIR_EGRESS ? c->lost_sent : c->lost_recv;
-    u32 size = sizeof(struct evt_data) + n;
-    if (output(ctx, ev, size, 0) != 0) {
-        stat_add(0, 1);
-        stat_add(1, len);
-        if (dir == DIR_EGRESS)
-            c->lost_sent += len;
-        else
-            c->lost_recv += len;
-    } else {
-        if (dir == DIR_EGRESS)
-            c->lost_sent = 0;
-        else
-            c->lost_recv = 0;
-    }
+#if TLS
+    tls_nested_syscall(ctx, id, c, &k, dir);
+#endif
+    if (!c->ssl)            /* else ciphertext: the plaintext comes from the TLS uprobes */
+        handle_bytes(ctx, c, &k, op, len, dir, SRC_SYSCALL);
 out:
     active.delete(&id);
     return 0;

@@ -10,6 +10,7 @@
 #define EVT_OPEN  1   /* a connection's protocol was detected: roles, addresses */
 #define EVT_DATA  2   /* bytes of one syscall (or one SSL call) on a detected connection */
 #define EVT_CLOSE 3   /* a detected connection was closed: final counters */
+#define EVT_EXEC  4   /* a process called exec (evt_hdr only): look for TLS libraries */
 
 #define DIR_EGRESS  0
 #define DIR_INGRESS 1
@@ -120,6 +121,8 @@ struct probe_config {
     u32 filter_pids;     /* 0: all, 1: only tgids in map `pids`, 2: all but those */
     u32 emit_data;       /* 1: send data records (rpc/trace tables wanted) */
     u32 cap_bytes;       /* bytes captured per syscall, <= CAP_MAX */
+    u32 tls;             /* 1: TLS uprobes are attached */
+    u32 pad;
 };
 
 #endif
