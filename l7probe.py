@@ -116,7 +116,7 @@ class Probe:
         self.traces = TraceWriter(self.writer, max(0, args.trace_limit), mono_to_wall_factory())
         self.tracker = Tracker(self.links, None)
         self.last_report = time.monotonic()
-        self.dropped_reported = (0, 0, 0)
+        self.dropped_reported = (0, 0, 0, 0)
         self.EVT_OPEN = DEFINES["EVT_OPEN"]
         self.EVT_DATA = DEFINES["EVT_DATA"]
         self.EVT_CLOSE = DEFINES["EVT_CLOSE"]
@@ -126,6 +126,8 @@ class Probe:
         self.data_hdr = LAYOUTS["evt_data"].size
         self._type = struct.Struct("<I")
         self._comm_cache = {}
+        self.tls = None            # bpf.tls_attach.TlsManager while TLS is on
+        self.EVT_EXEC = DEFINES["EVT_EXEC"]
 
     # -- set-up -------------------------------------------------------------------------
     def start(self):
@@ -135,6 +137,8 @@ class Probe:
         self.apply(self.settings)
         n = seed(self.capture, self.settings.pids)
         log.info("tracking %d connection(s) that existed before start", n)
+        self._tls_apply(None, self.settings)
+        self.last_report = time.monotonic()
         log.info("started: capturing")
 
     def apply(self, settings):
@@ -148,7 +152,9 @@ class Probe:
         if self.capture.bpf is None:
             return
         self.capture.set_config(settings.proto_flags, settings.pids, emit_data,
-                                settings.exclude_pids)
+                                settings.exclude_pids, tls=settings.support_ssl)
+        if old is not None:
+            self._tls_apply(old, settings)
         log.info("watching %s; protocols %s; tables %s; period %d s",
                  "all processes" if settings.pids is None else
                  "%d process(es)" % len(settings.pids),
@@ -163,6 +169,26 @@ class Probe:
                 from pipeline.seed import seed
                 seed(self.capture, None if settings.pids is None
                      else settings.pids - (old.pids or frozenset()))
+
+    def _tls_apply(self, old, new):
+        """Attach TLS uprobes for the processes in scope, or remove them all."""
+        from bpf.tls_attach import TlsManager
+        if not new.support_ssl:
+            if self.tls is not None:
+                self.tls.detach_all()
+                self.tls = None
+            elif old is None:
+                log.info("TLS: off (--no-ssl / support_ssl 0): no uprobes attached")
+            return
+        if self.tls is None:
+            self.tls = TlsManager(self.capture.bpf)
+        if old is None or not old.support_ssl or old.pids != new.pids or \
+                old.containers != new.containers:
+            self.tls.scan_all(self.wanted)
+            for c in new.containers:
+                if c.libssl_path and os.path.exists(c.libssl_path):
+                    self.tls.attach_library(c.libssl_path)
+            log.info("TLS: %d probe(s) on %d file(s)", self.tls.probes, len(self.tls.attached))
 
     def wanted(self, tgid):
         s = self.settings
@@ -182,6 +208,9 @@ class Probe:
             self.tracker.on_open(self.open_layout.unpack(raw))
         elif t == self.EVT_CLOSE:
             self.tracker.on_close(self.close_layout.unpack(raw))
+        elif t == self.EVT_EXEC:
+            if self.tls is not None:
+                self.tls.on_exec(struct.unpack_from("<I", raw, 4)[0])
 
     def poll(self):
         self.tracker.now = time.time()
@@ -189,6 +218,8 @@ class Probe:
         if batch:
             self.on_records(batch)
         self.tracker.stitch_dirty()
+        if self.tls is not None and self.tls.pending:
+            self.tls.tick(self.wanted)
 
     def on_records(self, batch):
         """The hot path: decode a batch of records and feed the tracker."""
@@ -226,6 +257,8 @@ class Probe:
             if d[0] or d[2]:
                 log.warning("kernel: %d record(s) (%d bytes) dropped, ring buffer full; "
                             "%d connection(s) not tracked, map full", d[0], d[1], d[2])
+            if d[3]:
+                log.warning("TLS: %d call(s) on a socket not seen yet were not parsed", d[3])
         st = self.tracker.stream_stats
         if st.exceptions:
             log.error("parsers raised %d exception(s) (last: %r); affected streams "
@@ -292,16 +325,19 @@ def run(args, gopher_mode, no_options=False):
         # gala-gopher starts us through `/bin/sh -c`, and dash does not exec: its SIGINT
         # may reach the shell only.  Leave with it.
         _exit_with_parent()
-        from ipc.message import drain
         from ipc.msgqueue import MessageQueue
         try:
             queue = MessageQueue.open()
         except OSError as exc:
             raise ProbeError("cannot open gala-gopher's IPC queue (%s): is gala-gopher "
                              "running?" % exc)
-        log.info("waiting for gala-gopher's configuration on IPC queue %d", queue.msqid)
+        # print nothing before the first message (CONTRACT §1): debug only
+        log.debug("waiting for gala-gopher's configuration on IPC queue %d", queue.msqid)
         while not stop:                   # nothing is loaded before the first message
-            res = drain(queue)
+            res = _drain_ipc(queue)
+            if res is None:
+                time.sleep(IPC_INTERVAL)
+                continue
             if res.error:
                 log.error("%s", res.error)
             if res.config is not None:
@@ -353,17 +389,27 @@ def _exit_with_parent():
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _drain_ipc(queue):
+    """Pending messages, or None while the queue is gone (gala-gopher stopped or
+    restarting): warns once when it disappears, reopens it once it exists again."""
+    from ipc.message import drain
+    if queue.removed:
+        if not queue.reopen():
+            return None
+        log.info("gala-gopher's IPC queue is back (id %d): following it again", queue.msqid)
+    res = drain(queue)
+    if res.queue_error:
+        log.warning("%s; going on with the current configuration until the queue is back",
+                    res.queue_error)
+    return res
+
+
 def _check_ipc(probe, queue):
     from ipc.config import refresh_pids, settings_from_ipc
-    from ipc.message import drain
-    if queue.removed and not queue.reopen():
-        return
-    res = drain(queue)
-    if res.error:
+    res = _drain_ipc(queue)
+    if res is not None and res.error:
         log.error("%s; keeping the previous configuration", res.error)
-    if res.queue_error:
-        log.warning("%s", res.queue_error)
-    if res.config is not None:
+    if res is not None and res.config is not None:
         probe.apply(settings_from_ipc(res.config))
     else:
         new = refresh_pids(probe.settings)

@@ -28,7 +28,7 @@ OPENSSL_PROBES = {
 }
 # the offsets compiled into bpf/tls.h (GO_*), checked against each binary's DWARF
 GO_FD_CHAIN = {"tls.Conn.conn": 0, "net.conn.fd": 0, "net.netFD.pfd": 0, "poll.FD.Sysfd": 16}
-RESCAN_AFTER = (0.3, 1.5, 5.0, 15.0)     # seconds after exec
+RESCAN_AFTER = (0.0, 0.3, 1.5, 5.0, 15.0)     # seconds after exec
 MAX_PENDING = 4096
 
 

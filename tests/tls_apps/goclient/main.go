@@ -3,6 +3,7 @@
 //
 //	goclient -n 10 -url https://127.0.0.1:8443/status/200
 //	goclient -urls urls.txt            (one URL per line, each fetched once, in order)
+//	goclient -delay 2s -urls urls.txt  (a client that starts working a while after exec)
 //
 // All requests go over one keep-alive connection (MaxConnsPerHost 1), HTTP/2 is
 // disabled, and the server certificate is not verified. Prints one summary line:
@@ -19,13 +20,16 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 )
 
 func main() {
 	n := flag.Int("n", 1, "number of requests to -url")
 	url := flag.String("url", "", "URL to fetch -n times")
 	urls := flag.String("urls", "", "file with one URL per line")
+	delay := flag.Duration("delay", 0, "wait this long before the first request")
 	flag.Parse()
+	time.Sleep(*delay)
 
 	var list []string
 	if *urls != "" {
