@@ -89,14 +89,14 @@ static __always_inline int tls_wanted(u64 id) {
     return cfg && cfg->tls && pid_wanted(id >> 32, cfg);
 }
 
-static __always_inline int ssl_write_common(struct pt_regs *ctx) {
+/* `num`: SSL_write's int (upper half of the register undefined) or SSL_write_ex's size_t */
+static __always_inline int ssl_write_common(struct pt_regs *ctx, s64 num) {
     u64 id = bpf_get_current_pid_tgid();
     if (!tls_wanted(id))
         return 0;
     u64 ssl = PT_REGS_PARM1(ctx);
     u64 buf = PT_REGS_PARM2(ctx);
-    s64 num = (s64)PT_REGS_PARM3(ctx);
-    if (num <= 0)
+    if (num <= 0 || num > 0x7fffffff)
         return 0;
     struct ssl_key sk = {.tgid = id >> 32, .ptr = ssl};
     s32 *fd = ssl_fds.lookup(&sk);
@@ -114,7 +114,10 @@ static __always_inline int ssl_write_common(struct pt_regs *ctx) {
     return 0;
 }
 
-int ssl_write_entry(struct pt_regs *ctx) { return ssl_write_common(ctx); }
+int ssl_write_entry(struct pt_regs *ctx) { return ssl_write_common(ctx, (int)PT_REGS_PARM3(ctx)); }
+int ssl_write_ex_entry(struct pt_regs *ctx) {
+    return ssl_write_common(ctx, (s64)PT_REGS_PARM3(ctx));
+}
 
 static __always_inline int ssl_read_common(struct pt_regs *ctx, u64 len_ptr) {
     u64 id = bpf_get_current_pid_tgid();
@@ -154,7 +157,7 @@ int ssl_read_return(struct pt_regs *ctx) {
         return 0;
     if (call->dir != DIR_INGRESS)
         goto out;
-    s64 ret = (s64)PT_REGS_RC(ctx);
+    int ret = (int)PT_REGS_RC(ctx);     /* both return int: upper half undefined */
     u64 n = 0;
     if (call->len_ptr) {
         if (ret != 1 || bpf_probe_read_user(&n, sizeof(n), (void *)call->len_ptr) != 0)
@@ -164,6 +167,8 @@ int ssl_read_return(struct pt_regs *ctx) {
             goto out;
         n = ret;
     }
+    if (n > 0x7fffffff)
+        goto out;
     if (call->fd >= 0)
         tls_plaintext(ctx, id >> 32, call->fd, call->buf, (u32)n, DIR_INGRESS);
     else
@@ -193,7 +198,7 @@ int go_tls_write(struct pt_regs *ctx) {
     if (!tls_wanted(id))
         return 0;
     s64 len = (s64)ctx->cx;
-    if (len <= 0)
+    if (len <= 0 || len > 0x7fffffff)
         return 0;
     s32 fd = go_conn_fd(ctx->ax);
     if (fd < 0) {
@@ -225,7 +230,7 @@ int go_tls_read_ret(struct pt_regs *ctx) {
     if (!call)
         return 0;
     s64 n = (s64)ctx->ax;
-    if (n > 0 && call->fd >= 0)
+    if (n > 0 && n <= 0x7fffffff && call->fd >= 0)
         tls_plaintext(ctx, id >> 32, call->fd, call->buf, (u32)n, DIR_INGRESS);
     go_reads.delete(&gk);
     return 0;

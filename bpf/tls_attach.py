@@ -19,7 +19,7 @@ log = logging.getLogger("l7probe")
 # uprobe kind, BPF function for each OpenSSL function
 OPENSSL_PROBES = {
     "SSL_write": (("uprobe", "ssl_write_entry"),),
-    "SSL_write_ex": (("uprobe", "ssl_write_entry"),),
+    "SSL_write_ex": (("uprobe", "ssl_write_ex_entry"),),
     "SSL_read": (("uprobe", "ssl_read_entry"), ("uretprobe", "ssl_read_return")),
     "SSL_read_ex": (("uprobe", "ssl_read_ex_entry"), ("uretprobe", "ssl_read_return")),
     # once per connection: ties the SSL* to its socket before any data call (with TLS 1.3
