@@ -138,6 +138,8 @@ class Probe:
         n = seed(self.capture, self.settings.pids)
         log.info("tracking %d connection(s) that existed before start", n)
         self._tls_apply(None, self.settings)
+        from bpf.loader import release_memory
+        release_memory()
         self.last_report = time.monotonic()
         log.info("started: capturing")
 
@@ -222,19 +224,46 @@ class Probe:
             self.tls.tick(self.wanted)
 
     def on_records(self, batch):
-        """The hot path: decode a batch of records and feed the tracker."""
-        unpack_type = self._type.unpack_from
+        """The hot path: decode a batch of records and feed the tracker.
+
+        Data records of a known connection whose streams exist go straight to the
+        DataStream, as Tracker.on_data would send them (one call layer less per record);
+        anything else takes Tracker.on_data or on_record."""
+        from pipeline.conntrack import STITCH_BACKLOG
         unpack_data = self.data_struct.unpack_from
-        on_data = self.tracker.on_data
+        tracker = self.tracker
+        on_data = tracker.on_data
+        get_conn = tracker.conns.get
+        mark_dirty = tracker.dirty.add
         EVT_DATA = self.EVT_DATA
         h = self.data_hdr
         for raw in batch:
-            if unpack_type(raw)[0] == EVT_DATA:
-                (_, _, conn_id, ts, true_len, cap_len, lost, direction, _, _, _) = \
-                    unpack_data(raw)
-                on_data(conn_id, direction, ts, raw[h:h + cap_len], true_len, lost)
-            else:
+            # the type is a little-endian u32 and every EVT_* is below 256: its first byte
+            # tells data records apart; the unpacked type confirms it
+            if raw[0] != EVT_DATA:
                 self.on_record(raw)
+                continue
+            (t, _, conn_id, ts, true_len, cap_len, lost, direction, _, _, _) = \
+                unpack_data(raw)
+            if t != EVT_DATA:
+                self.on_record(raw)
+                continue
+            conn = get_conn(conn_id)
+            if conn is not None and cap_len:
+                stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
+                if stream is not None:
+                    if lost:
+                        stream.gap(lost)
+                    frames = stream.frames
+                    n = len(frames)
+                    stream.append(raw[h:h + cap_len], true_len, ts)
+                    m = len(frames)
+                    if m != n:
+                        mark_dirty(conn)
+                        if m >= STITCH_BACKLOG:     # as in Tracker.on_data
+                            tracker.stitch_now(conn)
+                    continue
+            on_data(conn_id, direction, ts, raw[h:h + cap_len], true_len, lost)
 
     # -- reporting ----------------------------------------------------------------------
     def report(self, final=False):
@@ -322,8 +351,8 @@ def run(args, gopher_mode, no_options=False):
     queue = None
     settings = None
     if gopher_mode:
-        # gala-gopher starts us through `/bin/sh -c`, and dash does not exec: its SIGINT
-        # may reach the shell only.  Leave with it.
+        # gala-gopher starts us through `/bin/sh -c`, and dash does not exec: leave with
+        # the shell if it dies.  (Its SIGINT stays with dash; see _stdout_gone.)
         _exit_with_parent()
         from ipc.msgqueue import MessageQueue
         try:
@@ -334,6 +363,8 @@ def run(args, gopher_mode, no_options=False):
         # print nothing before the first message (CONTRACT §1): debug only
         log.debug("waiting for gala-gopher's configuration on IPC queue %d", queue.msqid)
         while not stop:                   # nothing is loaded before the first message
+            if _stdout_gone():
+                return 0
             res = _drain_ipc(queue)
             if res is None:
                 time.sleep(IPC_INTERVAL)
@@ -368,9 +399,14 @@ def run(args, gopher_mode, no_options=False):
             if deadline is not None and now >= deadline:
                 break
             if now - probe.last_report >= probe.settings.period:
+                printed = probe.writer.lines
                 probe.report()
+                if queue is not None and probe.writer.lines == printed:
+                    _idle_line()
             if queue is not None and now >= next_ipc:
                 next_ipc = now + IPC_INTERVAL
+                if _stdout_gone():
+                    break
                 _check_ipc(probe, queue)
         probe.report(final=True)
     finally:
@@ -387,6 +423,38 @@ def _exit_with_parent():
         pass
     if os.getppid() == 1:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stdout_gone():
+    """True once nobody reads our stdout pipe any more (gala-gopher stopping us: with dash
+    as /bin/sh its SIGINT reaches the `sh -c` wrapper only, which does not pass it on;
+    gala-gopher then closes the pipe after the next line it reads).  stdout is then
+    pointed at /dev/null so that the final report and exit do not fail."""
+    import select
+    try:
+        p = select.poll()
+        p.register(sys.stdout.fileno(), 0)     # only POLLERR / POLLHUP / POLLNVAL
+        gone = bool(p.poll(0))
+    except (OSError, ValueError):
+        return False
+    if gone:
+        _silence_stdout()
+    return gone
+
+
+def _silence_stdout():
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):
+        pass
+
+
+def _idle_line():
+    """Under gala-gopher, a period without records still prints one line (gala-gopher
+    logs it at DEBUG level): its reader only notices a stop request when a line arrives."""
+    print("[DEBUG] l7probe: nothing to report this period", flush=True)
 
 
 def _drain_ipc(queue):
@@ -442,6 +510,7 @@ def main(argv=None):
             print("l7probe: error: %s" % exc, file=sys.stderr)
         return 1
     except BrokenPipeError:
+        _silence_stdout()             # no "Exception ignored" / status 120 at exit
         return 0
     except KeyboardInterrupt:
         return 0

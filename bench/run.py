@@ -112,6 +112,49 @@ def bench_load(tls=False):
                  s1[4], s1[0], 100.0 * s1[4] / s1[0]))
 
 
+MANY_CLIENT = r"""
+import resource, selectors, socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (n + 1000, n + 1000))
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: many\r\n\r\n")
+    socks.append(s)
+for s in socks:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def bench_rss(n=10000):
+    import psutil
+    from tests.support import servers
+    servers.NGINX_WORKER_CONNECTIONS = n + 2000
+    with nginx(workers=1) as ng:
+        probe = ProbeRun(["-P", "2"])
+        try:
+            rss0 = psutil.Process(probe.proc.pid).memory_info().rss
+            client = subprocess.Popen([sys.executable, "-c", MANY_CLIENT, str(ng.port), str(n)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert client.stdout.readline().strip() == "ready"
+            time.sleep(4.5)            # two report periods with every connection alive
+            rss1 = psutil.Process(probe.proc.pid).memory_info().rss
+            client.stdin.write("bye\n")
+            client.stdin.close()
+            client.wait(60)
+        finally:
+            probe.stop()
+        rows = [r for r in probe.records("l7_rpc") if r["server_port"] == str(ng.port)
+                and r["l7_role"] == "server"]
+        print("== memory: probe RSS %.0f MB idle, %.0f MB with %d keep-alive connections "
+              "(target <= 150 MB); %d of %d requests reported"
+              % (rss0 / 2**20, rss1 / 2**20, n, total(rows, "req_count"), n))
+
+
 def main():
     from bench import parsers
     parsers.main()
@@ -120,6 +163,7 @@ def main():
         return
     bench_load(tls=False)
     bench_load(tls=True)
+    bench_rss()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ INCLUDE = os.path.join(ROOT, "include")
 
 CAP_MAX = 32768              # hard upper bound of bytes captured per syscall
 DEFAULT_CAP = 16384          # default bytes captured per syscall
-RINGBUF_PAGES = 4096         # 16 MiB ring buffer (power of two pages)
+RINGBUF_PAGES = 2048         # 8 MiB ring buffer (power of two pages): ~0.25 s of records at
+                             # 60k records/s, drained every 50 ms
 PERF_PAGES = 256             # per-CPU perf buffer pages (fallback)
 
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -94,6 +95,7 @@ class Capture:
         how = ("sock:sock_send_length/sock_recv_length tracepoints" if have_sock_len else
                "connection map only (no sock_*_length tracepoints; kprobes %s)"
                % ("present but unused" if self.features["kprobes"] else "absent"))
+        _release_compiler_memory()
         log.info("capture: syscall tracepoints; socket check: %s; output: %s",
                  how, "ring buffer" if have_ringbuf else "perf buffer")
         self.conns = self.bpf["conns"]
@@ -204,6 +206,38 @@ class Capture:
                 self.bpf.cleanup()
             finally:
                 self.bpf = None
+
+
+def release_memory():
+    """Return freed heap to the system (after start-up work: compiling, ELF parsing)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _release_compiler_memory():
+    """BCC's compiler (LLVM, clang) is not used after loading, but its pages stay resident
+    (~90 MB).  Give them back: freed heap via malloc_trim, and the code pages of the
+    compiler libraries via MADV_DONTNEED (unmodified file pages: they would simply be read
+    again from the page cache if ever used)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.malloc_trim(0)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                # code only: read-only data may be RELRO, relocated in memory (not on disk)
+                if len(parts) < 6 or parts[1] != "r-xp":
+                    continue
+                name = os.path.basename(parts[5])
+                if not (name.startswith("libLLVM") or name.startswith("libclang")):
+                    continue
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                libc.madvise(lo, hi - lo, 4)        # MADV_DONTNEED
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def _possible_cpus():

@@ -49,6 +49,10 @@ NGINX_INDEX_BODY = b"<html><body>l7probe test index</body></html>\n"
 NGINX_BYTES_1M_SIZE = 1 << 20
 
 
+# nginx's worker_connections (the RSS benchmark raises it for 10k connections)
+NGINX_WORKER_CONNECTIONS = 1024
+
+
 def nginx_status_body(code: int) -> bytes:
     """Body nginx sends for GET /status/<code> ('' for 204/304; nginx's own
     small HTML redirect page for 301/302)."""
@@ -324,7 +328,8 @@ worker_processes {workers};
 {"user nobody nogroup;" if os.geteuid() == 0 else ""}
 pid {d}/nginx.pid;
 error_log {d}/error.log notice;
-events {{ worker_connections 1024; }}
+worker_rlimit_nofile {NGINX_WORKER_CONNECTIONS * 2};
+events {{ worker_connections {NGINX_WORKER_CONNECTIONS}; }}
 http {{
     types {{ text/html html; text/plain txt; application/octet-stream bin; }}
     default_type text/plain;
@@ -580,10 +585,13 @@ class Postgres:
 
 
 @contextlib.contextmanager
-def postgres(dbname: str = "test") -> Iterator[Postgres]:
+def postgres(dbname: str = "test",
+             settings: Sequence[str] = ()) -> Iterator[Postgres]:
     """PostgreSQL 15 (run as the ``postgres`` OS user), trust auth on 127.0.0.1.
 
-    Connect as user ``postgres`` (superuser) to database ``dbname``."""
+    Connect as user ``postgres`` (superuser) to database ``dbname``.
+    ``settings``: extra ``name=value`` server settings (``-c``), e.g.
+    ``log_statement=all`` (the server log is ``.log_path``)."""
     user = "postgres"
     with _tmpdir("pg") as d:
         datadir, sockdir = os.path.join(d, "data"), os.path.join(d, "sock")
@@ -614,6 +622,8 @@ def postgres(dbname: str = "test") -> Iterator[Postgres]:
                "-c", "logging_collector=off",
                "-c", "max_connections=100",
                "-c", "shared_buffers=32MB"]
+        for setting in settings:
+            cmd += ["-c", setting]
         # exec'd directly as the postgres user (no runuser parent), so the
         # Popen pid *is* the postmaster and the process group is its own
         kw = dict(user=user, group=user, extra_groups=[]) if os.geteuid() == 0 else {}
@@ -652,6 +662,7 @@ class MariaDB:
     password: str
     database: str
     _proc: _Proc = field(repr=False)
+    general_log_path: str | None = None   # with mariadb(general_log=True)
 
     @property
     def pid(self) -> int:
@@ -679,10 +690,11 @@ class MariaDB:
 
 @contextlib.contextmanager
 def mariadb(user: str = "test", password: str = "test",
-            database: str = "test") -> Iterator[MariaDB]:
+            database: str = "test", general_log: bool = False) -> Iterator[MariaDB]:
     """MariaDB (mariadbd, run as OS user ``mysql``) on 127.0.0.1 with a user
     ``user``/``password`` (mysql_native_password, all privileges, any host)
-    and database ``database``."""
+    and database ``database``.  ``general_log``: log every command the server
+    receives to ``.general_log_path`` (``--general-log``)."""
     with _tmpdir("mariadb") as d:
         datadir = os.path.join(d, "data")
         tmp = os.path.join(d, "tmp")
@@ -698,6 +710,8 @@ def mariadb(user: str = "test", password: str = "test",
         common = ["--no-defaults"]
         run_as = ["--user=mysql"] if os.geteuid() == 0 else []
         server_opts = ["--innodb-log-file-size=8M", "--innodb-buffer-pool-size=32M"]
+        glog = os.path.join(run, "general.log")
+        glog_opts = ["--general-log", f"--general-log-file={glog}"] if general_log else []
         cp = _run([_which("mariadb-install-db"), *common, *run_as,
                    f"--datadir={datadir}", "--auth-root-authentication-method=normal",
                    "--skip-test-db", "--skip-name-resolve", *server_opts],
@@ -711,7 +725,7 @@ def mariadb(user: str = "test", password: str = "test",
                        f"--tmpdir={tmp}", f"--log-error={log}", "--skip-log-bin",
                        "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
                        "--innodb-doublewrite=0", "--performance-schema=OFF",
-                       "--skip-ssl", *server_opts],
+                       "--skip-ssl", *server_opts, *glog_opts],
                       os.path.join(d, "stdout.log"), cwd=d, name="mariadbd")
         try:
             # the unix socket appears just after the TCP listener
@@ -719,7 +733,8 @@ def mariadb(user: str = "test", password: str = "test",
                         ready=lambda: os.path.exists(sock))
             db = MariaDB(tmpdir=d, port=port, datadir=datadir, socket_path=sock,
                          log_path=log, user=user, password=password,
-                         database=database, _proc=proc)
+                         database=database, _proc=proc,
+                         general_log_path=glog if general_log else None)
             db.root_query(
                 "DELETE FROM mysql.global_priv WHERE User='';"
                 f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}';"
