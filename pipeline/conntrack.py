@@ -19,6 +19,7 @@ DIR_EGRESS = 0
 L7_CLIENT = 1
 AF_INET = 2
 AF_INET6 = 10
+STITCH_BACKLOG = 1024     # frames queued on one stream that trigger pairing at once
 
 
 def ip_text(family, raw):
@@ -104,8 +105,19 @@ class Tracker:
             stream.append(data, true_len, ts)
         else:
             stream.gap(true_len)
-        if len(stream.frames) != n:
+        m = len(stream.frames)
+        if m != n:
             self.dirty.add(conn)
+            if m >= STITCH_BACKLOG:
+                # A busy pipelined connection can queue thousands of frames within one
+                # ring-buffer batch; pair them now rather than let the stream's MAX_FRAMES
+                # bound drop the oldest.  Events arrive in order, so pairing at any point
+                # is as valid as pairing at the end of the batch.
+                self._stitch(conn, conn.proto.stitch)
+
+    def stitch_now(self, conn):
+        """Pair what a connection has queued now (a stream holds STITCH_BACKLOG frames)."""
+        self._stitch(conn, conn.proto.stitch)
 
     def on_close(self, ev):
         conn = self.conns.pop(ev["conn_id"], None)
