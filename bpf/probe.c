@@ -8,7 +8,8 @@
  *                       counters), detect the protocol on the first data, and send a bounded
  *                       prefix of the bytes plus their true length to user space.
  * Connections enter map `conns` at connect()/accept() exit (or from user space, for those
- * that existed before the probe started); their addresses come from
+ * that existed before the probe started, or at the first data of a process forked since on
+ * a TCP socket it inherited, see adopt_conn); their addresses come from
  * sock:inet_sock_set_state, keyed by `sk`.  close() sends the final counters.
  *
  * Macros set by bpf/loader.py: CAP_MAX (power of two), RINGBUF (1: ring buffer, 0: perf),
@@ -41,14 +42,15 @@ struct active_op {
     u8 sock_seen;
     u8 is_accept;
     u8 is_connect;
-    u32 pad;
+    u8 adopt;         /* fd not tracked yet, in a forked process: adopt it if a TCP socket */
+    u8 pad[3];
 };
 
 struct sk_addr {
     u16 family;
     u16 sport;
     u16 dport;
-    u16 pad;
+    u16 l4_role;      /* L4_SERVER: passive open (accepted), L4_CLIENT: active, 0: unknown */
     u8 saddr[16];
     u8 daddr[16];
 };
@@ -56,6 +58,10 @@ struct sk_addr {
 BPF_HASH(conns, struct conn_key, struct conn_val, 65536);
 BPF_HASH(active, u64, struct active_op, 16384);
 BPF_TABLE("lru_hash", u64, struct sk_addr, sk_addrs, 65536);
+/* Processes (not threads) created while the probe runs, until they exec.  They may use
+ * sockets they inherited, which no connect()/accept() of theirs announced: PostgreSQL's
+ * postmaster accepts a connection and forks the backend that serves it. */
+BPF_TABLE("lru_hash", u32, u8, forked, 16384);
 BPF_ARRAY(config, struct probe_config, 1);
 BPF_HASH(pids, u32, u8, 16384);
 /* per-CPU scratch as a plain array indexed by CPU: per-CPU maps cap values at 32 KiB */
@@ -129,6 +135,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         a.family = args->family;
         a.sport = args->sport;
         a.dport = args->dport;
+        a.l4_role = args->oldstate == 3 ? L4_SERVER :       /* TCP_SYN_RECV */
+                    args->oldstate == 2 ? L4_CLIENT : 0;    /* TCP_SYN_SENT */
         if (args->family == AF_INET_) {
             __builtin_memcpy(a.saddr, args->saddr, 4);
             __builtin_memcpy(a.daddr, args->daddr, 4);
@@ -223,20 +231,34 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return exit_conn_op(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return enter_conn_op(args->fd, 1, 0, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return exit_conn_op(args->ret); }
 
-/* ---------------------------------------------------------------- exec --------------- */
+/* ---------------------------------------------------------------- fork / exec -------- */
 
-#if TLS
-/* New programs may link TLS libraries: tell user space, which looks for uprobe targets. */
+#if HAVE_SOCK_LEN_TP
+#define CLONE_THREAD_ 0x00010000
+TRACEPOINT_PROBE(task, task_newtask) {
+    if (args->clone_flags & CLONE_THREAD_)
+        return 0;
+    u32 pid = args->pid;        /* the new process: its pid is its tgid */
+    u8 one = 1;
+    forked.update(&pid, &one);
+    return 0;
+}
+#endif
+
 TRACEPOINT_PROBE(sched, sched_process_exec) {
-    struct probe_config *cfg = get_config();
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    forked.delete(&tgid);       /* a new program makes its own connections */
+#if TLS
+    /* New programs may link TLS libraries: tell user space, which looks for uprobe
+       targets. */
+    struct probe_config *cfg = get_config();
     if (!cfg || !cfg->tls || !pid_wanted(tgid, cfg))
         return 0;
     struct evt_hdr e = {.type = EVT_EXEC, .tgid = tgid};
     output(args, &e, sizeof(e), 0);
+#endif
     return 0;
 }
-#endif
 
 /* ---------------------------------------------------------------- close -------------- */
 
@@ -269,8 +291,18 @@ static __always_inline int enter_data(int fd, u64 buf, u32 iovcnt, u8 dir) {
     u64 id = bpf_get_current_pid_tgid();
     struct conn_key k = {.tgid = id >> 32, .fd = fd};
     struct conn_val *c = conns.lookup(&k);
-    if (!c || (c->flags & CONN_F_IGNORED))
+    u8 adopt = 0;
+    if (!c) {
+#if HAVE_SOCK_LEN_TP
+        if (!forked.lookup(&k.tgid))
+            return 0;
+        adopt = 1;              /* see adopt_conn() at syscall exit */
+#else
         return 0;
+#endif
+    } else if (c->flags & CONN_F_IGNORED) {
+        return 0;
+    }
     struct probe_config *cfg = get_config();
     if (!cfg || !pid_wanted(k.tgid, cfg))
         return 0;
@@ -279,6 +311,7 @@ static __always_inline int enter_data(int fd, u64 buf, u32 iovcnt, u8 dir) {
     op.buf = buf;
     op.iovcnt = iovcnt;
     op.dir = dir;
+    op.adopt = adopt;
     active.update(&id, &op);
     return 0;
 }
@@ -452,6 +485,28 @@ static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct c
 #include "tls.h"        /* spliced in by bpf/loader.py (BCC rewrites map calls only here) */
 #endif
 
+#if HAVE_SOCK_LEN_TP
+/* A socket a forked process inherited (op->adopt): track it from now on like an accepted or
+ * connected one if it is an established TCP connection whose role the handshake told
+ * (inet_sock_set_state); otherwise ignore this fd until it is closed. */
+static __always_inline struct conn_val *adopt_conn(struct conn_key *k, u64 sk) {
+    struct conn_val c = {};
+    struct sk_addr *a = sk ? sk_addrs.lookup(&sk) : 0;
+    int ok = a && a->l4_role;
+    if (ok) {
+        c.l4_role = a->l4_role;
+        c.conn_id = new_conn_id();
+    } else {
+        c.flags = CONN_F_IGNORED;
+    }
+    if (conns.update(k, &c) != 0) {
+        stat_add(2, 1);
+        return 0;
+    }
+    return ok ? conns.lookup(k) : 0;
+}
+#endif
+
 static __always_inline int exit_data(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     struct active_op *op = active.lookup(&id);
@@ -465,8 +520,14 @@ static __always_inline int exit_data(void *ctx, long ret) {
 #endif
     struct conn_key k = {.tgid = id >> 32, .fd = op->fd};
     struct conn_val *c = conns.lookup(&k);
-    if (!c)
+    if (!c) {
+#if HAVE_SOCK_LEN_TP
+        if (!op->adopt || !(c = adopt_conn(&k, op->sk)))
+            goto out;
+#else
         goto out;
+#endif
+    }
     u32 len = ret;
     u8 dir = op->dir;
     if (dir == DIR_EGRESS) {
