@@ -49,6 +49,32 @@ class DataStream:
         """``data``: captured bytes of one syscall (a prefix); ``true_len``: bytes that
         really crossed the socket (>= len(data)); ``ts``: its timestamp in ns."""
         cap = len(data)
+        if not (self.buf or self.skip or self.resync) and cap:
+            # Fast path, the common case of a connection in sync: nothing buffered, nothing
+            # to skip, so parse straight from the new bytes (``need`` is 0 when buf is empty).
+            # Same outcome as the general path below.
+            try:
+                state, frame, end = self.parser.parse(data, 0, ts)
+            except Exception as exc:  # a parser bug must not take the probe down
+                self.stats.exceptions += 1
+                self.last_error = exc
+                self.resync = True
+            else:
+                if (state is SUCCESS or state is IGNORE) and end >= cap:
+                    if frame is not None:
+                        frames = self.frames
+                        if len(frames) >= MAX_FRAMES:
+                            frames.popleft()
+                            self.stats.dropped_frames += 1
+                        frames.append(frame)
+                    self.skip = end - cap
+                else:
+                    self.buf = data
+                    self.base_ts = ts
+                    self._parse(ts, (state, frame, end))
+            if true_len > cap:
+                self._gap(true_len - cap)
+            return
         if true_len < cap:
             true_len = cap
         if self.skip:
@@ -96,7 +122,9 @@ class DataStream:
         self.need = 0
         self.resync = True
 
-    def _parse(self, ts: int) -> None:
+    def _parse(self, ts: int, first=None) -> None:
+        """Parse buf from its start; ``first``: the parser's result at position 0, already
+        obtained (the fast path of append), or None."""
         parser = self.parser
         buf = self.buf
         n = len(buf)
@@ -117,7 +145,11 @@ class DataStream:
                 pos = b
                 self.resync = False
             while pos < n:
-                state, frame, end = parser.parse(buf, pos, frame_ts)
+                if first is None:
+                    state, frame, end = parser.parse(buf, pos, frame_ts)
+                else:
+                    state, frame, end = first
+                    first = None
                 if state is SUCCESS or state is IGNORE:
                     if frame is not None:
                         if len(frames) >= MAX_FRAMES:
