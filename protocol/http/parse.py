@@ -29,18 +29,61 @@ _REQ_START = re.compile(rb"(?:GET|POST|PUT|DELETE|HEAD|PATCH|OPTIONS|CONNECT|TRA
 _RESP_START = re.compile(rb"HTTP/1\.[01] [1-9]\d\d")
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?\r\n")
 _PREFIXES_REQ = tuple(m + b" " for m in METHODS)
+# the first of either header (_CONTENT_LENGTH's pattern in group 2), and any TE header
+_BODY_HDR = re.compile(rb"\n(?:(content-length)|transfer-encoding)[ \t]*:[ \t]*([^\r\n]*)",
+                       re.I)
+_TE_HDR = re.compile(rb"\ntransfer-encoding[ \t]*:", re.I)
+# request method and status code texts seen over and over: decode / convert once
+_METHOD_TEXT = {m: m.decode("latin-1") for m in METHODS}
+_STATUS_INT = {b"%d" % i: i for i in range(100, 600)}
 
 
 def _decode(b):
     return b.decode("latin-1")
 
 
+def _body_end(buf, hstart, hend):
+    """(end, chunked) for a message whose headers are buf[hstart:hend+4]; end -1: invalid.
+
+    One scan finds the first Content-Length or Transfer-Encoding header; only a message
+    with a Transfer-Encoding header takes the general rules of _body_end_re (the same
+    result, in two scans)."""
+    m = _BODY_HDR.search(buf, hstart, hend + 2)
+    if m is None:
+        return hend + 4, False
+    return _body_end_from(buf, m, hstart, hend)
+
+
+def _body_end_from(buf, m, hstart, hend):
+    """_body_end, given the (not None) result of its _BODY_HDR search."""
+    if m.group(1) is None or _TE_HDR.search(buf, m.end(), hend + 2) is not None:
+        return _body_end_re(buf, hstart, hend)
+    v = m.group(2).strip()
+    if not v.isdigit() or len(v) > 15:
+        return -1, False
+    return hend + 4 + int(v), False
+
+
+def _body_end_re(buf, hstart, hend):
+    body = hend + 4
+    if _CHUNKED.search(buf, hstart, hend + 2):
+        return body, True
+    m = _CONTENT_LENGTH.search(buf, hstart, hend + 2)
+    if m:
+        v = m.group(1).strip()
+        if not v.isdigit() or len(v) > 15:
+            return -1, False
+        return body + int(v), False
+    return body, False
+
+
 class HttpParser(Parser):
-    __slots__ = ("chunked",)
+    __slots__ = ("chunked", "is_request")
 
     def __init__(self, msg_type, state):
         super().__init__(msg_type, state)
         self.chunked = False     # inside a chunked body: parse chunk framing next
+        self.is_request = msg_type == MessageType.REQUEST
 
     # -- boundary -----------------------------------------------------------------------
     def find_boundary(self, buf, start):
@@ -58,16 +101,62 @@ class HttpParser(Parser):
 
     # -- frames -------------------------------------------------------------------------
     def parse(self, buf, start, ts):
-        if self.state.upgraded:
+        # The common cases (a request, a response with or without Content-Length) are
+        # handled inline, once per message; _parse_request/_parse_response are the same
+        # logic, kept for reading and for the rare branches.
+        state = self.state
+        if state.upgraded:
             return IGNORE, None, len(buf)
         if self.chunked:
             return self._parse_chunks(buf, start)
         hend = buf.find(b"\r\n\r\n", start, start + MAX_HEADER)
         if hend < 0:
             return self._incomplete(buf, start)
-        if self.msg_type == MessageType.REQUEST:
-            return self._parse_request(buf, start, hend, ts)
-        return self._parse_response(buf, start, hend, ts)
+        if self.is_request:
+            m = _REQ_LINE.match(buf, start, hend + 2)
+            if m is None:
+                return INVALID, None, start
+            hs = m.end() - 2
+            b = _BODY_HDR.search(buf, hs, hend + 2)
+            if b is None:
+                end = hend + 4
+                chunked = False
+            else:
+                end, chunked = _body_end_from(buf, b, hs, hend)
+                if end < 0:
+                    return INVALID, None, start
+            mb, target, minor = m.groups()
+            method = _METHOD_TEXT.get(mb)
+            if method is None:
+                method = mb.decode("latin-1")
+            state.methods.append(method)
+            self.chunked = chunked
+            return SUCCESS, HttpRequest(ts, method, target.decode("latin-1"),
+                                        minor[0] - 48), end
+        m = _RESP_LINE.match(buf, start, hend + 2)
+        if m is None:
+            return INVALID, None, start
+        minor, sb = m.groups()
+        status = _STATUS_INT.get(sb) or int(sb)
+        if status < 200 or status == 204 or status == 304:
+            return self._parse_response(buf, start, hend, ts)
+        methods = state.methods
+        if not methods:
+            return self._parse_response(buf, start, hend, ts)
+        method = methods[0]
+        if method == "HEAD" or method == "CONNECT":
+            return self._parse_response(buf, start, hend, ts)
+        methods.popleft()
+        hs = m.end() - 2
+        b = _BODY_HDR.search(buf, hs, hend + 2)
+        if b is None:
+            end = hend + 4
+        else:
+            end, chunked = _body_end_from(buf, b, hs, hend)
+            if end < 0:
+                return INVALID, None, start
+            self.chunked = chunked
+        return SUCCESS, HttpResponse(ts, status, minor[0] - 48), end
 
     def _incomplete(self, buf, start):
         n = len(buf) - start
@@ -81,17 +170,7 @@ class HttpParser(Parser):
         return (NEEDS_MORE_DATA if ok else INVALID), None, 0
 
     def _body_end(self, buf, hstart, hend):
-        """(end, chunked) for a message whose headers are buf[hstart:hend+4]."""
-        body = hend + 4
-        if _CHUNKED.search(buf, hstart, hend + 2):
-            return body, True
-        m = _CONTENT_LENGTH.search(buf, hstart, hend + 2)
-        if m:
-            v = m.group(1).strip()
-            if not v.isdigit() or len(v) > 15:
-                return -1, False
-            return body + int(v), False
-        return body, False
+        return _body_end(buf, hstart, hend)
 
     def _parse_request(self, buf, start, hend, ts):
         m = _REQ_LINE.match(buf, start, hend + 2)
