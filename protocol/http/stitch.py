@@ -7,6 +7,9 @@ from protocol.http.parse import HttpParser
 from protocol.http.types import HttpState
 
 API_MAX = 63
+_STATUS_TEXT = {i: str(i) for i in range(100, 600)}
+_API_CACHE = {}            # (method, target) -> api_name(): the same URLs come again and again
+_API_CACHE_MAX = 4096
 
 
 def api_name(method, target):
@@ -27,18 +30,29 @@ class HttpProtocol(Protocol):
 
     def stitch(self, reqs, resps, state):
         out = []
+        append = out.append
+        cache = _API_CACHE
         while resps:
             resp = resps.popleft()
             status = resp.status
             if status < 200 and status != 101:
                 continue          # interim response (100 Continue, 103): not an answer
+            text = _STATUS_TEXT.get(status) or str(status)
+            err = ERR_SERVER if status >= 500 else ERR_CLIENT if status >= 400 else ERR_NONE
             # requests sent after this response cannot be what it answers
             if not reqs or reqs[0].ts > resp.ts:
-                out.append(Record(0, resp.ts, None, "", "", str(status), _err(status)))
+                append(Record(0, resp.ts, None, "", "", text, err))
                 continue
             req = reqs.popleft()
-            out.append(Record(req.ts, resp.ts, api_name(req.method, req.target), req.method,
-                              req.target, str(status), _err(status)))
+            method = req.method
+            target = req.target
+            key = (method, target)
+            api = cache.get(key)
+            if api is None:
+                if len(cache) >= _API_CACHE_MAX:
+                    cache.clear()
+                api = cache[key] = api_name(method, target)
+            append(Record(req.ts, resp.ts, api, method, target, text, err))
         return out
 
     def unmatched_request(self, frame):
