@@ -408,10 +408,10 @@ def run(args, gopher_mode, no_options=False):
                 probe.report()
                 if queue is not None and probe.writer.lines == printed:
                     _idle_line()
+            if queue is not None and _stdout_gone():
+                break                     # gala-gopher closed the pipe: it stops us
             if queue is not None and now >= next_ipc:
                 next_ipc = now + IPC_INTERVAL
-                if _stdout_gone():
-                    break
                 _check_ipc(probe, queue)
         probe.report(final=True)
     finally:
