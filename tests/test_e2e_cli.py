@@ -1,0 +1,70 @@
+"""Standalone options end to end: --format json, --range, --proto, --pid, --duration (the
+partial last period is reported), SIGTERM."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.probe import PROBE, ProbeRun, total
+from tests.support.servers import nginx, redis_server
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
+
+
+def _curl(ng, path, n=1):
+    for _ in range(n):
+        subprocess.run(["curl", "-s", "-o", "/dev/null", ng.url(path)], timeout=30, check=True)
+
+
+def test_json_format_range_and_duration():
+    with nginx() as ng:
+        p = ProbeRun(["--format", "json", "--range", "l7_rpc_metrics", "--proto", "http",
+                      "-P", "60", "--duration", "8"])
+        started = time.time()
+        _curl(ng, "/status/404", 3)
+        assert p.proc.wait(60) == 0, p.err_lines
+        assert time.time() - started < 15
+        p.stop()
+        recs = [json.loads(l) for l in p.lines if l.strip()]
+        # a 60 s period never elapsed: everything comes from the final partial report
+        assert recs, p.err_lines
+        assert {r["table"] for r in recs} <= {"l7_rpc", "l7_rpc_api"}
+        server = [r for r in recs if r["table"] == "l7_rpc_api" and r["l7_role"] == "server"
+                  and r["server_port"] == ng.port]
+        assert sum(r["req_count"] for r in server) == 3
+        assert {r["api"] for r in server} == {"GET /status/404"}
+        assert all(r["comm"] == "nginx" for r in server)
+        assert all("container_id" in r for r in server)
+
+
+def test_pid_filter_and_proto_filter():
+    with nginx() as a, nginx() as b, redis_server() as rs:
+        with ProbeRun(["-P", "1", "--proto", "http", "-p", ",".join(map(str, a.pids()))]) as p:
+            time.sleep(0.5)
+            _curl(a, "/", 2)
+            _curl(b, "/", 2)
+            rs.cli("SET", "k", "v")
+            time.sleep(1.5)
+        tgids = {int(r["tgid"]) for r in p.records("l7_rpc")}
+        assert tgids and tgids <= set(a.pids())
+        rows = [r for r in p.records("l7_rpc") if r["server_port"] == str(a.port)]
+        assert total(rows, "req_count") == 2
+        assert not [r for r in p.records("l7_link") if r["protocol"] != "http"]
+
+
+def test_sigterm_reports_and_exits_zero():
+    with nginx() as ng:
+        p = ProbeRun(["-P", "60"])
+        _curl(ng, "/", 2)
+        time.sleep(0.5)
+        t = time.time()
+        rc = p.stop(signal.SIGTERM)
+        assert rc == 0
+        assert time.time() - t < 5
+        rows = [r for r in p.records("l7_rpc") if r["server_port"] == str(ng.port)
+                and r["l7_role"] == "server"]
+        assert total(rows, "req_count") == 2
