@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+
+from protocol.sqltext import PATH_MAX, sql_path, verb_finder  # noqa: F401
 from collections import deque
 
 # What a command's response looks like (the response parser walks it accordingly)
@@ -21,7 +23,6 @@ CLIENT_ZSTD_COMPRESSION = 0x04000000
 CLIENT_QUERY_ATTRIBUTES = 0x08000000
 SERVER_MORE_RESULTS_EXISTS = 0x0008
 
-PATH_MAX = 128
 MAX_STATEMENTS = 4096
 MAX_PENDING = 1024
 
@@ -82,17 +83,7 @@ class MyState:
 # -- SQL text ----------------------------------------------------------------------------
 _RE_LEAD = re.compile(r"(?:\s+|(?:--\s|#)[^\n]*(?:\n|\Z)|/\*(?!!).*?(?:\*/|\Z)|/\*!\d*|\()*",
                       re.S)
-_RE_WORD = re.compile(r"[A-Za-z_]+")
-_RE_WS = re.compile(r"\s+")
 
 
-def sql_verb(text):
-    m = _RE_WORD.match(text, _RE_LEAD.match(text).end())
-    return m.group(0).upper()[:32] if m else "UNKNOWN"
+sql_verb = verb_finder(_RE_LEAD)
 
-
-def sql_path(text):
-    s = _RE_WS.sub(" ", text).strip()[:PATH_MAX]
-    if not s.isprintable() or "|" in s:
-        s = "".join(ch if ch.isprintable() and ch != "|" else "?" for ch in s)
-    return s

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+from protocol.sqltext import PATH_MAX, sql_path, verb_finder  # noqa: F401
+
 # Request kinds
 QUERY = 0      # 'Q' simple query: one record per statement result (C / I / E) before its Z
 EXEC = 1       # 'E' Execute: one record, answered by C / I / s / E
@@ -14,7 +16,6 @@ COMPLETE = 0   # 'C' CommandComplete, 'I' EmptyQueryResponse, 's' PortalSuspende
 ERROR = 1      # 'E' ErrorResponse
 READY = 2      # 'Z' ReadyForQuery
 
-PATH_MAX = 128
 MAX_STATEMENTS = 4096    # prepared statements / portals remembered per connection
 
 
@@ -59,22 +60,12 @@ class PgState:
 
 # -- SQL text ----------------------------------------------------------------------------
 _RE_LEAD = re.compile(r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?(?:\*/|\Z)|\()*", re.S)
-_RE_WORD = re.compile(r"[A-Za-z_]+")
 _RE_SPLIT = re.compile(r"'(?:[^']|'')*(?:'|\Z)|\"[^\"]*(?:\"|\Z)|--[^\n]*|/\*.*?(?:\*/|\Z)"
                        r"|\$([A-Za-z_]*)\$.*?(?:\$\1\$|\Z)|;", re.S)
-_RE_WS = re.compile(r"\s+")
 
 
-def sql_verb(text):
-    m = _RE_WORD.match(text, _RE_LEAD.match(text).end())
-    return m.group(0).upper()[:32] if m else "UNKNOWN"
+sql_verb = verb_finder(_RE_LEAD)
 
-
-def sql_path(text):
-    s = _RE_WS.sub(" ", text).strip()[:PATH_MAX]
-    if not s.isprintable() or "|" in s:
-        s = "".join(ch if ch.isprintable() and ch != "|" else "?" for ch in s)
-    return s
 
 
 def split_statements(text):
