@@ -34,19 +34,24 @@ bench: venv
 # Installs the probe where gala-gopher looks for it: the executable as
 # $(PREFIX)/extend_probes/l7probe (a Python script that finds its libraries in
 # l7probe.d/ beside it) and the meta file as $(PREFIX)/meta/l7probe.meta.
+# Only what the probe imports at run time goes into its venv (versions pinned in
+# requirements.txt); tests/test_install.py checks that nothing it imports is missing.
 SRC_DIRS := bpf include ipc pipeline protocol
-install: venv
+RUNTIME_REQS := pyelftools psutil capstone
+install: deps
 	install -d $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d $(DESTDIR)$(PREFIX)/meta
 	cp -r $(SRC_DIRS) $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/
 	find $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d -name __pycache__ -prune -exec rm -rf {} +
-	install -m 0644 requirements.txt $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/
+	for p in $(RUNTIME_REQS); do grep -i "^$$p==" requirements.txt || \
+	    { echo "install: $$p is not pinned in requirements.txt" >&2; exit 1; }; \
+	done > $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/requirements.txt
 	install -m 0644 l7probe.meta $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/l7probe.meta
 	install -m 0644 l7probe.meta $(DESTDIR)$(PREFIX)/meta/l7probe.meta
 	install -m 0755 l7probe.py $(DESTDIR)$(PREFIX)/extend_probes/l7probe
 	rm -rf $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/.venv
 	$(PY) -m venv --system-site-packages $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/.venv
 	$(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/.venv/bin/python -m pip install -q \
-	    --disable-pip-version-check -r requirements.txt
+	    --disable-pip-version-check -r $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/requirements.txt
 
 uninstall:
 	rm -rf $(DESTDIR)$(PREFIX)/extend_probes/l7probe $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d \
