@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections import deque
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 FTOK_PATH_ENV = "L7PROBE_IPC_FTOK_PATH"
 PROBE_L7 = 4
@@ -225,6 +225,9 @@ class ProbeProcess:
             os.set_blocking(fd, False)
         self.lines: deque = deque()       # complete stdout lines not yet returned
         self.all_lines: List[str] = []    # every stdout line ever read
+        # (time.monotonic() when read, line) for every stdout line: arrival times are
+        # exact while the caller keeps reading (read_lines, wait_for)
+        self.timed_lines: List[Tuple[float, str]] = []
         self.stderr_lines: List[str] = []
 
     # -- reading -------------------------------------------------------------------------
@@ -257,6 +260,7 @@ class ProbeProcess:
                 if fd == self._out_fd:
                     self.lines.append(line)
                     self.all_lines.append(line)
+                    self.timed_lines.append((time.monotonic(), line))
                 else:
                     self.stderr_lines.append(line)
 
@@ -326,6 +330,46 @@ class ProbeProcess:
                 continue
             out.append(int(name))
         return sorted(out)
+
+    def gopher_pids(self, bin_path: str) -> List[int]:
+        """What gala-gopher finds to stop the probe: ``pgrep -g <pgid> -af "<bin>$"``
+        (compat §2.1), in pgrep's order.  With dash as /bin/sh both ``sh -c <bin>`` and the
+        probe match, sh first; gala-gopher signals the first pid it reads."""
+        cp = subprocess.run(["pgrep", "-g", str(self.pid), "-af", bin_path + "$"],
+                            capture_output=True, text=True)
+        return [int(line.split()[0]) for line in cp.stdout.splitlines() if line.strip()]
+
+    def stop_like_gopher(self, bin_path: str, line_timeout: float = 30.0) -> Optional[int]:
+        """gala-gopher's stop of an extend probe (compat §2.1, §3.8): SIGINT to the first
+        pid ``pgrep`` prints, then its reader returns from the ``fgets`` it is blocked in
+        (the next stdout line), sees the stop flag and ``pclose``s: the pipe's read end is
+        closed and sh is waited for.  Returns the pid signalled; the caller waits with
+        :meth:`wait_closed`."""
+        pids = self.gopher_pids(bin_path)
+        if not pids:
+            return None
+        os.kill(pids[0], signal.SIGINT)
+        self.readline(line_timeout)
+        self.close_stdout()
+        return pids[0]
+
+    def close_stdout(self) -> None:
+        """Close our read end of the probe's stdout (what pclose does)."""
+        if self._out_fd in self._open:
+            self._open.discard(self._out_fd)
+            try:
+                self.proc.stdout.close()
+            except OSError:
+                pass
+
+    def wait_closed(self, timeout: float = 10.0) -> Optional[int]:
+        """After close_stdout: wait for sh to exit (stderr still drained)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                return None
+            self._pump(0.05)
+        return self.proc.returncode
 
     def send_signal(self, sig=signal.SIGINT, group: bool = False) -> None:
         """Signal the probe like gala-gopher does (``kill(pid, sig)``), or the whole group."""
