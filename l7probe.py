@@ -257,11 +257,9 @@ class Probe:
             if conn is not None and cap_len:
                 stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
                 if stream is not None:
-                    if lost:
-                        stream.gap(lost)
                     frames = stream.frames
                     n = len(frames)
-                    stream.append(raw[h:h + cap_len], true_len, ts)
+                    stream.append(raw[h:h + cap_len], true_len, ts, lost)
                     m = len(frames)
                     if m != n:
                         mark_dirty(conn)

@@ -45,9 +45,16 @@ class DataStream:
         self.last_error = None
 
     # -- input -------------------------------------------------------------------------
-    def append(self, data, true_len: int, ts: int) -> None:
+    def append(self, data, true_len: int, ts: int, lost: int = 0) -> None:
         """``data``: captured bytes of one syscall (a prefix); ``true_len``: bytes that
-        really crossed the socket (>= len(data)); ``ts``: its timestamp in ns."""
+        really crossed the socket (>= len(data)); ``ts``: its timestamp in ns; ``lost``:
+        bytes that crossed before these without being captured (the same as gap(lost)
+        first)."""
+        if lost > 0:
+            if self.skip >= lost:
+                self.skip -= lost
+            else:
+                self._gap(lost)
         cap = len(data)
         if not (self.buf or self.skip or self.resync) and cap:
             # Fast path, the common case of a connection in sync: nothing buffered, nothing
