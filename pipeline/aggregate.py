@@ -45,6 +45,40 @@ class Histogram:
         return " ".join(parts)
 
 
+def add_to(stats, rec):
+    """Count one record in each RpcStats of ``stats`` (a link's and its API's: one pass,
+    the hot path of aggregation)."""
+    req_ts = rec.req_ts
+    resp_ts = rec.resp_ts
+    err = rec.err
+    lat = -1
+    if req_ts and resp_ts:
+        lat = resp_ts - req_ts
+        if lat < 0:
+            lat = 0
+    bucket = bisect_left(BOUNDS, lat) if 0 < lat <= 10_000_000_000 else -1
+    for st in stats:
+        if req_ts:
+            st.req += 1
+        if resp_ts:
+            st.resp += 1
+        if lat >= 0:
+            st.lat_sum += lat
+            st.lat_n += 1
+            if bucket >= 0:                   # Histogram.add
+                h = st.histo
+                h.counts[bucket] += 1
+                h.sum += lat
+                if lat > h.max:
+                    h.max = lat
+        if err:
+            st.err += 1
+            if err == ERR_CLIENT:
+                st.client_err += 1
+            elif err == ERR_SERVER:
+                st.server_err += 1
+
+
 class RpcStats:
     """Request/response counters of a link or an API for one period."""
 
@@ -56,31 +90,7 @@ class RpcStats:
         self.histo = Histogram()
 
     def add(self, rec):
-        req_ts = rec.req_ts
-        resp_ts = rec.resp_ts
-        if req_ts:
-            self.req += 1
-        if resp_ts:
-            self.resp += 1
-            if req_ts:
-                lat = resp_ts - req_ts
-                if lat < 0:
-                    lat = 0
-                self.lat_sum += lat
-                self.lat_n += 1
-                if 0 < lat <= 10_000_000_000:      # Histogram.add, inline (hot path)
-                    h = self.histo
-                    h.counts[bisect_left(BOUNDS, lat)] += 1
-                    h.sum += lat
-                    if lat > h.max:
-                        h.max = lat
-        err = rec.err
-        if err:
-            self.err += 1
-            if err == ERR_CLIENT:
-                self.client_err += 1
-            elif err == ERR_SERVER:
-                self.server_err += 1
+        add_to((self,), rec)
 
     def latency_avg(self):
         # upstream divides by req_count; we divide by the pairs that have a latency
@@ -103,15 +113,17 @@ class Link:
         self.conns = 0            # open connections in this link
 
     def add_record(self, rec):
-        self.rpc.add(rec)
         api = rec.api
         if api is not None:
             st = self.apis.get(api)
             if st is None:
                 if len(self.apis) >= Links.MAX_APIS_PER_LINK:
+                    add_to((self.rpc,), rec)
                     return
                 st = self.apis[api] = RpcStats()
-            st.add(rec)
+            add_to((self.rpc, st), rec)
+        else:
+            add_to((self.rpc,), rec)
 
     def reset(self):
         self.bytes_sent = self.bytes_recv = self.segs_sent = self.segs_recv = 0
