@@ -113,17 +113,24 @@ class Link:
         self.conns = 0            # open connections in this link
 
     def add_record(self, rec):
-        api = rec.api
-        if api is not None:
-            st = self.apis.get(api)
-            if st is None:
-                if len(self.apis) >= Links.MAX_APIS_PER_LINK:
-                    add_to((self.rpc,), rec)
-                    return
-                st = self.apis[api] = RpcStats()
-            add_to((self.rpc, st), rec)
-        else:
-            add_to((self.rpc,), rec)
+        self.add_records((rec,))
+
+    def add_records(self, recs):
+        rpc = self.rpc
+        apis = self.apis
+        alone = (rpc,)
+        for rec in recs:
+            api = rec.api
+            if api is not None:
+                st = apis.get(api)
+                if st is None:
+                    if len(apis) >= Links.MAX_APIS_PER_LINK:
+                        add_to(alone, rec)
+                        continue
+                    st = apis[api] = RpcStats()
+                add_to((rpc, st), rec)
+            else:
+                add_to(alone, rec)
 
     def reset(self):
         self.bytes_sent = self.bytes_recv = self.segs_sent = self.segs_recv = 0

@@ -159,10 +159,10 @@ class Tracker:
         if recs:
             link = conn.link
             link.last_active = self.now
+            link.add_records(recs)
             sink = self.record_sink
-            for rec in recs:
-                link.add_record(rec)
-                if sink is not None:
+            if sink is not None:
+                for rec in recs:
                     sink(link, rec)
 
     def _finish(self, conn):
