@@ -147,15 +147,23 @@ class HttpParser(Parser):
         if method == "HEAD" or method == "CONNECT":
             return self._parse_response(buf, start, hend, ts)
         methods.popleft()
-        hs = m.end() - 2
-        b = _BODY_HDR.search(buf, hs, hend + 2)
+        he = hend + 2
+        b = _BODY_HDR.search(buf, m.end() - 2, he)
         if b is None:
             end = hend + 4
         else:
-            end, chunked = _body_end_from(buf, b, hs, hend)
-            if end < 0:
-                return INVALID, None, start
-            self.chunked = chunked
+            cl, v = b.groups()
+            if cl is not None and _TE_HDR.search(buf, b.end(), he) is None:
+                # Content-Length alone (_body_end_from, inline: the common response)
+                v = v.strip()
+                if not v.isdigit() or len(v) > 15:
+                    return INVALID, None, start
+                end = hend + 4 + int(v)
+            else:
+                end, chunked = _body_end_re(buf, m.end() - 2, hend)
+                if end < 0:
+                    return INVALID, None, start
+                self.chunked = chunked
         return SUCCESS, HttpResponse(ts, status, minor[0] - 48), end
 
     def _incomplete(self, buf, start):
