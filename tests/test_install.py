@@ -6,7 +6,6 @@ The installation is shared with tests/test_e2e_gopher.py (tests/support/install.
 runs the installed executable under a fake gala-gopher.
 """
 import ast
-import filecmp
 import os
 import stat
 import subprocess
@@ -14,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.support.install import ROOT, installed_or_fail
+from tests.support.install import installed_or_fail
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="make install runs setup-host.sh (root)")
 
@@ -35,10 +34,12 @@ def test_layout(inst):
         assert os.path.isdir(os.path.join(inst.libdir, d)), d
     assert os.path.isfile(os.path.join(inst.libdir, "bpf", "probe.c"))
     assert os.access(os.path.join(inst.libdir, ".venv", "bin", "python3"), os.X_OK)
-    # the meta where gala-gopher loads meta files, identical to the checkout's
-    assert filecmp.cmp(inst.meta, os.path.join(ROOT, "l7probe.meta"), shallow=False)
-    # the executable is the checkout's l7probe.py
-    assert filecmp.cmp(inst.bin, os.path.join(ROOT, "l7probe.py"), shallow=False)
+    # the meta where gala-gopher loads meta files, and the executable: the checkout's
+    # (as they were when make ran: other work may change the checkout meanwhile)
+    with open(inst.meta, "rb") as f:
+        assert f.read() == inst.sources["l7probe.meta"]
+    with open(inst.bin, "rb") as f:
+        assert f.read() == inst.sources["l7probe.py"]
     # nothing of the checkout's own venv or caches was copied
     for dirpath, dirnames, _ in os.walk(inst.libdir):
         if os.path.basename(dirpath) == ".venv":

@@ -29,6 +29,7 @@ class Installed:
     returncode: int
     output: str            # make's stdout + stderr
     seconds: float         # how long `make install` took
+    sources: dict          # checkout file -> its bytes when make started (l7probe.py, meta)
 
 
 _cache: dict = {}
@@ -40,6 +41,10 @@ def installed() -> Installed:
     if "tree" not in _cache:
         destdir = tempfile.mkdtemp(prefix="l7probe-install-")
         atexit.register(shutil.rmtree, destdir, True)
+        sources = {}
+        for name in ("l7probe.py", "l7probe.meta"):
+            with open(os.path.join(ROOT, name), "rb") as f:
+                sources[name] = f.read()
         t0 = time.monotonic()
         cp = subprocess.run(["make", "-C", ROOT, "install", "DESTDIR=" + destdir,
                              "PREFIX=" + PREFIX], stdout=subprocess.PIPE,
@@ -50,7 +55,8 @@ def installed() -> Installed:
             bin=os.path.join(top, "extend_probes", "l7probe"),
             libdir=os.path.join(top, "extend_probes", "l7probe.d"),
             meta=os.path.join(top, "meta", "l7probe.meta"),
-            returncode=cp.returncode, output=cp.stdout, seconds=time.monotonic() - t0)
+            returncode=cp.returncode, output=cp.stdout, seconds=time.monotonic() - t0,
+            sources=sources)
     return _cache["tree"]
 
 
