@@ -225,6 +225,7 @@ class Probe:
         if batch:
             self.on_records(batch)
         self.tracker.stitch_dirty()
+        self.traces.flush()
         if self.tls is not None and self.tls.pending:
             self.tls.tick(self.wanted)
 

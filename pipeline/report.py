@@ -39,7 +39,8 @@ def clean(value):
 
 
 class Writer:
-    """Prints records of the enabled tables to ``out`` and flushes each line."""
+    """Prints records of the enabled tables to ``out`` and flushes each line (unless told
+    not to: l7_trace rows are flushed once per batch, see TraceWriter.flush)."""
 
     def __init__(self, out=None, fmt="gopher", labels=None):
         self.out = out or sys.stdout
@@ -47,7 +48,7 @@ class Writer:
         self.labels = labels      # callable(tgid) -> dict of comm/container for json
         self.lines = 0
 
-    def emit(self, table, row):
+    def emit(self, table, row, flush=True):
         fields = FIELDS[table]
         if self.fmt == "json":
             obj = {"table": table}
@@ -63,10 +64,14 @@ class Writer:
                 line = self._shorten(table, fields, vals)
         try:
             self.out.write(line)
-            self.out.flush()
+            if flush:
+                self.out.flush()
         except BrokenPipeError:
             raise
         self.lines += 1
+
+    def flush(self):
+        self.out.flush()
 
     @staticmethod
     def _shorten(table, fields, vals):
@@ -143,6 +148,7 @@ class TraceWriter:
         self.sent = 0
         self.dropped = 0
         self.mono_to_wall = mono_to_wall
+        self.unflushed = False
 
     def add(self, link, rec):
         if self.sent >= self.limit:
@@ -155,9 +161,18 @@ class TraceWriter:
         row.update(req_method=rec.method or "unknown", req_path=(rec.path or "-")[:1024],
                    resp_code=rec.status or "none", latency=lat if lat is not None else 0,
                    req_time=int(self.mono_to_wall(ts) / 1_000_000))
-        self.writer.emit("l7_trace", row)
+        self.writer.emit("l7_trace", row, flush=False)
+        self.unflushed = True
+
+    def flush(self):
+        """Rows are written as they come and flushed here, once per ring-buffer batch: a
+        flush per row (a write(2) each) cost as much as formatting the row."""
+        if self.unflushed:
+            self.unflushed = False
+            self.writer.flush()
 
     def new_period(self):
+        self.flush()
         dropped = self.dropped
         self.sent = self.dropped = 0
         return dropped
