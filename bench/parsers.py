@@ -72,17 +72,18 @@ class _Sink:
 
 def bench_http():
     recs, messages = http_records()
+    # as the main loop does: a drained batch of records through Probe.on_records, then
+    # pairing (live batches hold ~1000 records at 13k req/s; 64 is on the safe side)
+    batches = [recs[i:i + 64] for i in range(0, len(recs), 64)]
     best = 0.0
     for _ in range(3):
         sink = _Sink()
-        on_record = sink.probe.on_record
+        on_records = sink.probe.on_records
         tracker = sink.probe.tracker
         t0 = time.process_time()
-        for i, r in enumerate(recs):
-            on_record(r)
-            if i % 64 == 63:               # the main loop stitches once per drained batch
-                tracker.stitch_dirty()
-        tracker.stitch_dirty()
+        for batch in batches:
+            on_records(batch)
+            tracker.stitch_dirty()
         dt = time.process_time() - t0
         st = next(iter(sink.probe.links.links.values())).rpc
         assert st.req == st.resp == messages // 2, (st.req, st.resp)
