@@ -74,10 +74,16 @@ class Capture:
         have_ringbuf = kver >= (5, 8)
         have_sock_len = _tp_exists("sock", "sock_send_length") and \
             _tp_exists("sock", "sock_recv_length")
+        # raw_syscalls: 2 attachments instead of 26 (cheaper, fast to detach); the syscall
+        # numbers in probe.c are x86-64's.  L7PROBE_SYSCALL_TRACEPOINTS=1 forces the
+        # per-syscall tracepoints (what older kernels without raw tracepoints get).
+        raw = (platform.machine() == "x86_64" and BPF.support_raw_tracepoint() and
+               not os.environ.get("L7PROBE_SYSCALL_TRACEPOINTS"))
         self.features = {"ringbuf": have_ringbuf, "sock_length_tracepoints": have_sock_len,
-                         "kprobes": bool(self._kprobes_available())}
+                         "kprobes": bool(self._kprobes_available()), "raw_syscalls": raw}
         defines = {"CAP_MAX": CAP_MAX, "RINGBUF": int(have_ringbuf),
                    "RINGBUF_PAGES": RINGBUF_PAGES, "HAVE_SOCK_LEN_TP": int(have_sock_len),
+                   "RAW_SYSCALLS": int(raw),
                    "NR_CPUS_MAX": _possible_cpus(), "TLS": int(os.environ.get("L7PROBE_TLS_BUILD", "1"))}
         defines.update(registry.c_defines())
         cflags = ["-I" + INCLUDE, "-Wno-macro-redefined", "-Wno-unused-function"]
@@ -96,7 +102,8 @@ class Capture:
                "connection map only (no sock_*_length tracepoints; kprobes %s)"
                % ("present but unused" if self.features["kprobes"] else "absent"))
         _release_compiler_memory()
-        log.info("capture: syscall tracepoints; socket check: %s; output: %s",
+        log.info("capture: %s; socket check: %s; output: %s",
+                 "raw_syscalls tracepoints" if raw else "syscall tracepoints",
                  how, "ring buffer" if have_ringbuf else "perf buffer")
         self.conns = self.bpf["conns"]
         self.config = self.bpf["config"]
@@ -184,6 +191,25 @@ class Capture:
             return None
         return v.conn_id, v.bytes_sent, v.bytes_recv, v.segs_sent, v.segs_recv
 
+    def _detach_tracepoints_in_parallel(self):
+        """Each tracepoint or uprobe detach waits for RCU grace periods (~30-100 ms here);
+        one after the other they take ~2 s.  Closing them from threads overlaps the waits
+        (ctypes releases the GIL), so the probe stops within gala-gopher's 2 s."""
+        from concurrent.futures import ThreadPoolExecutor
+        from bcc.libbcc import lib
+        bpf = self.bpf
+        jobs = [(lib.bpf_close_perf_event_fd, fd) for fd in bpf.tracepoint_fds.values()]
+        ups = list(bpf.uprobe_fds.items())
+        jobs += [(lib.bpf_close_perf_event_fd, fd) for _, fd in ups]
+        if not jobs:
+            return
+        with ThreadPoolExecutor(max_workers=min(64, len(jobs))) as pool:
+            list(pool.map(lambda job: job[0](job[1]), jobs))
+        bpf.tracepoint_fds.clear()
+        for name, _ in ups:
+            lib.bpf_detach_uprobe(name)     # a tracefs event, if BCC had to create one
+            bpf._del_uprobe_fd(name)
+
     def drop_counts(self):
         """(records dropped, bytes dropped, connections not tracked, TLS calls whose socket
         was unknown) since start."""
@@ -202,6 +228,7 @@ class Capture:
             reader.close()
             self.reader = None
         if self.bpf is not None:
+            self._detach_tracepoints_in_parallel()
             try:
                 self.bpf.cleanup()
             finally:

@@ -68,3 +68,17 @@ def test_sigterm_reports_and_exits_zero():
         rows = [r for r in p.records("l7_rpc") if r["server_port"] == str(ng.port)
                 and r["l7_role"] == "server"]
         assert total(rows, "req_count") == 2
+
+
+def test_per_syscall_tracepoint_fallback():
+    """Kernels without raw tracepoints (or not x86-64) get one tracepoint per syscall."""
+    env = dict(os.environ, L7PROBE_SYSCALL_TRACEPOINTS="1")
+    with nginx() as ng:
+        with ProbeRun(["-P", "1", "--proto", "http"], env=env) as p:
+            _curl(ng, "/status/500", 3)
+            time.sleep(1.5)
+        assert any("capture: syscall tracepoints" in l for l in p.err_lines)
+        rows = [r for r in p.records("l7_rpc") if r["server_port"] == str(ng.port)
+                and r["l7_role"] == "server"]
+        assert total(rows, "req_count") == 3
+        assert total(rows, "err_count") == 3
