@@ -173,7 +173,8 @@ class DataStream:
                     frame_ts = ts
                 elif state is NEEDS_MORE_DATA:
                     if end > n:          # the parser knows how many bytes it needs
-                        self.need = end - pos
+                        # (bounded: past MAX_BUFFERED the frame is dropped, not awaited)
+                        self.need = min(end - pos, MAX_BUFFERED + 1)
                     break
                 else:
                     self.stats.invalid += 1

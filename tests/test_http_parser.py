@@ -520,3 +520,24 @@ def test_probe_batch_decoder_matches_per_record_path():
             p.tracker.unknown_data))
     assert results[0] == results[1]
     assert results[0][0] == results[0][1] == messages // 2
+
+
+def test_huge_length_hint_keeps_the_buffer_bounded():
+    """A parser asking for more than MAX_BUFFERED bytes gets its frame dropped once the
+    buffer passes the bound, instead of the stream buffering without limit."""
+    from pipeline import stream as stream_mod
+    from protocol.base import ParseState
+
+    class Greedy:
+        def find_boundary(self, buf, start):
+            return -1
+
+        def parse(self, buf, start, ts):
+            return ParseState.NEEDS_MORE_DATA, None, start + 100 * 2**20
+
+    st = stream_mod.DataStream(Greedy())
+    chunk = b"x" * 65536
+    for i in range(40):
+        st.append(chunk, len(chunk), i)
+        assert len(st.buf) <= stream_mod.MAX_BUFFERED + len(chunk)
+    assert st.stats.dropped_bytes > 0
