@@ -114,6 +114,11 @@ def bench_load(tls=False):
 
 MANY_CLIENT = r"""
 import resource, selectors, socket, sys, time
+def _rx(s, n):
+    d = s.recv(n)
+    if not d:
+        raise SystemExit("connection closed by the server")
+    return d
 port, n = int(sys.argv[1]), int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_NOFILE, (n + 1000, n + 1000))
 socks = []
@@ -124,7 +129,7 @@ for i in range(n):
 for s in socks:
     data = b""
     while b"\r\n\r\n" not in data:
-        data += s.recv(65536)
+        data += _rx(s, 65536)
 print("ready", flush=True)
 sys.stdin.readline()
 """

@@ -94,34 +94,44 @@ def _py(script, *args, **kw):
 
 REDIS_ERR_CLIENT = textwrap.dedent(r"""
     import socket, sys
+    def _rx(s, n):
+        d = s.recv(n)
+        if not d:
+            raise SystemExit("connection closed by the server")
+        return d
     port, n = int(sys.argv[1]), int(sys.argv[2])
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"*3\r\n$3\r\nSET\r\n$6\r\nstrkey\r\n$3\r\nabc\r\n")
     data = b""
     while not data.endswith(b"\r\n"):
-        data += s.recv(4096)
+        data += _rx(s, 4096)
     assert data == b"+OK\r\n", data
     s.sendall(b"*2\r\n$4\r\nINCR\r\n$6\r\nstrkey\r\n" * n)     # one write, n commands
     data = b""
     while data.count(b"\r\n") < n:
-        data += s.recv(65536)
+        data += _rx(s, 65536)
     print(sum(1 for l in data.split(b"\r\n") if l.startswith(b"-ERR")), flush=True)
     s.close()
 """)
 
 REDIS_SUBSCRIBER = textwrap.dedent(r"""
     import socket, sys
+    def _rx(s, n):
+        d = s.recv(n)
+        if not d:
+            raise SystemExit("connection closed by the server")
+        return d
     port, n = int(sys.argv[1]), int(sys.argv[2])
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n")
     data = b""
     while not data.endswith(b":1\r\n"):
-        data += s.recv(4096)
+        data += _rx(s, 4096)
     assert data == b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n", data
     print("ready", flush=True)
     data = b""
     while data.count(b"$7\r\nmessage\r\n") < n or not data.endswith(b"\r\n"):
-        data += s.recv(65536)
+        data += _rx(s, 65536)
     print(data.count(b"$7\r\nmessage\r\n"), flush=True)
     sys.stdin.readline()
     s.close()
@@ -129,6 +139,11 @@ REDIS_SUBSCRIBER = textwrap.dedent(r"""
 
 REDIS_PUBLISHER = textwrap.dedent(r"""
     import socket, sys
+    def _rx(s, n):
+        d = s.recv(n)
+        if not d:
+            raise SystemExit("connection closed by the server")
+        return d
     port, n = int(sys.argv[1]), int(sys.argv[2])
     s = socket.create_connection(("127.0.0.1", port))
     receivers = 0
@@ -137,7 +152,7 @@ REDIS_PUBLISHER = textwrap.dedent(r"""
         s.sendall(b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nnews\r\n$%d\r\n%s\r\n" % (len(msg), msg))
         data = b""
         while not data.endswith(b"\r\n"):
-            data += s.recv(4096)
+            data += _rx(s, 4096)
         receivers += int(data[1:-2])
     print(receivers, flush=True)
     s.close()

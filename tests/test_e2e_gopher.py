@@ -93,8 +93,15 @@ def redis_pings(port, n):
             s.sendall(PING)
             got = b""
             while len(got) < len(PONG):
-                got += s.recv(64)
+                got += _rx(s, 64)
             assert got == PONG
+
+
+def _rx(s, n):
+    d = s.recv(n)
+    if not d:
+        raise ConnectionError("connection closed by the server")
+    return d
 
 
 def bpf_objects(pid):
@@ -395,6 +402,11 @@ def test_pid_whitelist_changed_at_run_time(env):
 
 CLIENT = textwrap.dedent(r"""
     import socket, sys
+    def _rx(s, n):
+        d = s.recv(n)
+        if not d:
+            raise SystemExit("connection closed by the server")
+        return d
     port = int(sys.argv[1])
     print("ready", flush=True)
     sys.stdin.readline()
@@ -403,12 +415,12 @@ CLIENT = textwrap.dedent(r"""
         s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: c\r\n\r\n")
         data = b""
         while b"\r\n\r\n" not in data:
-            data += s.recv(65536)
+            data += _rx(s, 65536)
         head, _, body = data.partition(b"\r\n\r\n")
         n = int([l.split(b":")[1] for l in head.split(b"\r\n")
                  if l.lower().startswith(b"content-length")][0])
         while len(body) < n:
-            body += s.recv(65536)
+            body += _rx(s, 65536)
     s.close()
     print("done", flush=True)
 """)

@@ -42,11 +42,17 @@ KEEPALIVE_CLIENT = textwrap.dedent(r"""
         s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n")
         data = b""
         while b"\r\n\r\n" not in data:
-            data += s.recv(65536)
+            d = s.recv(65536)
+            if not d:
+                sys.exit("connection closed")
+            data += d
         head, _, body = data.partition(b"\r\n\r\n")
         n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
         while len(body) < n:
-            body += s.recv(65536)
+            d = s.recv(65536)
+            if not d:
+                sys.exit("connection closed")
+            body += d
     req("/")
     print(s.getsockname()[1], flush=True)
     sys.stdin.readline()               # the probe is running now
@@ -67,10 +73,12 @@ BYTES_CLIENT = textwrap.dedent(r"""
         data = b""
         while b"\r\n\r\n" not in data:
             d = s.recv(65536); recv += len(d); data += d
+            if not d: sys.exit("connection closed")
         head, _, body = data.partition(b"\r\n\r\n")
         n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
         while len(body) < n:
             d = s.recv(65536); recv += len(d); body += d
+            if not d: sys.exit("connection closed")
     s.close()
     print(sent, recv, flush=True)
 """)
@@ -110,7 +118,12 @@ def run(tmp_path_factory):
         keep_client = subprocess.Popen([sys.executable, "-c", KEEPALIVE_CLIENT, str(keep.port)],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         keep_cport = int(keep_client.stdout.readline())
-        probe = ProbeRun(["-P", "1"])
+        try:
+            probe = ProbeRun(["-P", "1"])
+        except Exception:
+            keep_client.kill()
+            keep_client.wait()
+            raise
         try:
             time.sleep(0.5)
             res = {"mix": mix, "pipe": pipe, "keep": keep, "bytes": nbytes,
@@ -154,6 +167,9 @@ def run(tmp_path_factory):
             res["bytes_pids"] = set(nbytes.pids())
             res["keep_client_pid"] = keep_client.pid
         finally:
+            if keep_client.poll() is None:
+                keep_client.kill()
+                keep_client.wait()
             rc = probe.stop()
         res["rc"] = rc
         res["probe"] = probe
