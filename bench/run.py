@@ -57,9 +57,47 @@ def wrk(url, seconds, delay, threads=2):
     return int(m.group(1)), float(m.group(2))
 
 
+SSLSNIFF_LIKE = r"""
+import sys
+from bcc import BPF
+b = BPF(text='''
+BPF_ARRAY(hits, u64, 1);
+int hit(struct pt_regs *ctx) { int k = 0; u64 *v = hits.lookup(&k); if (v) *v += 1; return 0; }
+''')
+lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+for sym in ("SSL_read", "SSL_write"):
+    b.attach_uprobe(name=lib, sym=sym, fn_name="hit")
+    b.attach_uretprobe(name=lib, sym=sym, fn_name="hit")
+print("started: capturing", file=sys.stderr, flush=True)
+sys.stdin.read()
+"""
+
+
+class _Reference:
+    """A process with sslsniff's probe pattern (uprobe + uretprobe on SSL_read and
+    SSL_write) and empty BPF programs: the floor any OpenSSL plaintext tracer pays."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", SSLSNIFF_LIKE],
+                                     stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in self.proc.stderr:
+            if "started" in line:
+                break
+
+    def stop(self):
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+    def records(self, table):
+        return []
+
+
 def run_load(ng, delay, probe_args):
     """(requests, wall s, nginx cpu s, probe cpu s or None, reported server requests)."""
-    probe = ProbeRun(probe_args) if probe_args is not None else None
+    if probe_args == "reference":
+        probe = _Reference()
+    else:
+        probe = ProbeRun(probe_args) if probe_args is not None else None
     try:
         time.sleep(0.5)
         pids = ng.pids()
@@ -102,6 +140,10 @@ def bench_load(tls=False):
                      1e6 * added, 20 if tls else 10, r[4], r[0], 100.0 * r[4] / r[0],
                      1e6 * r[3] / max(1, r[4])))
         if tls:
+            r = run_load(ng, True, "reference")
+            print("  for scale, empty uprobe+uretprobe on SSL_read and SSL_write (sslsniff's "
+                  "probes, no work): nginx CPU %.2f us/req, added %.2f us/req"
+                  % (1e6 * r[2] / r[0], 1e6 * (r[2] / r[0] - base_per_req)))
             return
         print("== saturation: wrk -c%d without delay, %d s" % (CONNS, DURATION))
         s0 = run_load(ng, False, None)
