@@ -11,7 +11,7 @@ fi
 
 # --- packages -----------------------------------------------------------------------------
 # What the probe needs, then what the tests and benchmarks use (real servers and clients).
-PKGS="python3 python3-venv python3-bpfcc bpfcc-tools libconfig9 golang-go
+PKGS="python3 python3-venv python3-bpfcc bpfcc-tools libconfig9 golang-go gcc binutils
 $(grep -v '^#' tests/support/APT-PACKAGES)"
 ARCH=$(dpkg --print-architecture)
 missing=""
