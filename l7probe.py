@@ -46,6 +46,7 @@ log = logging.getLogger("l7probe")
 
 POLL_INTERVAL = 0.05      # seconds between ring buffer drains
 IPC_INTERVAL = 1.0        # seconds between IPC queue checks
+SWEEP_INTERVAL = 30.0     # seconds between sweeps of connections of exited processes
 
 
 class GopherLogFormatter(logging.Formatter):
@@ -126,6 +127,7 @@ class Probe:
         self.data_hdr = LAYOUTS["evt_data"].size
         self._type = struct.Struct("<I")
         self._comm_cache = {}
+        self.next_sweep = time.monotonic() + SWEEP_INTERVAL
         self.tls = None            # bpf.tls_attach.TlsManager while TLS is on
         self.EVT_EXEC = DEFINES["EVT_EXEC"]
 
@@ -280,6 +282,7 @@ class Probe:
         self.last_report = now_mono
         self.poll()
         self._collect_counters()
+        self._sweep()
         report_links(self.writer, self.links, self.settings.tables, elapsed)
         self.links.age(time.time())
         dropped_traces = self.traces.new_period()
@@ -300,6 +303,16 @@ class Probe:
             log.error("parsers raised %d exception(s) (last: %r); affected streams "
                       "were resynchronised", st.exceptions, self.tracker.stream_stats)
             st.exceptions = 0
+
+    def _sweep(self):
+        """Every SWEEP_INTERVAL: forget kernel-side connections of exited processes."""
+        now = time.monotonic()
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + SWEEP_INTERVAL
+        n = self.capture.sweep_dead(lambda tgid: os.path.exists("/proc/%d" % tgid))
+        if n:
+            log.debug("forgot %d connection(s) of exited processes", n)
 
     def _collect_counters(self):
         """Kernel byte counters of live connections; forget those of dead processes."""

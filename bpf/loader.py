@@ -183,6 +183,17 @@ class Capture:
         self.conns[key] = val
         return True
 
+    def sweep_dead(self, alive):
+        """Delete the map entries of processes that exited without closing their sockets
+        (the kernel closes them without a close() syscall).  Returns how many."""
+        dead = [k for k in self.conns.keys() if not alive(k.tgid)]
+        for k in dead:
+            try:
+                del self.conns[k]
+            except KeyError:
+                pass
+        return len(dead)
+
     def conn_counters(self, tgid, fd):
         """(conn_id, bytes_sent, bytes_recv, segs_sent, segs_recv) or None."""
         try:

@@ -1,4 +1,4 @@
-/* l7probe kernel side: syscall tracepoints + sock tracepoints, no kprobes.
+/* l7probe kernel side: raw_syscalls (or per-syscall) tracepoints + sock tracepoints, no kprobes.
  *
  * Data flow of one send/recv syscall on a TCP socket:
  *   sys_enter_<op>      remember (fd, buffer) of this thread's syscall, if (tgid, fd) is a
@@ -56,7 +56,8 @@ struct sk_addr {
 };
 
 BPF_HASH(conns, struct conn_key, struct conn_val, 65536);
-BPF_HASH(active, u64, struct active_op, 16384);
+/* LRU: an entry whose thread died inside the syscall must not stay forever */
+BPF_TABLE("lru_hash", u64, struct active_op, active, 16384);
 BPF_TABLE("lru_hash", u64, struct sk_addr, sk_addrs, 65536);
 /* Processes (not threads) created while the probe runs, until they exec.  They may use
  * sockets they inherited, which no connect()/accept() of theirs announced: PostgreSQL's

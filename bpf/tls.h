@@ -41,9 +41,10 @@ struct ssl_call {
     u8 pad[7];
 };
 
-BPF_HASH(ssl_calls, u64, struct ssl_call, 16384);           /* by pid_tgid (thread) */
+/* LRU: a write whose socket never showed up, or a thread that died, leaves an entry */
+BPF_TABLE("lru_hash", u64, struct ssl_call, ssl_calls, 16384);  /* by pid_tgid (thread) */
 BPF_TABLE("lru_hash", struct ssl_key, s32, ssl_fds, 65536);  /* SSL* -> fd */
-BPF_HASH(go_reads, struct ssl_key, struct ssl_call, 16384);  /* by goroutine */
+BPF_TABLE("lru_hash", struct ssl_key, struct ssl_call, go_reads, 16384);  /* by goroutine */
 
 /* Plaintext of a TLS call on (tgid, fd). */
 static __always_inline void tls_plaintext(void *ctx, u32 tgid, s32 fd, u64 buf, u32 len,

@@ -82,3 +82,28 @@ def test_per_syscall_tracepoint_fallback():
                 and r["l7_role"] == "server"]
         assert total(rows, "req_count") == 3
         assert total(rows, "err_count") == 3
+
+
+def test_kernel_map_forgets_processes_that_exit_without_close():
+    """A process that exits with its sockets open makes no close() syscall: its entries in
+    the kernel's connection map are swept (Capture.sweep_dead, run every 30 s by the probe),
+    so the map cannot fill up over a long run."""
+    from bpf.loader import Capture
+    cap = Capture()
+    cap.load()
+    try:
+        cap.set_config(0xffff, None, True)
+        with nginx() as ng:
+            code = ("import socket, os; s = socket.create_connection(('127.0.0.1', %d)); "
+                    "s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.recv(100); "
+                    "os._exit(0)" % ng.port)
+            child = subprocess.run([sys.executable, "-c", code], timeout=30)
+            assert child.returncode == 0
+        tgids = {k.tgid for k in cap.conns.keys()}
+        dead = {t for t in tgids if not os.path.exists("/proc/%d" % t)}
+        assert dead, "the exited client's connection should still be in the map"
+        n = cap.sweep_dead(lambda t: os.path.exists("/proc/%d" % t))
+        assert n >= len(dead)
+        assert not {k.tgid for k in cap.conns.keys()} & dead
+    finally:
+        cap.close()
