@@ -71,7 +71,8 @@ class Capture:
     def load(self):
         BPF = self.BPF
         kver = tuple(int(x) for x in platform.release().split("-")[0].split(".")[:2])
-        have_ringbuf = kver >= (5, 8)
+        # L7PROBE_PERF_BUFFER=1 forces the perf-buffer output of kernels before 5.8
+        have_ringbuf = kver >= (5, 8) and not os.environ.get("L7PROBE_PERF_BUFFER")
         have_sock_len = _tp_exists("sock", "sock_send_length") and \
             _tp_exists("sock", "sock_recv_length")
         # raw_syscalls: 2 attachments instead of 26 (cheaper, fast to detach); the syscall

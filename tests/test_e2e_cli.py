@@ -107,3 +107,18 @@ def test_kernel_map_forgets_processes_that_exit_without_close():
         assert not {k.tgid for k in cap.conns.keys()} & dead
     finally:
         cap.close()
+
+
+def test_perf_buffer_fallback():
+    """Kernels before 5.8 have no ring buffer: records go through a perf buffer."""
+    env = dict(os.environ, L7PROBE_PERF_BUFFER="1")
+    with nginx() as ng:
+        with ProbeRun(["-P", "1", "--proto", "http"], env=env) as p:
+            _curl(ng, "/status/404", 4)
+            _curl(ng, "/", 2)
+            time.sleep(1.5)
+        assert any("output: perf buffer" in l for l in p.err_lines)
+        rows = [r for r in p.records("l7_rpc") if r["server_port"] == str(ng.port)
+                and r["l7_role"] == "server"]
+        assert total(rows, "req_count") == 6
+        assert total(rows, "err_count") == 4
