@@ -425,9 +425,12 @@ def run(args, gopher_mode, no_options=False):
                     _idle_line()
             if queue is not None and _stdout_gone():
                 break                     # gala-gopher closed the pipe: it stops us
-            if queue is not None and now >= next_ipc:
+            if now >= next_ipc:
                 next_ipc = now + IPC_INTERVAL
-                _check_ipc(probe, queue)
+                if queue is not None:
+                    _check_ipc(probe, queue)
+                else:
+                    _refresh_containers(probe)
         probe.report(final=True)
     finally:
         probe.close()
@@ -493,16 +496,22 @@ def _drain_ipc(queue):
 
 
 def _check_ipc(probe, queue):
-    from ipc.config import refresh_pids, settings_from_ipc
+    from ipc.config import settings_from_ipc
     res = _drain_ipc(queue)
     if res is not None and res.error:
         log.error("%s; keeping the previous configuration", res.error)
     if res is not None and res.config is not None:
         probe.apply(settings_from_ipc(res.config))
     else:
-        new = refresh_pids(probe.settings)
-        if new is not probe.settings and new != probe.settings:
-            probe.apply(new)
+        _refresh_containers(probe)
+
+
+def _refresh_containers(probe):
+    """Processes started since inside the watched containers join the watched set."""
+    from ipc.config import refresh_pids
+    new = refresh_pids(probe.settings)
+    if new is not probe.settings and new != probe.settings:
+        probe.apply(new)
 
 
 def main(argv=None):

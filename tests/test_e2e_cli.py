@@ -122,3 +122,44 @@ def test_perf_buffer_fallback():
                 and r["l7_role"] == "server"]
         assert total(rows, "req_count") == 6
         assert total(rows, "err_count") == 4
+
+
+def test_container_option_covers_processes_started_later():
+    """--container: the container's processes (found through their cgroup), also those
+    that join it after the start.  A container here is a cgroup named like docker's."""
+    import secrets
+    from tests.test_e2e_gopher import CLIENT, cgroup2_root, move_to_cgroup
+    root = cgroup2_root()
+    assert root, "no cgroup v2 hierarchy mounted"
+    cid = secrets.token_hex(32)
+    cgdir = os.path.join(root, "docker-%s.scope" % cid)
+    os.mkdir(cgdir)
+    client = None
+    try:
+        with nginx() as inside, nginx() as outside:
+            for pid in inside.pids():
+                move_to_cgroup(cgdir, pid)
+            with ProbeRun(["-P", "1", "--proto", "http", "--container", cid[:12]]) as p:
+                _curl(inside, "/", 2)
+                _curl(outside, "/", 2)
+                client = subprocess.Popen([sys.executable, "-c", CLIENT, str(outside.port)],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          text=True)
+                assert client.stdout.readline().strip() == "ready"
+                move_to_cgroup(cgdir, client.pid)
+                time.sleep(2.5)            # re-scanned every second
+                client.stdin.write("go\n")
+                client.stdin.flush()
+                assert client.stdout.readline().strip() == "done"
+                time.sleep(1.5)
+            tgids = {int(r["tgid"]) for r in p.records("l7_rpc")}
+            assert tgids == set(inside.worker_pids()) | {client.pid}, tgids
+            mine = [r for r in p.records("l7_rpc") if int(r["tgid"]) == client.pid]
+            assert total(mine, "req_count") == 2
+            srv = [r for r in p.records("l7_rpc") if int(r["tgid"]) in inside.pids()]
+            assert total(srv, "req_count") == 2
+    finally:
+        if client is not None:
+            client.kill()
+            client.wait()
+        os.rmdir(cgdir)
