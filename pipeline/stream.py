@@ -22,11 +22,13 @@ MAX_FRAMES = 4096           # frames waiting for the stitcher
 
 
 class StreamStats:
-    __slots__ = ("invalid", "resyncs", "gaps", "dropped_bytes", "dropped_frames", "exceptions")
+    __slots__ = ("invalid", "resyncs", "gaps", "dropped_bytes", "dropped_frames", "exceptions",
+                 "last_error")
 
     def __init__(self):
         self.invalid = self.resyncs = self.gaps = 0
         self.dropped_bytes = self.dropped_frames = self.exceptions = 0
+        self.last_error = None      # the last exception a parser raised (a bug to report)
 
 
 class DataStream:
@@ -64,7 +66,7 @@ class DataStream:
                 state, frame, end = self.parser.parse(data, 0, ts)
             except Exception as exc:  # a parser bug must not take the probe down
                 self.stats.exceptions += 1
-                self.last_error = exc
+                self.stats.last_error = self.last_error = exc
                 self.resync = True
             else:
                 if (state is SUCCESS or state is IGNORE) and end >= cap:
@@ -189,7 +191,7 @@ class DataStream:
                     frame_ts = ts
         except Exception as exc:  # a parser bug must not take the probe down
             self.stats.exceptions += 1
-            self.last_error = exc
+            self.stats.last_error = self.last_error = exc
             self.buf = b""
             self.resync = True
             return
