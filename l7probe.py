@@ -121,6 +121,7 @@ class Probe:
         self.EVT_OPEN = DEFINES["EVT_OPEN"]
         self.EVT_DATA = DEFINES["EVT_DATA"]
         self.EVT_CLOSE = DEFINES["EVT_CLOSE"]
+        self.hdr_layout = LAYOUTS["evt_hdr"]
         self.open_layout = LAYOUTS["evt_open"]
         self.close_layout = LAYOUTS["evt_close"]
         self.data_struct = LAYOUTS["evt_data"].struct
@@ -135,7 +136,7 @@ class Probe:
     def start(self):
         from pipeline.seed import seed
         self.capture.load()
-        self.capture.open_output(self.on_record)
+        self.capture.open_output()
         self.apply(self.settings)
         n = seed(self.capture, self.settings.pids)
         log.info("tracking %d connection(s) that existed before start", n)
@@ -210,19 +211,15 @@ class Probe:
 
     # -- records ------------------------------------------------------------------------
     def on_record(self, raw):
+        """A control record (open, close, exec); data records take on_records."""
         t = self._type.unpack_from(raw)[0]
-        if t == self.EVT_DATA:
-            (_, _, conn_id, ts, true_len, cap_len, lost, direction, _, _, _) = \
-                self.data_struct.unpack_from(raw)
-            h = self.data_hdr
-            self.tracker.on_data(conn_id, direction, ts, raw[h:h + cap_len], true_len, lost)
-        elif t == self.EVT_OPEN:
+        if t == self.EVT_OPEN:
             self.tracker.on_open(self.open_layout.unpack(raw))
         elif t == self.EVT_CLOSE:
             self.tracker.on_close(self.close_layout.unpack(raw))
         elif t == self.EVT_EXEC:
             if self.tls is not None:
-                self.tls.on_exec(struct.unpack_from("<I", raw, 4)[0])
+                self.tls.on_exec(self.hdr_layout.unpack(raw)["tgid"])
 
     def poll(self):
         self.tracker.now = time.time()

@@ -63,6 +63,7 @@ class _Sink:
         p.EVT_OPEN, p.EVT_DATA, p.EVT_CLOSE = (DEFINES["EVT_OPEN"], DEFINES["EVT_DATA"],
                                                DEFINES["EVT_CLOSE"])
         import struct
+        p.hdr_layout = LAYOUTS["evt_hdr"]
         p.open_layout = LAYOUTS["evt_open"]
         p.close_layout = LAYOUTS["evt_close"]
         p.data_struct = LAYOUTS["evt_data"].struct

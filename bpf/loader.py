@@ -120,34 +120,33 @@ class Capture:
         except OSError:
             return False
 
-    def open_output(self, callback):
-        """Records are read in batches with read_batch(); ``callback(data: bytes)`` is used
-        only with the perf-buffer fallback."""
+    def open_output(self):
+        """Start receiving records; poll() returns them in batches."""
         if self._ringbuf:
             from bpf.ringbuf import RingReader
             self.reader = RingReader(self._events.map_fd, RINGBUF_PAGES * mmap.PAGESIZE)
-            self._callback = callback
             return
-        def _cb(*args):
-            # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
-            callback(ctypes.string_at(args[1], args[2]))
+        self._pending = []
+        append = self._pending.append
+
+        def _cb(cpu, data, size):
+            append(ctypes.string_at(data, size))
 
         def _lost(cpu, count):
             self._lost += count
         self._cb = _cb
-        if self._ringbuf:
-            self._events.open_ring_buffer(_cb)
-        else:
-            self._events.open_perf_buffer(_cb, page_cnt=PERF_PAGES, lost_cb=_lost)
+        self._events.open_perf_buffer(_cb, page_cnt=PERF_PAGES, lost_cb=_lost)
 
     def poll(self, timeout_ms):
-        """Records available now: a list of bytes (ring buffer), or [] after the perf
-        buffer's callbacks ran.  Records are submitted without wake-ups (cheaper for the
-        traced processes): the caller sleeps between polls."""
+        """Records available now, as a list of bytes.  Ring-buffer records are submitted
+        without wake-ups (cheaper for the traced processes): the caller sleeps between
+        polls.  The perf buffer (kernels before 5.8) is polled with ``timeout_ms``."""
         if self._ringbuf:
             return self.reader.read_batch()
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
-        return ()
+        batch = self._pending[:]
+        del self._pending[:]
+        return batch
 
     # -- configuration ------------------------------------------------------------------
     def set_config(self, proto_flags, pids, emit_data, exclude=frozenset(), tls=False):
@@ -260,9 +259,9 @@ def _release_compiler_memory():
     (~90 MB).  Give them back: freed heap via malloc_trim, and the code pages of the
     compiler libraries via MADV_DONTNEED (unmodified file pages: they would simply be read
     again from the page cache if ever used)."""
+    release_memory()
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.malloc_trim(0)
         libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         with open("/proc/self/maps") as f:
             for line in f:

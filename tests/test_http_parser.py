@@ -510,8 +510,14 @@ def test_probe_batch_decoder_matches_per_record_path():
                 p.tracker.stitch_dirty()
                 i += n
         else:
+            # the general path: every data record through Tracker.on_data
+            h = p.data_hdr
             for r in recs:
-                p.on_record(r)
+                f = p.data_struct.unpack_from(r)
+                if f[0] == DEFINES["EVT_DATA"]:
+                    p.tracker.on_data(f[2], f[7], f[3], r[h:h + f[5]], f[4], f[6])
+                else:
+                    p.on_record(r)
                 p.tracker.stitch_dirty()
         links = list(p.links.links.values())
         st = links[0].rpc
