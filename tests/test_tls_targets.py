@@ -780,8 +780,15 @@ def test_bcc_uprobes_fire_at_go_targets(go_server_pie_stripped, go_builds, certs
         out = subprocess.run([str(client), "-n", "10", "-url", "https://127.0.0.1:%d/bytes/5000" % port],
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
-        hits = [b[b"hits"][i].value for i in range(3)]
-        sums = [b[b"sums"][i].value for i in range(3)]
+        # The server's last Read of each connection is still blocked when the client exits;
+        # it returns (EOF) once the server sees the close, so wait for the counts to settle.
+        deadline = time.monotonic() + 5
+        while True:
+            hits = [b[b"hits"][i].value for i in range(3)]
+            sums = [b[b"sums"][i].value for i in range(3)]
+            if hits[2] == hits[1] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     finally:
         b.cleanup()
     assert hits[0] >= 10 and sums[0] >= 10 * 5000        # Write: len in RCX
