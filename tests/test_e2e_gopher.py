@@ -646,8 +646,14 @@ def test_gala_gopher_stop_sequence_on_an_idle_probe():
             assert signalled == probe.pid            # the sh wrapper
             t0 = time.monotonic()
             rc = probe.wait_closed(10)
+            # sh ends either by the SIGINT it was sent or with the probe's own status 0,
+            # depending on whether dash acts on the signal before or after it reaps the
+            # probe (seen both ways in CI); if sh went first the probe follows it
+            # (pipe closed, PDEATHSIG)
+            while os.path.exists("/proc/%d" % pid) and time.monotonic() - t0 < 10:
+                time.sleep(0.02)
             elapsed = time.monotonic() - t0
-            assert rc == -signal.SIGINT, rc        # dash re-raises SIGINT once the probe left
+            assert rc in (0, -signal.SIGINT), rc
             assert not os.path.exists("/proc/%d" % pid)
             assert elapsed < EXIT_LIMIT, "took %.2f s to exit" % elapsed
             assert not [l for l in probe.stderr_lines if not BCC_STDERR_NOISE.match(l)], \
