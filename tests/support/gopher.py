@@ -444,5 +444,11 @@ def launch_probe(bin_path: str, env: Optional[dict] = None, cwd: Optional[str] =
     """
     proc = subprocess.Popen(["/bin/sh", "-c", bin_path], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
-                            cwd=cwd, process_group=0)
+                            cwd=cwd, process_group=0, preexec_fn=_default_sigint)
     return ProbeProcess(proc)
+
+
+def _default_sigint():
+    # gala-gopher's children start with SIGINT at its default; a test run from a background
+    # job (`cmd &` in a script) would otherwise hand sh and the probe an ignored SIGINT
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
