@@ -92,13 +92,17 @@ def _py(script, *args, **kw):
 
 # ------------------------------------------------------------------------ Redis
 
-REDIS_ERR_CLIENT = textwrap.dedent(r"""
+# shared head of the small socket clients below (run as separate python3 processes)
+_CLIENT_PRELUDE = textwrap.dedent(r"""
     import socket, sys
     def _rx(s, n):
         d = s.recv(n)
         if not d:
             raise SystemExit("connection closed by the server")
         return d
+""")
+
+REDIS_ERR_CLIENT = _CLIENT_PRELUDE + textwrap.dedent(r"""
     port, n = int(sys.argv[1]), int(sys.argv[2])
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"*3\r\n$3\r\nSET\r\n$6\r\nstrkey\r\n$3\r\nabc\r\n")
@@ -114,13 +118,7 @@ REDIS_ERR_CLIENT = textwrap.dedent(r"""
     s.close()
 """)
 
-REDIS_SUBSCRIBER = textwrap.dedent(r"""
-    import socket, sys
-    def _rx(s, n):
-        d = s.recv(n)
-        if not d:
-            raise SystemExit("connection closed by the server")
-        return d
+REDIS_SUBSCRIBER = _CLIENT_PRELUDE + textwrap.dedent(r"""
     port, n = int(sys.argv[1]), int(sys.argv[2])
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n")
@@ -137,13 +135,7 @@ REDIS_SUBSCRIBER = textwrap.dedent(r"""
     s.close()
 """)
 
-REDIS_PUBLISHER = textwrap.dedent(r"""
-    import socket, sys
-    def _rx(s, n):
-        d = s.recv(n)
-        if not d:
-            raise SystemExit("connection closed by the server")
-        return d
+REDIS_PUBLISHER = _CLIENT_PRELUDE + textwrap.dedent(r"""
     port, n = int(sys.argv[1]), int(sys.argv[2])
     s = socket.create_connection(("127.0.0.1", port))
     receivers = 0

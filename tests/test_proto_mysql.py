@@ -107,15 +107,10 @@ def HANDSHAKE(caps=CAPS & ~0x20 & ~0x800):
 
 
 def run(*pairs, **kw):
-    res = feed.run(PROTOCOL, [(d, 1000 + 10 * i, data) for i, (d, data) in enumerate(pairs)],
-                   **kw)
-    assert res.exceptions == 0
-    return res
+    return feed.run_pairs(PROTOCOL, *pairs, **kw)
 
 
-def recs(res):
-    return [(r.api, r.path, r.status, r.err, bool(r.req_ts), bool(r.resp_ts))
-            for r in res.records]
+recs = feed.records
 
 
 # -- recorded captures -------------------------------------------------------------------

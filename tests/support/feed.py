@@ -88,6 +88,19 @@ def run(proto, chunks, prefix=None):
     return f.close()
 
 
+def run_pairs(proto, *pairs, **kw):
+    """Feed (direction, data) pairs with made-up increasing timestamps; no exceptions allowed."""
+    res = run(proto, [(d, 1000 + 10 * i, data) for i, (d, data) in enumerate(pairs)], **kw)
+    assert res.exceptions == 0
+    return res
+
+
+def records(res):
+    """(api, path, status, err, req seen, resp seen) of each record."""
+    return [(r.api, r.path, r.status, r.err, bool(r.req_ts), bool(r.resp_ts))
+            for r in res.records]
+
+
 def split_at(chunks, k):
     """Every chunk longer than k split into [:k] and [k:] (same timestamp)."""
     out = []
