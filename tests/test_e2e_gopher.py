@@ -481,6 +481,59 @@ def test_container_object_covers_its_processes(env):
                 time.sleep(0.1)
 
 
+def _inode_cgroup_root():
+    """The hierarchy whose directory inodes gala-gopher sends as ``cpucg_inode``: cpuset v1
+    where it is mounted, else cgroup v2 (as ipc/config.py's _cgroup_dir reads them)."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = right.split()
+            if fields[0] == "cgroup" and "cpuset" in fields[2].split(","):
+                return left.split()[4], True
+    return cgroup2_root(), False
+
+
+def test_container_object_by_cgroup_inode_only(env):
+    """A container object that carries only its cpuset cgroup's inode (upstream rejects
+    it, compat §3.2): the processes in that cgroup, whatever its name, are watched."""
+    root, v1 = _inode_cgroup_root()
+    assert root, "no cpuset v1 or cgroup v2 hierarchy mounted"
+    cgdir = os.path.join(root, "l7probe-test-%s" % secrets.token_hex(4))
+    c, a = env.ng_c, env.ng_a
+    os.mkdir(cgdir)
+    try:
+        if v1:      # a cpuset cgroup takes no task before it has cpus and mems
+            for knob in ("cpuset.cpus", "cpuset.mems"):
+                with open(os.path.join(root, knob)) as f, \
+                        open(os.path.join(cgdir, knob), "w") as g:
+                    g.write(f.read().strip())
+        for pid in c.pids():
+            move_to_cgroup(cgdir, pid)
+        inode = os.stat(cgdir).st_ino & 0xFFFFFFFF
+        env.configure(range_flags=RANGE_LINK | RANGE_RPC, period=1, proto_flags=PROTO_HTTP,
+                      containers=[(inode,)])
+        env.lines(1.2)
+        curl(c.url("/"), c.url("/"), c.url("/status/404"))
+        curl(a.url("/"))
+        lines = env.lines(2.5)
+        assert tgids_of(lines) and tgids_of(lines) <= set(c.pids()), lines
+        rpc = records(lines, "l7_rpc")
+        assert sum(int(r["req_count"]) for r in rpc) == 3
+        assert sum(int(r["err_count"]) for r in rpc) == 1
+    finally:
+        for pid in c.pids():
+            try:
+                move_to_cgroup(root, pid)
+            except OSError:
+                pass
+        for _ in range(50):
+            try:
+                os.rmdir(cgdir)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
 def _malformed_bodies(pids):
     good = build_body(range_flags=RANGE_TRACE, period=2, proto_flags=0xFFFF, pids=pids)
     hdr = struct.Struct("=HHI")
