@@ -274,7 +274,6 @@ class Probe:
     # -- reporting ----------------------------------------------------------------------
     def report(self, final=False):
         from pipeline.report import report_links
-        from pipeline.stream import MAX_FRAMES
         now_mono = time.monotonic()
         elapsed = now_mono - self.last_report
         self.last_report = now_mono
@@ -296,15 +295,8 @@ class Probe:
                             "%d connection(s) not tracked, map full", d[0], d[1], d[2])
             if d[3]:
                 log.warning("TLS: %d call(s) on a socket not seen yet were not parsed", d[3])
-        st = self.tracker.stream_stats
-        if st.exceptions:
-            log.error("parsers raised %d exception(s) this period (last: %r); the affected "
-                      "streams were resynchronised", st.exceptions, st.last_error)
-            st.exceptions = 0
-        if st.dropped_frames:
-            log.warning("%d parsed message(s) dropped: more than %d waited for pairing on "
-                        "one connection", st.dropped_frames, MAX_FRAMES)
-            st.dropped_frames = 0
+        for name, st in sorted(self.tracker.stream_stats.items()):
+            st.report(name)
 
     def _sweep(self):
         """Every SWEEP_INTERVAL: forget kernel-side connections of exited processes."""

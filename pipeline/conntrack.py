@@ -58,7 +58,7 @@ class Tracker:
         self.conns = {}
         self.dirty = set()
         self.record_sink = record_sink     # callable(link, record) for l7_trace
-        self.stream_stats = StreamStats()
+        self.stream_stats = {}             # protocol name -> StreamStats of its streams
         self.unknown_data = 0
         self.now = 0.0                     # wall seconds, set by the main loop
 
@@ -131,10 +131,15 @@ class Tracker:
     def _make_streams(self, conn):
         proto = conn.proto
         conn.state = proto.new_state()
-        conn.req_stream = DataStream(proto.new_parser(MessageType.REQUEST, conn.state),
-                                     self.stream_stats)
-        conn.resp_stream = DataStream(proto.new_parser(MessageType.RESPONSE, conn.state),
-                                      self.stream_stats)
+        stats = self.stats_of(proto.name)
+        conn.req_stream = DataStream(proto.new_parser(MessageType.REQUEST, conn.state), stats)
+        conn.resp_stream = DataStream(proto.new_parser(MessageType.RESPONSE, conn.state), stats)
+
+    def stats_of(self, proto_name):
+        st = self.stream_stats.get(proto_name)
+        if st is None:
+            st = self.stream_stats[proto_name] = StreamStats()
+        return st
 
     def stitch_dirty(self):
         if not self.dirty:
@@ -148,7 +153,9 @@ class Tracker:
         try:
             recs = fn(rs.frames, ps.frames, conn.state)
         except Exception as exc:   # a stitcher bug must not stop the probe
-            self.stream_stats.exceptions += 1
+            st = self.stats_of(conn.proto.name)
+            st.exceptions += 1
+            st.last_error = exc
             if not conn.warned:
                 conn.warned = True
                 log.warning("%s stitcher failed on a connection of pid %d: %r",

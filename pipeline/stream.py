@@ -8,6 +8,7 @@ a gap it cannot skip.  Buffers are bounded; work is linear in the bytes received
 """
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 from protocol.base import ParseState
@@ -29,6 +30,26 @@ class StreamStats:
         self.invalid = self.resyncs = self.gaps = 0
         self.dropped_bytes = self.dropped_frames = self.exceptions = 0
         self.last_error = None      # the last exception a parser raised (a bug to report)
+
+
+    def report(self, proto_name: str) -> None:
+        """Log what went wrong in this protocol's streams since the last call, then reset.
+        One line per kind, only when something happened (called once per report period)."""
+        log = logging.getLogger("l7probe")
+        if self.exceptions:
+            log.error("%s: the parser raised %d exception(s) this period (last: %r); the "
+                      "affected streams were resynchronised", proto_name, self.exceptions,
+                      self.last_error)
+        if self.invalid or self.gaps or self.dropped_bytes:
+            log.info("%s: this period %d unparseable message(s) and %d stretch(es) of "
+                     "uncaptured bytes that no message claimed; %d byte(s) skipped; parsing "
+                     "resumed at a message boundary %d time(s)", proto_name, self.invalid,
+                     self.gaps, self.dropped_bytes, self.resyncs)
+        if self.dropped_frames:
+            log.warning("%s: %d parsed message(s) dropped: more than %d waited for pairing on "
+                        "one connection", proto_name, self.dropped_frames, MAX_FRAMES)
+        self.invalid = self.resyncs = self.gaps = 0
+        self.dropped_bytes = self.dropped_frames = self.exceptions = 0
 
 
 class DataStream:

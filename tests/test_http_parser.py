@@ -457,6 +457,24 @@ def test_random_bytes_never_raise():
     assert stats.exceptions == 0
 
 
+def test_garbage_is_counted_and_reported_once_per_period(caplog):
+    """Bad input is skipped with one clear log line per protocol and period, not silently."""
+    stats = StreamStats()
+    s = DataStream(PROTOCOL.new_parser(MessageType.REQUEST, PROTOCOL.new_state()), stats)
+    junk = b"\x00\xffnot http at all\r\n\r\n"
+    for ts, data in enumerate([req(target="/a"), junk, req(target="/b")]):
+        s.append(data, len(data), ts)
+    assert [f.target for f in s.frames] == ["/a", "/b"]
+    assert stats.invalid >= 1 and stats.dropped_bytes >= len(junk) - 4
+    with caplog.at_level("INFO", logger="l7probe"):
+        stats.report("http")
+        stats.report("http")            # nothing new: nothing said
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("http: this period ") and "unparseable" in line, line
+    assert "skipped" in line, line
+    assert stats.invalid == stats.dropped_bytes == stats.resyncs == 0
+
+
 def test_stream_fast_path_equals_buffered_path():
     """DataStream's paths (fresh data parsed in place vs. appended to a buffer) give the
     same frames, skips and statistics whatever the cut."""
