@@ -297,6 +297,7 @@ class Probe:
                 log.warning("TLS: %d call(s) on a socket not seen yet were not parsed", d[3])
         for name, st in sorted(self.tracker.stream_stats.items()):
             st.report(name)
+        self.tracker.report_skipped()
 
     def _sweep(self):
         """Every SWEEP_INTERVAL: forget kernel-side connections of exited processes."""

@@ -36,7 +36,7 @@ def ip_text(family, raw):
 class Conn:
     __slots__ = ("conn_id", "tgid", "fd", "link", "proto", "state", "req_stream",
                  "resp_stream", "req_dir", "sent_base", "recv_base", "ssent_base",
-                 "srecv_base", "warned")
+                 "srecv_base", "warned", "skip_said")
 
     def __init__(self, conn_id, tgid, fd, link, proto, l7_role):
         self.conn_id = conn_id
@@ -50,6 +50,7 @@ class Conn:
         self.req_dir = DIR_EGRESS if l7_role == L7_CLIENT else 1 - DIR_EGRESS
         self.sent_base = self.recv_base = self.ssent_base = self.srecv_base = 0
         self.warned = False
+        self.skip_said = False             # the reason its parsing stopped was logged
 
 
 class Tracker:
@@ -177,6 +178,26 @@ class Tracker:
         conn.link.last_active = self.now
         if conn.req_stream is not None:
             self._stitch(conn, conn.proto.flush)
+            if not conn.skip_said:
+                self._say_skipped(conn)
+
+    def report_skipped(self):
+        """Once per connection: say why a parser stopped following it (TLS negotiated in
+        the protocol, compression, a replication stream, ...); its bytes are still counted
+        in l7_link.  Called once per report period."""
+        for conn in self.conns.values():
+            if not conn.skip_said and conn.state is not None:
+                self._say_skipped(conn)
+
+    @staticmethod
+    def _say_skipped(conn):
+        reason = getattr(conn.state, "skip_reason", None)
+        if reason:
+            conn.skip_said = True
+            ln = conn.link
+            log.info("%s; not parsed from then on, bytes still counted: pid %d fd %d, "
+                     "%s -> %s:%d", reason, conn.tgid, conn.fd, ln.client_ip, ln.server_ip,
+                     ln.server_port)
 
     # -- counters -----------------------------------------------------------------------
     def add_counters(self, conn, sent, recv, ssent, srecv):

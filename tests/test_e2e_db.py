@@ -513,6 +513,7 @@ def my_run():
             segment("prepared", [sys.executable, "-c", MY_PREPARED_CLIENT,
                                  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  str(db.port), str(MY_PREPARED)])
+            segment("compressed", cli[:-1] + ["--compress", "-e", "SELECT 42"])
             res["server_pids"] = set(db.pids())
             time.sleep(1.5)
         finally:
@@ -580,6 +581,22 @@ def test_mysql_prepared(my_run):
     # queries (SET NAMES, SET autocommit), all from the log
     assert cmds["SELECT"] == [MY_PREPARED, MY_PREPARED]
     _my_check_client(my_run, "prepared", exp)
+
+
+def test_mysql_compressed_session_is_said_and_not_parsed(my_run):
+    """The compressed protocol cannot be parsed: one log line per connection says so, no
+    record is invented from compressed bytes, and the bytes are still in l7_link."""
+    pid, rc, out, err, _, _ = my_run["segments"]["compressed"]
+    assert rc == 0 and out.split() == ["42"], err
+    probe, port = my_run["probe"], my_run["db"].port
+    said = [l for l in probe.lines + probe.err_lines
+            if "mysql: compressed protocol; not parsed from then on" in l]
+    assert [l for l in said if "pid %d " % pid in l], said          # the client's side
+    assert [l for l in said if "pid %d " % pid not in l], said      # and the server's
+    rpc = _sel(_port_rows(probe, "l7_rpc", port), "client", {pid})
+    assert total(rpc, "req_count") == 0 and total(rpc, "resp_count") == 0, rpc
+    links = [r for r in probe.records("l7_link") if int(r["tgid"]) == pid]
+    assert total(links, "bytes_sent") > 0 and total(links, "bytes_recv") > 0, links
 
 
 def test_mysql_server_side_all_sessions(my_run):
