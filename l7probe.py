@@ -131,6 +131,9 @@ class Probe:
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL
         self.tls = None            # bpf.tls_attach.TlsManager while TLS is on
         self.EVT_EXEC = DEFINES["EVT_EXEC"]
+        self.EVT_PARENT_SIGNAL = DEFINES["EVT_PARENT_SIGNAL"]
+        self.watch_ppid = 0        # gopher mode: our parent, whose SIGINT/SIGTERM stops us
+        self.stop_requested = False
 
     # -- set-up -------------------------------------------------------------------------
     def start(self):
@@ -165,7 +168,8 @@ class Probe:
         if self.capture.bpf is None:
             return
         self.capture.set_config(settings.proto_flags, settings.pids, emit_data,
-                                settings.exclude_pids, tls=settings.support_ssl)
+                                settings.exclude_pids, tls=settings.support_ssl,
+                                watch_ppid=self.watch_ppid)
         if old is not None:
             self._tls_apply(old, settings)
         log.info("watching %s; protocols %s; tables %s; period %d s",
@@ -220,6 +224,17 @@ class Probe:
         elif t == self.EVT_EXEC:
             if self.tls is not None:
                 self.tls.on_exec(self.hdr_layout.unpack(raw)["tgid"])
+        elif t == self.EVT_PARENT_SIGNAL:
+            if not self.stop_requested:
+                self.stop_requested = True
+                ppid = self.hdr_layout.unpack(raw)["tgid"]
+                try:
+                    with open("/proc/%d/comm" % ppid) as f:
+                        comm = f.read().strip()
+                except OSError:
+                    comm = "?"
+                log.info("our parent (pid %d, %s) was sent a stop signal: stopping", ppid,
+                         comm)
 
     def poll(self):
         self.tracker.now = time.time()
@@ -367,7 +382,8 @@ def run(args, gopher_mode, no_options=False):
     settings = None
     if gopher_mode:
         # gala-gopher starts us through `/bin/sh -c`, and dash does not exec: leave with
-        # the shell if it dies.  (Its SIGINT stays with dash; see _stdout_gone.)
+        # the shell if it dies.  The SIGINT gala-gopher sends it stays with dash: the
+        # kernel side tells us of it (EVT_PARENT_SIGNAL); failing that, _stdout_gone.
         _exit_with_parent()
         from ipc.msgqueue import MessageQueue
         try:
@@ -403,11 +419,13 @@ def run(args, gopher_mode, no_options=False):
 
     probe = Probe(args, sys.stdout)
     probe.settings = settings
+    if gopher_mode and os.getppid() > 1:
+        probe.watch_ppid = os.getppid()
     try:
         probe.start()
         deadline = time.monotonic() + args.duration if args.duration else None
         next_ipc = time.monotonic() + IPC_INTERVAL
-        while not stop:
+        while not stop and not probe.stop_requested:
             time.sleep(POLL_INTERVAL)
             probe.poll()
             now = time.monotonic()

@@ -75,15 +75,18 @@ class Capture:
         have_ringbuf = kver >= (5, 8) and not os.environ.get("L7PROBE_PERF_BUFFER")
         have_sock_len = _tp_exists("sock", "sock_send_length") and \
             _tp_exists("sock", "sock_recv_length")
+        have_signal = _tp_exists("signal", "signal_generate")
         # raw_syscalls: 2 attachments instead of 26 (cheaper, fast to detach); the syscall
         # numbers in probe.c are x86-64's.  L7PROBE_SYSCALL_TRACEPOINTS=1 forces the
         # per-syscall tracepoints (what older kernels without raw tracepoints get).
         raw = (platform.machine() == "x86_64" and BPF.support_raw_tracepoint() and
                not os.environ.get("L7PROBE_SYSCALL_TRACEPOINTS"))
         self.features = {"ringbuf": have_ringbuf, "sock_length_tracepoints": have_sock_len,
-                         "kprobes": bool(self._kprobes_available()), "raw_syscalls": raw}
+                         "kprobes": bool(self._kprobes_available()), "raw_syscalls": raw,
+                         "signal_tracepoint": have_signal}
         defines = {"CAP_MAX": CAP_MAX, "RINGBUF": int(have_ringbuf),
                    "RINGBUF_PAGES": RINGBUF_PAGES, "HAVE_SOCK_LEN_TP": int(have_sock_len),
+                   "HAVE_SIGNAL_TP": int(have_signal),
                    "RAW_SYSCALLS": int(raw),
                    "NR_CPUS_MAX": _possible_cpus(), "TLS": int(os.environ.get("L7PROBE_TLS_BUILD", "1"))}
         defines.update(registry.c_defines())
@@ -149,9 +152,12 @@ class Capture:
         return batch
 
     # -- configuration ------------------------------------------------------------------
-    def set_config(self, proto_flags, pids, emit_data, exclude=frozenset(), tls=False):
-        """pids: whitelist (None: every process); exclude: blacklist when pids is None."""
+    def set_config(self, proto_flags, pids, emit_data, exclude=frozenset(), tls=False,
+                   watch_ppid=0):
+        """pids: whitelist (None: every process); exclude: blacklist when pids is None;
+        watch_ppid: a pid whose SIGINT/SIGTERM becomes an EVT_PARENT_SIGNAL record."""
         cfg = self.config[ctypes.c_int(0)]
+        cfg.watch_ppid = watch_ppid
         cfg.proto_flags = proto_flags
         cfg.filter_pids = 1 if pids is not None else (2 if exclude else 0)
         cfg.emit_data = 1 if emit_data else 0

@@ -263,6 +263,23 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     return 0;
 }
 
+#if HAVE_SIGNAL_TP
+/* gala-gopher stops an extend probe with SIGINT to the first pid `pgrep` lists, which is the
+ * `sh -c` wrapper when /bin/sh is dash (it does not exec).  dash holds that SIGINT until
+ * its child exits, so the probe is told here: a SIGINT or SIGTERM generated for the parent
+ * user space named.  Signals are rare: this costs nothing measurable. */
+TRACEPOINT_PROBE(signal, signal_generate) {
+    struct probe_config *cfg = get_config();
+    if (!cfg || cfg->watch_ppid == 0 || (u32)args->pid != cfg->watch_ppid)
+        return 0;
+    if (args->sig != 2 && args->sig != 15)
+        return 0;
+    struct evt_hdr e = {.type = EVT_PARENT_SIGNAL, .tgid = args->pid};
+    output(args, &e, sizeof(e), 0);
+    return 0;
+}
+#endif
+
 /* ---------------------------------------------------------------- close -------------- */
 
 static __always_inline int do_close(void *ctx, int fd) {

@@ -11,6 +11,7 @@
 #define EVT_DATA  2   /* bytes of one syscall (or one SSL call) on a detected connection */
 #define EVT_CLOSE 3   /* a detected connection was closed: final counters */
 #define EVT_EXEC  4   /* a process called exec (evt_hdr only): look for TLS libraries */
+#define EVT_PARENT_SIGNAL 5  /* SIGINT/SIGTERM sent to config.watch_ppid (evt_hdr only) */
 
 #define DIR_EGRESS  0
 #define DIR_INGRESS 1
@@ -122,7 +123,7 @@ struct probe_config {
     u32 emit_data;       /* 1: send data records (rpc/trace tables wanted) */
     u32 cap_bytes;       /* bytes captured per syscall, <= CAP_MAX */
     u32 tls;             /* 1: TLS uprobes are attached */
-    u32 pad;
+    u32 watch_ppid;      /* != 0: report SIGINT/SIGTERM sent to this pid (our parent) */
 };
 
 #endif

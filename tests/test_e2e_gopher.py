@@ -662,8 +662,9 @@ def _assert_nothing_left(pid, progs, maps, pinned):
 # ---------------------------------------------------------------------------------------
 # The `sh -c` wrapper.  pgrep lists sh first, so sh is the pid gala-gopher signals; dash
 # catches SIGINT in -c mode and only acts on it after its child has exited, so the probe
-# never sees that SIGINT.  What ends the probe is the rest of gala-gopher's stop: its reader
-# returns from fgets with the next line, sees the stop flag and pcloses the pipe.
+# never receives that SIGINT.  The kernel side reports it (signal:signal_generate on the
+# probe's parent); the rest of gala-gopher's stop (its reader returns from fgets with the
+# next line, sees the stop flag and pcloses the pipe) is the second way out.
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -711,6 +712,32 @@ def test_gala_gopher_stop_sequence_on_an_idle_probe():
             assert elapsed < EXIT_LIMIT, "took %.2f s to exit" % elapsed
             assert not [l for l in probe.stderr_lines if not BCC_STDERR_NOISE.match(l)], \
                 probe.stderr_lines
+            _assert_nothing_left(pid, progs, maps, pinned)
+        finally:
+            probe.close()
+
+
+def test_sigint_to_the_sh_wrapper_alone_stops_the_probe():
+    """The SIGINT gala-gopher sends lands on dash, which holds it until its child exits;
+    the probe learns of it from the kernel (signal:signal_generate on its parent) and stops
+    within the limit while its stdout pipe is still open; dash then dies of the SIGINT."""
+    inst = installed_or_fail()
+    with FakeGopher() as gopher:
+        pinned = pinned_objects()
+        probe, pid = _start(inst, gopher, [os.getpid()])
+        try:
+            progs, maps, _ = bpf_objects(pid)
+            assert progs and maps
+            assert probe.gopher_pids(inst.bin)[0] == probe.pid      # sh, what gopher signals
+            t0 = time.monotonic()
+            os.kill(probe.pid, signal.SIGINT)
+            rc = probe.wait_closed(10)          # the pipe stays open: no help from EPIPE
+            elapsed = time.monotonic() - t0
+            assert rc == -signal.SIGINT, rc
+            assert not os.path.exists("/proc/%d" % pid)
+            assert elapsed < EXIT_LIMIT, "took %.2f s to exit" % elapsed
+            assert [l for l in probe.all_lines if "was sent a stop signal" in l], \
+                probe.all_lines[-10:]
             _assert_nothing_left(pid, progs, maps, pinned)
         finally:
             probe.close()
