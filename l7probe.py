@@ -266,12 +266,14 @@ class Probe:
             if raw[0] != EVT_DATA:
                 self.on_record(raw)
                 continue
-            (t, _, conn_id, ts, true_len, cap_len, lost, direction, _, _, _) = \
+            (t, _, conn_id, ts, true_len, cap_len, lost, direction, source, _, _) = \
                 unpack_data(raw)
             if t != EVT_DATA:
                 self.on_record(raw)
                 continue
             conn = get_conn(conn_id)
+            if source and conn is not None and not conn.ssl:
+                tracker.switch_to_tls(conn)     # TLS negotiated inside the protocol
             if conn is not None and cap_len:
                 stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
                 if stream is not None:

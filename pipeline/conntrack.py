@@ -36,7 +36,7 @@ def ip_text(family, raw):
 class Conn:
     __slots__ = ("conn_id", "tgid", "fd", "link", "proto", "state", "req_stream",
                  "resp_stream", "req_dir", "sent_base", "recv_base", "ssent_base",
-                 "srecv_base", "warned", "skip_said")
+                 "srecv_base", "warned", "skip_said", "ssl")
 
     def __init__(self, conn_id, tgid, fd, link, proto, l7_role):
         self.conn_id = conn_id
@@ -51,6 +51,7 @@ class Conn:
         self.sent_base = self.recv_base = self.ssent_base = self.srecv_base = 0
         self.warned = False
         self.skip_said = False             # the reason its parsing stopped was logged
+        self.ssl = link.ssl                # its bytes come from the TLS uprobes
 
 
 class Tracker:
@@ -115,6 +116,30 @@ class Tracker:
                 # bound drop the oldest.  Events arrive in order, so pairing at any point
                 # is as valid as pairing at the end of the batch.
                 self._stitch(conn, conn.proto.stitch)
+
+    def switch_to_tls(self, conn):
+        """The first plaintext from the TLS uprobes on a connection that began in the clear
+        (PostgreSQL's SSLRequest, MySQL's CLIENT_SSL handshake: TLS negotiated in the
+        protocol).  What was parsed before stays counted; the connection moves to the
+        link with ssl=1 and its parsers start afresh on the plaintext, the way the
+        protocol continues after the handshake."""
+        if conn.req_stream is not None:
+            self._stitch(conn, conn.proto.stitch)
+        conn.ssl = True
+        key = conn.link.key[:-1] + (1,)
+        link = self.links.get(key, self.now)
+        if link is not None:
+            conn.link.conns -= 1
+            conn.link.last_active = self.now
+            link.conns += 1
+            link.last_active = self.now
+            conn.link = link
+        if conn.proto is not None:
+            conn.req_stream = conn.resp_stream = None
+            conn.state = None
+            conn.skip_said = False
+        log.debug("%s connection of pid %d fd %d continues in TLS",
+                  conn.proto.name if conn.proto else "unknown", conn.tgid, conn.fd)
 
     def stitch_now(self, conn):
         """Pair what a connection has queued now (a stream holds STITCH_BACKLOG frames)."""

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -254,3 +255,93 @@ def test_process_exit_and_library_replaced(tmp_path, certs):
     finally:
         srv.kill()
         srv.wait()
+
+
+# ---------------------------------------------------------------------- TLS inside a protocol
+def _certs_for(certs, user):
+    """A copy of the test certificate and key that the server's OS user can read."""
+    d = tempfile.mkdtemp(prefix="l7probe-tls-%s-" % user)
+    os.chmod(d, 0o755)
+    crt, key = os.path.join(d, "server.crt"), os.path.join(d, "server.key")
+    shutil.copy(certs[0], crt)
+    shutil.copy(certs[1], key)
+    for f in (d, crt, key):
+        shutil.chown(f, user, user)
+    os.chmod(key, 0o600)
+    return d, crt, key
+
+
+PG_TLS_QUERIES = 7
+
+
+def test_postgres_tls_negotiated_in_the_protocol(certs):
+    """PostgreSQL starts in the clear (SSLRequest, 'S') and continues in TLS (libpq and the
+    backend link libssl): the probe follows the plaintext from the uprobes, parses the
+    StartupMessage and the queries, and reports them with ssl=ssl on both roles."""
+    from tests.support.servers import PG_BIN, postgres
+    pgdir, crt, key = _certs_for(certs, "postgres")
+    with postgres(settings=["ssl=on", "ssl_cert_file=%s" % crt, "ssl_key_file=%s" % key,
+                            "log_statement=all"]) as pg:
+        with ProbeRun(["-P", "1", "--proto", "pgsql"]) as p:
+            time.sleep(1.0)
+            log_start = os.path.getsize(pg.log_path)
+            cmd = [os.path.join(PG_BIN, "psql"), "-X", "-q", "-A", "-t",
+                   "host=127.0.0.1 port=%d dbname=%s user=%s sslmode=require"
+                   % (pg.port, pg.dbname, pg.user)]
+            for i in range(PG_TLS_QUERIES):
+                cmd += ["-c", "SELECT %d" % i]
+            cmd += ["-c", "SELECT * FROM no_such_table"]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            time.sleep(2.5)
+            with open(pg.log_path, errors="replace") as f:
+                f.seek(log_start)
+                logged = [l for l in f if "LOG:  statement: " in l]
+        assert p.proc.returncode == 0, p.err_lines[-20:]
+    shutil.rmtree(pgdir, ignore_errors=True)
+    assert out.stdout.split() == [str(i) for i in range(PG_TLS_QUERIES)], out.stderr
+    assert "no_such_table" in out.stderr
+    assert len(logged) == PG_TLS_QUERIES + 1, logged          # what the server executed
+    for role in ("server", "client"):
+        rpc = _rows(p, "l7_rpc", pg.port, role, "ssl")
+        assert total(rpc, "req_count") == PG_TLS_QUERIES + 1, (role, rpc)
+        assert total(rpc, "resp_count") == PG_TLS_QUERIES + 1, (role, rpc)
+        assert total(rpc, "err_count") == 1, (role, rpc)
+        assert _api_counts(_rows(p, "l7_rpc_api", pg.port, role, "ssl")) == \
+            {"SELECT": [PG_TLS_QUERIES + 1, 1]}, role
+        # the clear-text start (SSLRequest) parses to nothing; no record without TLS
+        assert total(_rows(p, "l7_rpc", pg.port, role, "no_ssl"), "req_count") == 0, role
+
+
+MY_TLS_QUERIES = 6
+
+
+def test_mariadb_tls_negotiated_in_the_protocol(certs):
+    """MariaDB: greeting and SSLRequest in the clear, then TLS (the client and mariadbd link
+    libssl): queries parsed from the plaintext, ssl=ssl on both roles, exact counts."""
+    from tests.support.servers import mariadb
+    tlsdir, crt, key = _certs_for(certs, "mysql")
+    try:
+        with mariadb(tls=(crt, key)) as db:
+            with ProbeRun(["-P", "1", "--proto", "mysql"]) as p:
+                time.sleep(1.0)
+                sql = "; ".join(["SHOW STATUS LIKE 'Ssl_version'"] +
+                                ["SELECT %d" % i for i in range(MY_TLS_QUERIES)] +
+                                ["SELECT * FROM WHERE"])
+                out = subprocess.run(
+                    ["mariadb", "--no-defaults", "--protocol=TCP", "-h", "127.0.0.1",
+                     "-P", str(db.port), "-u", db.user, "-p%s" % db.password, "--batch",
+                     "--skip-column-names", "--ssl", db.database, "-e", sql],
+                    capture_output=True, text=True, timeout=60)
+                time.sleep(2.5)
+            assert p.proc.returncode == 0, p.err_lines[-20:]
+    finally:
+        shutil.rmtree(tlsdir, ignore_errors=True)
+    lines = out.stdout.split("\n")
+    assert lines[0].startswith("Ssl_version\tTLS"), out.stdout           # TLS it was
+    assert lines[1:1 + MY_TLS_QUERIES] == [str(i) for i in range(MY_TLS_QUERIES)], out
+    assert "ERROR 1064" in out.stderr, out.stderr
+    for role in ("server", "client"):
+        apis = _api_counts(_rows(p, "l7_rpc_api", db.port, role, "ssl"))
+        assert apis == {"SHOW": [1, 0], "SELECT": [MY_TLS_QUERIES + 1, 1],
+                        "QUIT": [1, 0]}, (role, apis)
+        assert total(_rows(p, "l7_rpc", db.port, role, "no_ssl"), "req_count") == 0, role

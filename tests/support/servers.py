@@ -690,11 +690,13 @@ class MariaDB:
 
 @contextlib.contextmanager
 def mariadb(user: str = "test", password: str = "test",
-            database: str = "test", general_log: bool = False) -> Iterator[MariaDB]:
+            database: str = "test", general_log: bool = False,
+            tls: tuple[str, str] | None = None) -> Iterator[MariaDB]:
     """MariaDB (mariadbd, run as OS user ``mysql``) on 127.0.0.1 with a user
     ``user``/``password`` (mysql_native_password, all privileges, any host)
     and database ``database``.  ``general_log``: log every command the server
-    receives to ``.general_log_path`` (``--general-log``)."""
+    receives to ``.general_log_path`` (``--general-log``).  ``tls``: (certificate,
+    key) files the ``mysql`` user can read: TLS offered to clients (else ``--skip-ssl``)."""
     with _tmpdir("mariadb") as d:
         datadir = os.path.join(d, "data")
         tmp = os.path.join(d, "tmp")
@@ -725,7 +727,8 @@ def mariadb(user: str = "test", password: str = "test",
                        f"--tmpdir={tmp}", f"--log-error={log}", "--skip-log-bin",
                        "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
                        "--innodb-doublewrite=0", "--performance-schema=OFF",
-                       "--skip-ssl", *server_opts, *glog_opts],
+                       *([f"--ssl-cert={tls[0]}", f"--ssl-key={tls[1]}"] if tls
+                         else ["--skip-ssl"]), *server_opts, *glog_opts],
                       os.path.join(d, "stdout.log"), cwd=d, name="mariadbd")
         try:
             # the unix socket appears just after the TCP listener
