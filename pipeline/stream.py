@@ -9,9 +9,8 @@ a gap it cannot skip.  Buffers are bounded; work is linear in the bytes received
 from __future__ import annotations
 
 import logging
-from collections import deque
 
-from protocol.base import ParseState
+from protocol.base import Fifo, ParseState
 
 SUCCESS = ParseState.SUCCESS
 NEEDS_MORE_DATA = ParseState.NEEDS_MORE_DATA
@@ -58,7 +57,7 @@ class DataStream:
 
     def __init__(self, parser, stats: StreamStats | None = None):
         self.parser = parser
-        self.frames = deque()
+        self.frames = Fifo()
         self.buf = b""          # bytes not yet consumed (never more than MAX_BUFFERED)
         self.base_ts = 0        # timestamp of the event holding buf[0]
         self.skip = 0           # bytes still to skip (a frame's uncaptured tail)

@@ -91,6 +91,19 @@ class Record:
                    self.status, self.err))
 
 
+class Fifo(list):
+    """A first-in first-out queue for the per-connection queues (parsed frames, requests
+    awaiting their response).  An empty ``collections.deque`` costs 760 bytes, a list 56: with
+    three queues per connection that is 2 KB per connection, 40 MB at 20k sockets.  These
+    queues hold a few items and are bounded (MAX_FRAMES, MAX_PENDING), so ``pop(0)``'s move
+    of the rest costs less than the memory it saves."""
+
+    __slots__ = ()
+
+    def popleft(self):
+        return self.pop(0)
+
+
 class Parser:
     """Per-direction parser.  Subclasses set nothing global; all state lives on self or on
     the shared per-connection ``state`` object."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from protocol.base import MessageType, Parser, ParseState
-from protocol.http.types import HttpRequest, HttpResponse
+from protocol.http.types import MAX_PENDING, HttpRequest, HttpResponse
 
 SUCCESS = ParseState.SUCCESS
 NEEDS_MORE_DATA = ParseState.NEEDS_MORE_DATA
@@ -129,7 +129,10 @@ class HttpParser(Parser):
             method = _METHOD_TEXT.get(mb)
             if method is None:
                 method = mb.decode("latin-1")
-            state.methods.append(method)
+            methods = state.methods
+            methods.append(method)
+            if len(methods) > MAX_PENDING:
+                del methods[0]
             self.chunked = chunked
             return SUCCESS, HttpRequest(ts, method, target.decode("latin-1"),
                                         minor[0] - 48), end
@@ -189,7 +192,10 @@ class HttpParser(Parser):
             return INVALID, None, start
         method = _decode(m.group(1))
         frame = HttpRequest(ts, method, _decode(m.group(2)), m.group(3)[0] - 48)
-        self.state.methods.append(method)
+        methods = self.state.methods
+        methods.append(method)
+        if len(methods) > MAX_PENDING:
+            del methods[0]
         self.chunked = chunked
         return SUCCESS, frame, end
 

@@ -1,4 +1,7 @@
 """HTTP/1.x frames."""
+from protocol.base import Fifo
+
+MAX_PENDING = 4096      # requests awaiting their response per connection; the oldest go first
 
 
 class HttpRequest:
@@ -32,6 +35,5 @@ class HttpState:
     __slots__ = ("methods", "upgraded")
 
     def __init__(self):
-        from collections import deque
-        self.methods = deque(maxlen=4096)   # methods of parsed requests, not yet answered
+        self.methods = Fifo()   # methods of parsed requests, not yet answered (<= MAX_PENDING)
         self.upgraded = False               # 101 Switching Protocols seen: stop parsing

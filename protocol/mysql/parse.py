@@ -299,8 +299,7 @@ class MySQLParser(Parser):
         pending = state.pending
         if pending and seq == pending[0].seq:
             if self.lost:
-                while len(pending) > 1:           # answers lost with the bytes
-                    pending.popleft()
+                del pending[:-1]                  # answers lost with the bytes
                 self.lost = False
             p = pending.popleft()
             return self._start(p, buf, start, end, length, first, limit, ts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from protocol.sqltext import PATH_MAX, sql_path, verb_finder  # noqa: F401
-from collections import deque
+from protocol.base import Fifo
 
 # What a command's response looks like (the response parser walks it accordingly)
 R_SIMPLE = 0     # one OK / ERR / EOF packet (PING, INIT_DB, STMT_RESET, ...)
@@ -71,7 +71,7 @@ class MyState:
                  "skip_reason")
 
     def __init__(self):
-        self.pending = deque()   # Pending, oldest first (filled by the request parser)
+        self.pending = Fifo()    # Pending, oldest first (filled by the request parser)
         self.next_id = 1
         self.stmts = {}          # statement id -> (verb, path), from STMT_PREPARE responses
         self.server_caps = None  # from the server greeting, if seen
