@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import struct
@@ -739,6 +740,69 @@ def test_sigint_to_the_sh_wrapper_alone_stops_the_probe():
             assert [l for l in probe.all_lines if "was sent a stop signal" in l], \
                 probe.all_lines[-10:]
             _assert_nothing_left(pid, progs, maps, pinned)
+        finally:
+            probe.close()
+
+
+def _apply(probe, gopher, timeout=30, **msg):
+    """Send a message; return the lines up to and including the probe's `watching` line."""
+    gopher.send(**msg)
+    lines = []
+    deadline = time.monotonic() + timeout
+    while True:
+        line = probe.readline(max(0.0, deadline - time.monotonic()))
+        assert line is not None, "configuration not applied: %r" % (probe.all_lines[-10:],)
+        lines.append(line)
+        if line.startswith("[INFO] ") and " watching " in line:
+            return lines
+
+
+def _https_gets(ng, n):
+    for _ in range(n):
+        subprocess.run(["curl", "-sk", "-o", "/dev/null", "--max-time", "10",
+                        "https://127.0.0.1:%d/" % ng.port], check=True, timeout=30)
+
+
+def test_support_ssl_toggles_tls_uprobes_at_run_time(tmp_path):
+    """support_ssl 0 -> 1 -> 0 on a running probe: uprobes appear (on the libssl nginx maps
+    and on the libssl path a container object names) and HTTPS requests are reported with
+    ssl=ssl; then they are all detached and nothing more is reported."""
+    inst = installed_or_fail()
+    lib = tmp_path / "libssl.so.3"        # a container's libssl, as gala-gopher names it
+    shutil.copy("/usr/lib/x86_64-linux-gnu/libssl.so.3", lib)
+    with nginx(tls=True) as ng, FakeGopher() as gopher:
+        pids = ng.pids()
+        probe, pid = _start(inst, gopher, pids)
+        try:
+            base = dict(range_flags=RANGE_LINK | RANGE_RPC, period=1, proto_flags=PROTO_HTTP,
+                        pids=pids)
+            _https_gets(ng, 2)
+            off = probe.read_lines(2.5)
+            assert not [r for r in records(off, "l7_rpc") if r["ssl"] == "ssl"], off
+            # BCC attaches uprobes as perf events (not in uprobe_events): count the probe's
+            perf_off = bpf_objects(pid)[2]
+
+            on = _apply(probe, gopher, support_ssl=1, containers=[(0, "f" * 64, str(lib))],
+                        **base)
+            attached = [l for l in on if "TLS: attached" in l]
+            assert [l for l in attached if str(lib) in l], on
+            assert [l for l in attached if "/libssl.so.3 " in l and str(lib) not in l], on
+            n_on = sum(int(re.search(r"attached (\d+) probe", l).group(1)) for l in attached)
+            assert bpf_objects(pid)[2] == perf_off + n_on, (perf_off, n_on, attached)
+            probe.read_lines(1.2)
+            _https_gets(ng, 3)
+            lines = probe.read_lines(2.5)
+            rpc = [r for r in records(lines, "l7_rpc") if r["server_port"] == str(ng.port)]
+            assert sum(int(r["req_count"]) for r in rpc if r["ssl"] == "ssl") == 3, lines
+            assert not [r for r in rpc if r["ssl"] == "no_ssl"], rpc
+
+            again = _apply(probe, gopher, support_ssl=0, **base)
+            assert [l for l in again if "TLS: detached %d probe(s)" % n_on in l], again
+            assert bpf_objects(pid)[2] == perf_off
+            probe.read_lines(1.2)
+            _https_gets(ng, 2)
+            lines = probe.read_lines(2.5)
+            assert not [r for r in records(lines, "l7_rpc") if int(r["req_count"])], lines
         finally:
             probe.close()
 

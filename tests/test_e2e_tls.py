@@ -204,16 +204,33 @@ def test_go_crypto_tls(run, name, role):
     assert api == _expected_api(MIX)
 
 
+def _perf_event_fds(pid):
+    """BCC attaches uprobes and tracepoints as perf events (uprobe_events stays empty)."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            n += os.readlink("/proc/%d/fd/%s" % (pid, fd)) == "anon_inode:[perf_event]"
+        except OSError:
+            pass
+    return n
+
+
 def test_no_ssl_attaches_nothing(certs):
     with nginx(tls=True) as ng:
+        with ProbeRun(["-P", "1"]) as p:          # the reference: the same probe with TLS
+            with_tls = _perf_event_fds(p.proc.pid)
+            at_start = list(p.err_lines)            # (later exec rescans may attach more)
+        attached = [int(l.split("attached ", 1)[1].split()[0])
+                    for l in at_start if "TLS: attached" in l]
+        assert attached, p.err_lines
         with ProbeRun(["-P", "1", "--no-ssl"]) as p:
             for _ in range(3):
                 subprocess.run(["curl", "-sk", "-o", "/dev/null",
                                 "https://127.0.0.1:%d/" % ng.port], timeout=30)
             time.sleep(1.5)
-            with open("/sys/kernel/tracing/uprobe_events") as f:
-                uprobes = f.read()
-        assert "libssl" not in uprobes
+            without = _perf_event_fds(p.proc.pid)
+        # every perf event of the TLS run beyond the --no-ssl run is one of its uprobes
+        assert without == with_tls - sum(attached), (without, with_tls, attached)
         assert not _rows(p, "l7_link", ng.port)       # ciphertext is never reported
         assert not any("TLS: attached" in l for l in p.err_lines)
 
