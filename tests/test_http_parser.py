@@ -22,14 +22,11 @@ PCAPS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(FIXTURE_DIR, 
                                                                       "*.pcap")))
 
 
-def chunks_of(*pairs, t0=1000):
-    return [(d, t0 + i * 10, data) for i, (d, data) in enumerate(pairs)]
+chunks_of = feed.chunks_of
 
 
 def run(*pairs, **kw):
-    res = feed.run(PROTOCOL, chunks_of(*pairs), **kw)
-    assert res.exceptions == 0
-    return res
+    return feed.run_pairs(PROTOCOL, *pairs, **kw)
 
 
 def rows(res):
@@ -106,17 +103,8 @@ def test_fixture_matches_tshark(name):
 @pytest.mark.parametrize("name", PCAPS)
 def test_fixture_cut_every_way(name):
     for c in conns(name):
-        whole = feed.summary(feed.run(PROTOCOL, c.chunks).records)
-        if feed.total_len(c.chunks) < 20000:
-            res = feed.run(PROTOCOL, feed.byte_chunks(c.chunks))
-            assert res.exceptions == 0
-            assert feed.summary(res.records) == whole
-        for k in list(range(1, 200, 7)) + [1000, 1460, 4000]:
-            res = feed.run(PROTOCOL, feed.split_at(c.chunks, k))
-            assert res.exceptions == 0
-            assert feed.summary(res.records) == whole
-        assert feed.summary(feed.run(PROTOCOL, feed.merge_directions(c.chunks)).records) \
-            == whole
+        feed.assert_cut_every_way(PROTOCOL, c.chunks, 20000,
+                                  list(range(1, 200, 7)) + [1000, 1460, 4000])
 
 
 @pytest.mark.parametrize("name", PCAPS)

@@ -146,12 +146,7 @@ def test_fixture_details():
 @pytest.mark.parametrize("name", FIXTURES)
 def test_fixture_split_everywhere(name):
     for c in conns(name):
-        whole = feed.summary(feed.run(PROTOCOL, c.chunks).records)
-        if feed.total_len(c.chunks) < 12000:
-            assert feed.summary(feed.run(PROTOCOL, feed.byte_chunks(c.chunks)).records) == whole
-        for k in range(1, 100, 3):
-            assert feed.summary(feed.run(PROTOCOL, feed.split_at(c.chunks, k)).records) == whole
-        assert feed.summary(feed.run(PROTOCOL, feed.merge_directions(c.chunks)).records) == whole
+        feed.assert_cut_every_way(PROTOCOL, c.chunks, 12000, range(1, 100, 3))
 
 
 @pytest.mark.parametrize("prefix", [64, 300])

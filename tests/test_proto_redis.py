@@ -41,14 +41,8 @@ def oracle(name):
     return reqs, errs
 
 
-def chunks_of(*pairs, t0=1000):
-    return [(d, t0 + i * 10, data) for i, (d, data) in enumerate(pairs)]
-
-
 def run(*pairs, **kw):
-    res = feed.run(PROTOCOL, chunks_of(*pairs), **kw)
-    assert res.exceptions == 0
-    return res
+    return feed.run_pairs(PROTOCOL, *pairs, **kw)
 
 
 # -- recorded captures -------------------------------------------------------------------
@@ -103,13 +97,7 @@ def test_fixture_with_capture_prefix(name, prefix):
 @pytest.mark.parametrize("name", FIXTURES)
 def test_fixture_split_everywhere(name):
     for c in conns(name):
-        whole = feed.summary(feed.run(PROTOCOL, c.chunks).records)
-        if feed.total_len(c.chunks) < 5000:
-            assert feed.summary(feed.run(PROTOCOL, feed.byte_chunks(c.chunks)).records) == whole
-        for k in range(1, 120, 3):
-            assert feed.summary(feed.run(PROTOCOL, feed.split_at(c.chunks, k)).records) == whole
-        merged = feed.merge_directions(c.chunks)
-        assert feed.summary(feed.run(PROTOCOL, merged).records) == whole
+        feed.assert_cut_every_way(PROTOCOL, c.chunks, 5000, range(1, 120, 3))
 
 
 # -- RESP features -----------------------------------------------------------------------

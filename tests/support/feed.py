@@ -88,9 +88,14 @@ def run(proto, chunks, prefix=None):
     return f.close()
 
 
+def chunks_of(*pairs, t0=1000):
+    """(direction, data) pairs as chunks with made-up increasing timestamps."""
+    return [(d, t0 + i * 10, data) for i, (d, data) in enumerate(pairs)]
+
+
 def run_pairs(proto, *pairs, **kw):
-    """Feed (direction, data) pairs with made-up increasing timestamps; no exceptions allowed."""
-    res = run(proto, [(d, 1000 + 10 * i, data) for i, (d, data) in enumerate(pairs)], **kw)
+    """Feed (direction, data) pairs (see chunks_of); no parser exception allowed."""
+    res = run(proto, chunks_of(*pairs), **kw)
     assert res.exceptions == 0
     return res
 
@@ -134,6 +139,20 @@ def merge_directions(chunks):
 def summary(records):
     """(api, req seen, resp seen, status, err) tuples, for compact assertions."""
     return [(r.api, bool(r.req_ts), bool(r.resp_ts), r.status, r.err) for r in records]
+
+
+def assert_cut_every_way(proto, chunks, byte_limit, splits):
+    """The records of ``chunks`` do not depend on how the bytes were cut: byte by byte
+    (when shorter than ``byte_limit``), split at each offset in ``splits``, and with each
+    direction's consecutive chunks merged; no parser exception in any of them."""
+    whole = summary(run(proto, chunks).records)
+    variants = [split_at(chunks, k) for k in splits] + [merge_directions(chunks)]
+    if total_len(chunks) < byte_limit:
+        variants.append(byte_chunks(chunks))
+    for v in variants:
+        res = run(proto, v)
+        assert res.exceptions == 0
+        assert summary(res.records) == whole
 
 
 # -- robustness ------------------------------------------------------------------------
