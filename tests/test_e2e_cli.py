@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.support.probe import PROBE, ProbeRun, total
+from tests.support.probe import ProbeRun, total
 from tests.support.servers import nginx, redis_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
@@ -70,18 +70,25 @@ def test_sigterm_reports_and_exits_zero():
         assert total(rows, "req_count") == 2
 
 
-def test_per_syscall_tracepoint_fallback():
-    """Kernels without raw tracepoints (or not x86-64) get one tracepoint per syscall."""
-    env = dict(os.environ, L7PROBE_SYSCALL_TRACEPOINTS="1")
+@pytest.mark.parametrize("variable, said, requests, errors", [
+    # kernels without raw tracepoints (or not x86-64): one tracepoint per syscall
+    ("L7PROBE_SYSCALL_TRACEPOINTS", "capture: syscall tracepoints", [("/status/500", 3)], 3),
+    # kernels before 5.8 have no ring buffer: records go through a perf buffer
+    ("L7PROBE_PERF_BUFFER", "output: perf buffer", [("/status/404", 4), ("/", 2)], 4),
+], ids=["per-syscall-tracepoints", "perf-buffer"])
+def test_capture_fallbacks(variable, said, requests, errors):
+    """The fallbacks of older kernels, forced by their variables, report exactly."""
+    env = dict(os.environ, **{variable: "1"})
     with nginx() as ng:
         with ProbeRun(["-P", "1", "--proto", "http"], env=env) as p:
-            _curl(ng, "/status/500", 3)
+            for path, n in requests:
+                _curl(ng, path, n)
             time.sleep(1.5)
-        assert any("capture: syscall tracepoints" in l for l in p.err_lines)
+        assert any(said in l for l in p.err_lines)
         rows = [r for r in p.records("l7_rpc") if r["server_port"] == str(ng.port)
                 and r["l7_role"] == "server"]
-        assert total(rows, "req_count") == 3
-        assert total(rows, "err_count") == 3
+        assert total(rows, "req_count") == sum(n for _, n in requests)
+        assert total(rows, "err_count") == errors
 
 
 def test_kernel_map_forgets_processes_that_exit_without_close():
@@ -109,19 +116,6 @@ def test_kernel_map_forgets_processes_that_exit_without_close():
         cap.close()
 
 
-def test_perf_buffer_fallback():
-    """Kernels before 5.8 have no ring buffer: records go through a perf buffer."""
-    env = dict(os.environ, L7PROBE_PERF_BUFFER="1")
-    with nginx() as ng:
-        with ProbeRun(["-P", "1", "--proto", "http"], env=env) as p:
-            _curl(ng, "/status/404", 4)
-            _curl(ng, "/", 2)
-            time.sleep(1.5)
-        assert any("output: perf buffer" in l for l in p.err_lines)
-        rows = [r for r in p.records("l7_rpc") if r["server_port"] == str(ng.port)
-                and r["l7_role"] == "server"]
-        assert total(rows, "req_count") == 6
-        assert total(rows, "err_count") == 4
 
 
 def test_container_option_covers_processes_started_later():

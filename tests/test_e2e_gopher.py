@@ -11,6 +11,7 @@ applies a configuration; since logs and records share stdout, everything after t
 the stream was printed under the new configuration.  A second, short run checks SIGINT sent
 to the ``sh`` wrapper (what gala-gopher signals when /bin/sh is dash).
 """
+import contextlib
 import ctypes
 import json
 import os
@@ -174,15 +175,37 @@ def probe_events(pid):
     return out
 
 
-def cgroup2_root():
-    """Where cgroup v2 is mounted: /sys/fs/cgroup (unified) or /sys/fs/cgroup/unified
-    (hybrid)."""
+def _mount_point(fstype, option=None):
+    """Where a file system of ``fstype`` (with ``option`` among its super options) is
+    mounted, from /proc/self/mountinfo; None if nowhere."""
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
-            if right.split()[0] == "cgroup2":
+            fields = right.split()
+            if fields[0] == fstype and (option is None or option in fields[2].split(",")):
                 return left.split()[4]
     return None
+
+
+def cgroup2_root():
+    """Where cgroup v2 is mounted: /sys/fs/cgroup (unified) or /sys/fs/cgroup/unified
+    (hybrid)."""
+    return _mount_point("cgroup2")
+
+
+def leave_cgroup(root, cgdir, pids):
+    """Move ``pids`` back to the root cgroup and remove ``cgdir`` (once it is empty)."""
+    for pid in pids:
+        try:
+            move_to_cgroup(root, pid)
+        except OSError:
+            pass
+    for _ in range(50):
+        try:
+            os.rmdir(cgdir)
+            break
+        except OSError:
+            time.sleep(0.1)
 
 
 def move_to_cgroup(cgdir, pid):
@@ -469,29 +492,14 @@ def test_container_object_covers_its_processes(env):
         if client is not None:
             client.kill()
             client.wait()
-        for pid in c.pids():
-            try:
-                move_to_cgroup(root, pid)
-            except OSError:
-                pass
-        for _ in range(50):
-            try:
-                os.rmdir(cgdir)
-                break
-            except OSError:
-                time.sleep(0.1)
+        leave_cgroup(root, cgdir, c.pids())
 
 
 def _inode_cgroup_root():
     """The hierarchy whose directory inodes gala-gopher sends as ``cpucg_inode``: cpuset v1
     where it is mounted, else cgroup v2 (as ipc/config.py's _cgroup_dir reads them)."""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = right.split()
-            if fields[0] == "cgroup" and "cpuset" in fields[2].split(","):
-                return left.split()[4], True
-    return cgroup2_root(), False
+    v1 = _mount_point("cgroup", "cpuset")
+    return (v1, True) if v1 else (cgroup2_root(), False)
 
 
 def test_container_object_by_cgroup_inode_only(env):
@@ -522,17 +530,7 @@ def test_container_object_by_cgroup_inode_only(env):
         assert sum(int(r["req_count"]) for r in rpc) == 3
         assert sum(int(r["err_count"]) for r in rpc) == 1
     finally:
-        for pid in c.pids():
-            try:
-                move_to_cgroup(root, pid)
-            except OSError:
-                pass
-        for _ in range(50):
-            try:
-                os.rmdir(cgdir)
-                break
-            except OSError:
-                time.sleep(0.1)
+        leave_cgroup(root, cgdir, c.pids())
 
 
 def _malformed_bodies(pids):
@@ -684,10 +682,10 @@ def _start(inst, gopher, pids):
     return probe, found[1]
 
 
-def test_gala_gopher_stop_sequence_on_an_idle_probe():
-    """Nothing to report (the watched process has no traffic): the probe still prints a
-    line per period, so gala-gopher's reader gets to its stop check; once the pipe is
-    closed the probe detaches, exits, and sh with it."""
+@contextlib.contextmanager
+def _installed_probe_watching_us():
+    """The installed probe under a fake gala-gopher, watching this (idle) test process:
+    yields (install, probe, probe pid, check that it left nothing behind)."""
     inst = installed_or_fail()
     with FakeGopher() as gopher:
         pinned = pinned_objects()
@@ -695,53 +693,53 @@ def test_gala_gopher_stop_sequence_on_an_idle_probe():
         try:
             progs, maps, _ = bpf_objects(pid)
             assert progs and maps
-            idle = probe.read_lines(2.5)
-            assert idle and all(line.startswith("[DEBUG] ") for line in idle), idle
-            signalled = probe.stop_like_gopher(inst.bin, line_timeout=3)
-            assert signalled == probe.pid            # the sh wrapper
-            t0 = time.monotonic()
-            rc = probe.wait_closed(10)
-            # sh ends either by the SIGINT it was sent or with the probe's own status 0,
-            # depending on whether dash acts on the signal before or after it reaps the
-            # probe (seen both ways in CI); if sh went first the probe follows it
-            # (pipe closed, PDEATHSIG)
-            while os.path.exists("/proc/%d" % pid) and time.monotonic() - t0 < 10:
-                time.sleep(0.02)
-            elapsed = time.monotonic() - t0
-            assert rc in (0, -signal.SIGINT), rc
-            assert not os.path.exists("/proc/%d" % pid)
-            assert elapsed < EXIT_LIMIT, "took %.2f s to exit" % elapsed
-            assert not [l for l in probe.stderr_lines if not BCC_STDERR_NOISE.match(l)], \
-                probe.stderr_lines
-            _assert_nothing_left(pid, progs, maps, pinned)
+            yield inst, probe, pid, lambda: _assert_nothing_left(pid, progs, maps, pinned)
         finally:
             probe.close()
+
+
+def test_gala_gopher_stop_sequence_on_an_idle_probe():
+    """Nothing to report (the watched process has no traffic): the probe still prints a
+    line per period, so gala-gopher's reader gets to its stop check; once the pipe is
+    closed the probe detaches, exits, and sh with it."""
+    with _installed_probe_watching_us() as (inst, probe, pid, nothing_left):
+        idle = probe.read_lines(2.5)
+        assert idle and all(line.startswith("[DEBUG] ") for line in idle), idle
+        signalled = probe.stop_like_gopher(inst.bin, line_timeout=3)
+        assert signalled == probe.pid            # the sh wrapper
+        t0 = time.monotonic()
+        rc = probe.wait_closed(10)
+        # sh ends either by the SIGINT it was sent or with the probe's own status 0,
+        # depending on whether dash acts on the signal before or after it reaps the
+        # probe (seen both ways in CI); if sh went first the probe follows it
+        # (pipe closed, PDEATHSIG)
+        while os.path.exists("/proc/%d" % pid) and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        assert rc in (0, -signal.SIGINT), rc
+        assert not os.path.exists("/proc/%d" % pid)
+        assert elapsed < EXIT_LIMIT, "took %.2f s to exit" % elapsed
+        assert not [l for l in probe.stderr_lines if not BCC_STDERR_NOISE.match(l)], \
+            probe.stderr_lines
+        nothing_left()
 
 
 def test_sigint_to_the_sh_wrapper_alone_stops_the_probe():
     """The SIGINT gala-gopher sends lands on dash, which holds it until its child exits;
     the probe learns of it from the kernel (signal:signal_generate on its parent) and stops
     within the limit while its stdout pipe is still open; dash then dies of the SIGINT."""
-    inst = installed_or_fail()
-    with FakeGopher() as gopher:
-        pinned = pinned_objects()
-        probe, pid = _start(inst, gopher, [os.getpid()])
-        try:
-            progs, maps, _ = bpf_objects(pid)
-            assert progs and maps
-            assert probe.gopher_pids(inst.bin)[0] == probe.pid      # sh, what gopher signals
-            t0 = time.monotonic()
-            os.kill(probe.pid, signal.SIGINT)
-            rc = probe.wait_closed(10)          # the pipe stays open: no help from EPIPE
-            elapsed = time.monotonic() - t0
-            assert rc == -signal.SIGINT, rc
-            assert not os.path.exists("/proc/%d" % pid)
-            assert elapsed < EXIT_LIMIT, "took %.2f s to exit" % elapsed
-            assert [l for l in probe.all_lines if "was sent a stop signal" in l], \
-                probe.all_lines[-10:]
-            _assert_nothing_left(pid, progs, maps, pinned)
-        finally:
-            probe.close()
+    with _installed_probe_watching_us() as (inst, probe, pid, nothing_left):
+        assert probe.gopher_pids(inst.bin)[0] == probe.pid      # sh, what gopher signals
+        t0 = time.monotonic()
+        os.kill(probe.pid, signal.SIGINT)
+        rc = probe.wait_closed(10)          # the pipe stays open: no help from EPIPE
+        elapsed = time.monotonic() - t0
+        assert rc == -signal.SIGINT, rc
+        assert not os.path.exists("/proc/%d" % pid)
+        assert elapsed < EXIT_LIMIT, "took %.2f s to exit" % elapsed
+        assert [l for l in probe.all_lines if "was sent a stop signal" in l], \
+            probe.all_lines[-10:]
+        nothing_left()
 
 
 def _apply(probe, gopher, timeout=30, **msg):

@@ -363,7 +363,8 @@ class ProbeProcess:
                 pass
 
     def wait_closed(self, timeout: float = 10.0) -> Optional[int]:
-        """After close_stdout: wait for sh to exit (stderr still drained)."""
+        """Wait for sh to exit, reading whatever pipes are still open (after close_stdout,
+        stderr only); returns the exit status or None."""
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None:
             if time.monotonic() > deadline:
@@ -389,10 +390,8 @@ class ProbeProcess:
     def wait(self, timeout: float = 10.0) -> Optional[int]:
         """Wait for exit while draining the pipes; returns the exit status or None."""
         deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                return None
-            self._pump(0.05)
+        if self.wait_closed(timeout) is None:
+            return None
         while self._open:              # collect what is left in the pipes
             self._pump(0.05)
             if time.monotonic() > deadline + 2:
