@@ -25,6 +25,11 @@ static __always_inline u32 le32(const u8 *b) {
 }
 static __always_inline int is_digit(u8 c) { return c >= '0' && c <= '9'; }
 static __always_inline int is_upper(u8 c) { return c >= 'A' && c <= 'Z'; }
+/* what the text of an SQL statement may start with: a keyword, a blank, a comment, '(' */
+static __always_inline int is_sql_start(u8 c) {
+    return is_upper(c) || (c >= 'a' && c <= 'z') || c == ' ' || c == '(' || c == '\n' ||
+           c == '-' || c == '/';
+}
 
 static __always_inline u32 detect_http(const u8 *b, u32 count) {
     if (count < 8)
@@ -88,8 +93,7 @@ static __always_inline u32 detect_pgsql(const u8 *b, u32 count) {
     if (b[0] == 'Q' || b[0] == 'P' || b[0] == 'B') {
         u32 l = be32(b + 1);
         if (b[1] == 0 && l >= 4 && l + 1 <= count) {
-            if (b[0] != 'Q' || is_upper(b[5]) || (b[5] >= 'a' && b[5] <= 'z') || b[5] == ' ' ||
-                b[5] == '(' || b[5] == '\n' || b[5] == '-' || b[5] == '/')
+            if (b[0] != 'Q' || is_sql_start(b[5]))
                 RET(PROTO_PGSQL, MSG_REQUEST);
         }
     }
@@ -111,9 +115,7 @@ static __always_inline u32 detect_mysql(const u8 *b, u32 count) {
     if (len + 4 != count)
         return 0;
     if (com == 0x03 || com == 0x16) {    /* COM_QUERY, COM_STMT_PREPARE: text follows */
-        u8 c = b[5];
-        if (len > 1 && (is_upper(c) || (c >= 'a' && c <= 'z') || c == ' ' || c == '(' ||
-                        c == '/' || c == '\n' || c == '-'))
+        if (len > 1 && is_sql_start(b[5]))
             RET(PROTO_MYSQL, MSG_REQUEST);
         return 0;
     }
