@@ -51,7 +51,9 @@ class Conn:
         self.sent_base = self.recv_base = self.ssent_base = self.srecv_base = 0
         self.warned = False
         self.skip_said = False             # the reason its parsing stopped was logged
-        self.ssl = link.ssl                # its bytes come from the TLS uprobes
+        # its bytes come from the TLS uprobes; kept apart from link.ssl, which stays 0 when
+        # the switch finds the link table full (see switch_to_tls)
+        self.ssl = link.ssl
 
 
 class Tracker:

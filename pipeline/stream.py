@@ -30,7 +30,6 @@ class StreamStats:
         self.dropped_bytes = self.dropped_frames = self.exceptions = 0
         self.last_error = None      # the last exception a parser raised (a bug to report)
 
-
     def report(self, proto_name: str) -> None:
         """Log what went wrong in this protocol's streams since the last call, then reset.
         One line per kind, only when something happened (called once per report period)."""

@@ -16,7 +16,6 @@ parsers set ``state.skip_reason`` and IGNORE everything after.
 from __future__ import annotations
 
 import re
-import struct
 
 from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER, MessageType, ParseState, Parser
 from protocol.mysql.types import (CLIENT_COMPRESS, CLIENT_PROTOCOL_41, CLIENT_SSL,

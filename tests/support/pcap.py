@@ -111,8 +111,7 @@ def _packets_pcapng(data):
                 ticks = (tsh << 32) | tsl
                 yield ticks * 1_000_000_000 // tsres, linktype, body[20:20 + caplen]
         elif btype == 3:  # Simple Packet Block
-            if ifaces:
-                _orig = struct.unpack_from(end + "I", body, 0)[0]
+            if ifaces:                   # (body[:4] is the original length)
                 yield 0, ifaces[0][0], body[4:]
         pos += blen
 
