@@ -332,6 +332,12 @@ class Probe:
                                           "container_id": container_of_pid(tgid) or ""}
         return v
 
+    def begin_stop(self):
+        """Start detaching now: the kernel's grace periods overlap the last report (which
+        then attaches nothing new)."""
+        self.tls = None
+        self.capture.start_detach()
+
     def close(self):
         self.capture.close()
 
@@ -424,6 +430,7 @@ def run(args, gopher_mode, no_options=False):
                     _check_ipc(probe, queue)
                 else:
                     _refresh_containers(probe)
+        probe.begin_stop()
         probe.report(final=True)
     finally:
         probe.close()
@@ -539,4 +546,13 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    # Everything is detached and flushed by now: leave without the interpreter's teardown
+    # (freeing a large heap object by object, BCC's atexit clean-up a second time), which
+    # would delay the exit gala-gopher waits for.
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    os._exit(rc if isinstance(rc, int) else 1)

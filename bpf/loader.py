@@ -279,13 +279,28 @@ class Capture:
         out[0] += self._lost
         return tuple(out)
 
+    def start_detach(self):
+        """Begin detaching every program in the background (close() finishes it), so that
+        the final report overlaps the kernel's grace periods."""
+        import threading
+        if self.bpf is None or getattr(self, "_detacher", None) is not None:
+            return
+        self._detacher = threading.Thread(target=self._detach_tracepoints_in_parallel,
+                                          daemon=True)
+        self._detacher.start()
+
     def close(self):
         reader = getattr(self, "reader", None)
         if reader is not None:
             reader.close()
             self.reader = None
         if self.bpf is not None:
-            self._detach_tracepoints_in_parallel()
+            detacher = getattr(self, "_detacher", None)
+            if detacher is not None:
+                detacher.join()
+                self._detacher = None
+            else:
+                self._detach_tracepoints_in_parallel()
             try:
                 self.bpf.cleanup()
             finally:

@@ -274,10 +274,9 @@ class Tracker:
         try:
             if ps.frames:
                 recs = proto.stitch(rs.frames, ps.frames, conn.state)
-            reqs = rs.frames
-            while conn.retire and reqs:
-                conn.retire -= 1
-                recs.append(proto.unmatched_request(reqs.popleft()))
+            if rs.frames:
+                more, conn.retire = proto.retire(rs.frames, conn.state, conn.retire)
+                recs += more
         except Exception as exc:     # a stitcher bug must not stop the probe
             conn.retire = 0
             st = self.stats_of(proto.name)
