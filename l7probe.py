@@ -28,6 +28,7 @@ if (os.path.exists(_VENV_PY) and os.path.realpath(sys.prefix) !=
     os.execv(_VENV_PY, [_VENV_PY] + sys.argv)
 
 import argparse  # noqa: E402
+import struct  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
@@ -131,6 +132,9 @@ class Probe:
         self.EVT_PARENT_SIGNAL = DEFINES["EVT_PARENT_SIGNAL"]
         self.watch_ppid = 0        # gopher mode: our parent, whose SIGINT/SIGTERM stops us
         self.stop_requested = False
+        # L7PROBE_DUMP=FILE: every ring-buffer record, as received, length-prefixed (u32)
+        dump = os.environ.get("L7PROBE_DUMP")
+        self.dump = open(dump, "ab") if dump else None
 
     # -- set-up -------------------------------------------------------------------------
     def start(self):
@@ -233,8 +237,14 @@ class Probe:
         self.tracker.now = time.time()
         batch = self.capture.poll(int(POLL_INTERVAL * 1000))
         if batch:
+            if self.dump is not None:
+                for raw in batch:
+                    self.dump.write(struct.pack("<I", len(raw)) + raw)
             self.tracker.feed(batch)
         self.tracker.stitch_dirty()
+        if self.tracker.new_apis:
+            self.capture.add_known_apis(self.tracker.new_apis)
+            del self.tracker.new_apis[:]
         self.traces.flush()
         if self.tls is not None and self.tls.pending:
             self.tls.tick(self.wanted)
@@ -270,19 +280,28 @@ class Probe:
         tr = self.tracker
         if tr.kernel_only:
             log.info("http: %d request(s) this period counted by the kernel alone (%d sampled "
-                     "out by --sample, %d refused by a full ring buffer): in l7_rpc, not in "
-                     "l7_rpc_api nor l7_trace", tr.kernel_only, tr.sampled_out,
-                     tr.kernel_only - tr.sampled_out)
+                     "out by --sample, %d refused by a full ring buffer or before their "
+                     "connection was announced): in l7_rpc and l7_rpc_api, not in l7_trace",
+                     tr.kernel_only, tr.sampled_out, tr.kernel_only - tr.sampled_out)
             tr.kernel_only = tr.sampled_out = 0
+        if tr.api_unnamed:
+            log.info("http: %d request(s) this period counted by the kernel for APIs whose "
+                     "name no parsed request showed yet: in l7_rpc, not in l7_rpc_api",
+                     tr.api_unnamed)
+            tr.api_unnamed = 0
         if tr.unplaced:
             log.warning("http: %d request(s) counted by the kernel on connections that closed "
                         "before the ring buffer could announce them: not reported", tr.unplaced)
             tr.unplaced = 0
 
     def _kernel_counts(self):
-        """What the kernel counted itself (map kacct) into the links of this period."""
-        add = self.tracker.add_kernel_counts
-        gone = [cid for cid, vals in self.capture.read_acct() if add(cid, vals)]
+        """What the kernel counted itself (maps kapi, then kacct) into this period's links."""
+        tr = self.tracker
+        gone = [key for key, vals in self.capture.read_api_acct()
+                if tr.add_kernel_api_counts(key[0], key[1], vals)]
+        if gone:
+            self.capture.delete_api_acct(gone)
+        gone = [cid for cid, vals in self.capture.read_acct() if tr.add_kernel_counts(cid, vals)]
         if gone:
             self.capture.delete_acct(gone)
         if log.isEnabledFor(logging.DEBUG):

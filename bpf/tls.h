@@ -48,7 +48,7 @@ BPF_TABLE("lru_hash", struct ssl_key, struct ssl_call, go_reads, 16384);  /* by 
 
 /* Plaintext of a TLS call on (tgid, fd). */
 static __always_inline void tls_plaintext(void *ctx, u32 tgid, s32 fd, u64 buf, u32 len,
-                                          u8 dir) {
+                                          u8 dir, int from_uprobe) {
     if (len == 0)
         return;
     struct conn_key k = {.tgid = tgid, .fd = fd};
@@ -58,7 +58,7 @@ static __always_inline void tls_plaintext(void *ctx, u32 tgid, s32 fd, u64 buf, 
     c->ssl = 1;
     struct active_op op = {};
     op.buf = buf;
-    handle_bytes(ctx, c, &k, &op, len, dir, SRC_SSL);
+    handle_bytes(ctx, c, &k, &op, len, dir, SRC_SSL, from_uprobe);
 }
 
 /* Called at every data syscall exit on a tracked connection. */
@@ -81,7 +81,7 @@ static __always_inline void tls_nested_syscall(void *ctx, u64 id, struct conn_va
         u64 buf = call->buf;
         u32 num = call->num;
         ssl_calls.delete(&id);
-        tls_plaintext(ctx, k->tgid, k->fd, buf, num, DIR_EGRESS);
+        tls_plaintext(ctx, k->tgid, k->fd, buf, num, DIR_EGRESS, 0);   /* in a syscall hook */
     }
 }
 
@@ -102,7 +102,7 @@ static __always_inline int ssl_write_common(struct pt_regs *ctx, s64 num) {
     struct ssl_key sk = {.tgid = id >> 32, .ptr = ssl};
     s32 *fd = ssl_fds.lookup(&sk);
     if (fd) {
-        tls_plaintext(ctx, id >> 32, *fd, buf, (u32)num, DIR_EGRESS);
+        tls_plaintext(ctx, id >> 32, *fd, buf, (u32)num, DIR_EGRESS, 1);
         return 0;
     }
     struct ssl_call call = {};
@@ -171,7 +171,7 @@ int ssl_read_return(struct pt_regs *ctx) {
     if (n > 0x7fffffff)
         goto out;
     if (call->fd >= 0)
-        tls_plaintext(ctx, id >> 32, call->fd, call->buf, (u32)n, DIR_INGRESS);
+        tls_plaintext(ctx, id >> 32, call->fd, call->buf, (u32)n, DIR_INGRESS, 1);
     else
         stat_add(STAT_TLS_NO_SOCKET, 1);     /* plaintext whose socket was never seen */
 out:
@@ -206,7 +206,7 @@ int go_tls_write(struct pt_regs *ctx) {
         stat_add(STAT_TLS_NO_SOCKET, 1);
         return 0;
     }
-    tls_plaintext(ctx, id >> 32, fd, ctx->bx, (u32)len, DIR_EGRESS);
+    tls_plaintext(ctx, id >> 32, fd, ctx->bx, (u32)len, DIR_EGRESS, 1);
     return 0;
 }
 
@@ -232,7 +232,7 @@ int go_tls_read_ret(struct pt_regs *ctx) {
         return 0;
     s64 n = (s64)ctx->ax;
     if (n > 0 && n <= 0x7fffffff && call->fd >= 0)
-        tls_plaintext(ctx, id >> 32, call->fd, call->buf, (u32)n, DIR_INGRESS);
+        tls_plaintext(ctx, id >> 32, call->fd, call->buf, (u32)n, DIR_INGRESS, 1);
     go_reads.delete(&gk);
     return 0;
 }

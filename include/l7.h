@@ -61,6 +61,31 @@ static __always_inline u32 detect_http(const u8 *b, u32 count) {
     return 0;
 }
 
+/* The API of an HTTP request (l7_rpc_api's key, protocol/http/stitch.py api_name()): the
+ * request line up to the end of the path (a '?', a blank or a line end after the method),
+ * at most HTTP_API_LEN bytes (include/l7_events.h).  Returned as its 64-bit FNV-1a hash (protocol/http/stitch.py
+ * api_hash() computes the same from the name; tests/test_kernel_counts.py holds them
+ * equal), 0 never.  b[0..HTTP_API_LEN] must be readable; n: the bytes there. */
+/* 1 if x == 0, else 0, for x < 2^63, without a branch */
+#define IS_ZERO(x) (((u64)(x) - 1) >> 63)
+
+static __always_inline u64 http_api_hash(const u8 *b, u32 n) {
+    /* a bounded loop (kernel >= 5.3), branch-free inside: the verifier follows one path */
+    u64 h = 14695981039346656037ULL;
+    u64 sp = 0, ended = 0;
+#pragma nounroll
+    for (int i = 0; i < HTTP_API_LEN; i++) {
+        u64 ch = b[i];
+        u64 blank = IS_ZERO(ch ^ ' ');
+        ended |= IS_ZERO(ch ^ '\r') | IS_ZERO(ch ^ '\n') |
+                 (sp & (blank | IS_ZERO(ch ^ '?'))) | (((u64)n - i - 1) >> 63);
+        u64 keep = ended - 1;               /* all ones while the API goes on */
+        h = (((h ^ ch) * 1099511628211ULL) & keep) | (h & ~keep);
+        sp |= blank;
+    }
+    return h ? h : 1;
+}
+
 static __always_inline u32 detect_http2(const u8 *b, u32 count) {
     /* client connection preface "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" */
     if (count >= 16 && b[0] == 'P' && b[1] == 'R' && b[2] == 'I' && b[3] == ' ' &&
