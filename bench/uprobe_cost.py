@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""What a uprobe costs on this machine, by the instruction it replaces; and Debian's
+`sslsniff-bpfcc` on the same HTTPS nginx load as the probe.
+
+(a) ``measure_per_hit()``: a small C program compiled here with gcc, one function per
+    instruction kind (each starts with that instruction), a BPF program that only counts
+    hits attached at it, N calls timed against the same N calls without a probe.  The
+    count checks that every call hit the probe.  The classifier the TLS attach code uses
+    (bpf/uprobe_sites.classify) is printed beside each figure: "emulated" rows should be
+    the cheap ones.
+(b) ``bench_sslsniff()``: nginx HTTPS at a fixed rate (the wrk load of bench/run.py),
+    nginx's and the tracer's CPU per request without a tracer, with l7probe and with
+    Debian's sslsniff-bpfcc (uprobe + uretprobe on SSL_read/SSL_write at the symbols, a
+    perf-buffer event per call, printed).  Here sslsniff's BPF text does not compile with
+    the 6.1 headers (the kernel's min() macro, see KERNEL-FACTS.md): a copy with that one
+    min() written as a ternary is run instead, and the output says so.
+
+Run alone: ``.venv/bin/python bench/uprobe_cost.py [--hits-only]``; bench/run.py calls
+``main()``.  Figures only, no thresholds.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bpf import uprobe_sites  # noqa: E402
+
+# (name, instruction at the probed address, offset of the probe in the function, body)
+KINDS = (
+    ("nop", "nop", 0, "nop\n ret"),
+    ("xchg_ax", "xchg %ax,%ax (66 90)", 0, ".byte 0x66,0x90\n ret"),
+    ("nop5", "nopl 0x0(%rax,%rax,1) (5-byte nop)", 0, ".byte 0x0f,0x1f,0x44,0x00,0x00\n ret"),
+    ("push_rbp", "push %rbp", 0, "push %rbp\n pop %rbp\n ret"),
+    ("push_r13", "push %r13", 0, "push %r13\n pop %r13\n ret"),
+    ("call", "call rel32", 0, "call uc_leaf\n ret"),
+    ("jmp", "jmp rel32", 0, ".byte 0xe9\n .long 0\n ret"),
+    ("jcc", "jbe rel32", 0, ".byte 0x0f,0x86\n .long 0\n ret"),
+    ("sub_rsp", "sub $0x18,%rsp", 0, "sub $0x18,%rsp\n add $0x18,%rsp\n ret"),
+    ("endbr64", "endbr64", 0, "endbr64\n ret"),
+    ("mov", "mov %rdi,%rax", 0, "mov %rdi,%rax\n ret"),
+    ("cmp", "cmp %rdi,%rsp", 0, "cmp %rdi,%rsp\n ret"),
+    ("pop", "pop %rbp", 1, "push %rbp\n pop %rbp\n ret"),
+    ("ret", "ret", 0, "ret"),
+)
+
+BPF_TEXT = r"""
+BPF_ARRAY(hits, u64, 1);
+int hit(struct pt_regs *ctx) {
+    int k = 0;
+    u64 *v = hits.lookup(&k);
+    if (v) __sync_fetch_and_add(v, 1);
+    return 0;
+}
+"""
+
+
+def c_source():
+    asm = [".text", ".globl uc_leaf", ".type uc_leaf,@function", "uc_leaf:", " ret"]
+    for name, _insn, _off, body in KINDS:
+        asm += [".globl uc_%s" % name, ".type uc_%s,@function" % name, ".p2align 4",
+                "uc_%s:" % name] + [" " + x.strip() for x in body.split("\n")] + \
+            [".size uc_%s, .-uc_%s" % (name, name)]
+    decls = "".join("extern long uc_%s(long);\n" % n for n, *_ in KINDS)
+    table = ",\n".join('  {"%s", uc_%s}' % (n, n) for n, *_ in KINDS)
+    return r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+__asm__(%s);
+%s
+static struct { const char *name; long (*fn)(long); } fns[] = {
+%s
+};
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    long (*f)(long) = 0;
+    for (unsigned i = 0; i < sizeof(fns) / sizeof(fns[0]); i++)
+        if (!strcmp(fns[i].name, argv[1])) f = fns[i].fn;
+    if (!f) return 3;
+    long n = atol(argv[2]);
+    volatile long sink = 0;
+    for (long i = 0; i < 1000; i++) sink += f(i);
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++) sink += f(i);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%%ld\n", (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec));
+    return 0;
+}
+""" % ("\n".join('"%s\\n"' % line for line in asm), decls, table)
+
+
+def build(workdir):
+    src = os.path.join(workdir, "uprobe_cost.c")
+    exe = os.path.join(workdir, "uprobe_cost")
+    with open(src, "w") as f:
+        f.write(c_source())
+    subprocess.run(["gcc", "-O1", "-o", exe, src], check=True, capture_output=True, text=True)
+    return exe
+
+
+def function_bytes(exe):
+    """{kind: (probe vaddr, the 16 bytes there)} from the built binary's symbols."""
+    from bpf.elfsym import ElfImage
+    out = {}
+    with ElfImage(exe) as img:
+        syms = img.find_functions(["uc_" + n for n, *_ in KINDS])
+        for name, _insn, off, _body in KINDS:
+            s = syms["uc_" + name]
+            out[name] = (s.vaddr + off, img.read_vaddr(s.vaddr + off, 16))
+    return out
+
+
+def _run(exe, name, n):
+    out = subprocess.run([exe, name, str(n)], capture_output=True, text=True, timeout=300,
+                         check=True).stdout
+    return int(out.strip())
+
+
+def measure_per_hit(n=20000, repeat=3, retprobe=True):
+    """[{kind, insn, offset, classified, emulated, per_hit_us, hits_ok}], plus a
+    "uretprobe" row (uprobe + uretprobe at push %rbp, minus the uprobe alone)."""
+    from bcc import BPF
+    work = tempfile.mkdtemp(prefix="l7probe-uc-")
+    try:
+        exe = build(work)
+        code = function_bytes(exe)
+        b = BPF(text=BPF_TEXT.encode())
+        hits = b[b"hits"]
+        rows = []
+        per_hit = {}
+        for name, insn, off, _body in KINDS:
+            vaddr, raw = code[name]
+            base = statistics.median(_run(exe, name, n) for _ in range(repeat))
+            b.attach_uprobe(name=exe.encode(), addr=vaddr, fn_name=b"hit")
+            try:
+                hits.clear()
+                times = [_run(exe, name, n) for _ in range(repeat)]
+                count = hits[0].value
+            finally:
+                b.detach_uprobe(name=exe.encode(), addr=vaddr)
+            us = (statistics.median(times) - base) / n / 1000.0
+            per_hit[name] = us
+            kind = uprobe_sites.classify(raw)
+            rows.append({"kind": name, "insn": insn, "offset": off, "classified": kind,
+                         "emulated": uprobe_sites.is_emulated(kind), "per_hit_us": us,
+                         "hits_ok": count == repeat * (n + 1000)})
+        if retprobe:
+            vaddr, _raw = code["push_rbp"]
+            b.attach_uprobe(name=exe.encode(), addr=vaddr, fn_name=b"hit")
+            b.attach_uretprobe(name=exe.encode(), addr=vaddr, fn_name=b"hit")
+            try:
+                hits.clear()
+                times = [_run(exe, "push_rbp", n) for _ in range(repeat)]
+                count = hits[0].value
+            finally:
+                b.detach_uretprobe(name=exe.encode(), addr=vaddr)
+                b.detach_uprobe(name=exe.encode(), addr=vaddr)
+            plain = statistics.median(_run(exe, "push_rbp", n) for _ in range(repeat))
+            both = (statistics.median(times) - plain) / n / 1000.0
+            rows.append({"kind": "uretprobe", "insn": "uretprobe added to a uprobe at push %rbp",
+                         "offset": 0, "classified": "push", "emulated": True,
+                         "per_hit_us": both - per_hit["push_rbp"],
+                         "hits_ok": count == 2 * repeat * (n + 1000)})
+        b.cleanup()
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_per_hit(rows, n=None):
+    print("== uprobe cost per hit by the instruction it replaces (gcc-built functions, a "
+          "BPF program counting hits%s; kernel %s)" % (
+              ", %d calls each" % n if n else "", os.uname().release))
+    for r in rows:
+        print("  %-42s %8.2f us/hit   bpf/uprobe_sites: %-8s %s%s"
+              % (r["insn"] + (" (+%d)" % r["offset"] if r["offset"] else ""), r["per_hit_us"],
+                 r["classified"], "emulated" if r["emulated"] else "single-stepped",
+                 "" if r["hits_ok"] else "  (hit count wrong!)"))
+
+
+# ----------------------------------------------------------------------------------------
+# (b) sslsniff-bpfcc on the same HTTPS load
+# ----------------------------------------------------------------------------------------
+
+SSLSNIFF = "/usr/sbin/sslsniff-bpfcc"
+_MIN_CALL = "min((size_t)MAX_BUF_SIZE, (size_t)len)"
+_MIN_TERNARY = "((size_t)len < (size_t)MAX_BUF_SIZE ? (size_t)len : (size_t)MAX_BUF_SIZE)"
+
+
+class SslsniffRun:
+    """Debian's sslsniff-bpfcc (OpenSSL only), its output to a file; started and ready
+    (header printed after the probes are attached) when the constructor returns."""
+
+    note = ""
+
+    def __init__(self, patched=False, timeout=120):
+        self.dir = tempfile.mkdtemp(prefix="l7probe-sslsniff-")
+        script = SSLSNIFF
+        if patched:
+            with open(SSLSNIFF) as f:
+                text = f.read()
+            script = os.path.join(self.dir, "sslsniff.py")
+            with open(script, "w") as f:
+                f.write(text.replace(_MIN_CALL, _MIN_TERNARY))
+        self.out_path = os.path.join(self.dir, "out")
+        self.out = open(self.out_path, "w")
+        self.proc = subprocess.Popen(["/usr/bin/python3", "-u", script, "--no-gnutls",
+                                      "--no-nss"], stdout=self.out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with open(self.out_path, errors="replace") as f:
+                head = f.read(1 << 16)
+            if "FUNC" in head:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        err = head.strip().splitlines()
+        raise RuntimeError("sslsniff-bpfcc did not start: %s" % (err[-1] if err else "no output"))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.out.close()
+
+    def events(self):
+        with open(self.out_path, errors="replace") as f:
+            return sum(1 for line in f if re.match(r"(READ/RECV|WRITE/SEND) ", line))
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_sslsniff():
+    """SslsniffRun of the installed tool, else of the patched copy (with .note saying why)."""
+    if not os.path.exists(SSLSNIFF):
+        raise RuntimeError("%s not installed (apt-get install bpfcc-tools)" % SSLSNIFF)
+    try:
+        return SslsniffRun()
+    except RuntimeError as exc:
+        first = str(exc)
+    r = SslsniffRun(patched=True)
+    r.note = ("the installed %s does not start here (%s); measured: a copy with its one "
+              "min() call written as a ternary" % (SSLSNIFF, first))
+    return r
+
+
+def bench_sslsniff(seconds=None):
+    """nginx HTTPS at a fixed rate: without a tracer, with l7probe, with sslsniff-bpfcc.
+    Returns {label: {...}}; prints one line each."""
+    from bench import run as brun
+    from tests.support.probe import ProbeRun, total
+    from tests.support.servers import nginx
+    seconds = seconds or brun.DURATION
+    res = {}
+    with nginx(workers=1, tls=True) as ng:
+        brun.wrk(ng.url("/"), 2, True)
+        print("== HTTPS fixed rate (wrk -c%d, 1 ms delay, %d s, nginx 1 worker): l7probe and "
+              "Debian's sslsniff-bpfcc on the same load" % (brun.CONNS, seconds))
+        for label in ("without tracer", "l7probe", "sslsniff-bpfcc"):
+            tracer = None
+            note = ""
+            if label == "l7probe":
+                tracer = ProbeRun(["-P", "2"])
+            elif label == "sslsniff-bpfcc":
+                try:
+                    tracer = start_sslsniff()
+                except Exception as exc:
+                    print("  sslsniff-bpfcc: not measured: %s" % exc)
+                    continue
+                note = tracer.note
+            try:
+                time.sleep(0.5)
+                pids = ng.pids()
+                c0 = brun.cpu_seconds(pids)
+                t0 = brun.cpu_seconds([tracer.proc.pid]) if tracer else 0.0
+                reqs, secs = brun.wrk(ng.url("/"), seconds, True)
+                c1 = brun.cpu_seconds(pids)
+                t1 = brun.cpu_seconds([tracer.proc.pid]) if tracer else 0.0
+            finally:
+                if tracer:
+                    time.sleep(0.3)
+                    tracer.stop()
+            r = {"requests": reqs, "rate": reqs / secs, "nginx_us": 1e6 * (c1 - c0) / reqs,
+                 "tracer_us": 1e6 * (t1 - t0) / reqs, "note": note}
+            if label == "l7probe":
+                rows = [x for x in tracer.records("l7_rpc") if x["server_port"] == str(ng.port)
+                        and x["l7_role"] == "server"]
+                r["reported"] = total(rows, "req_count")
+            elif label == "sslsniff-bpfcc":
+                r["reported"] = tracer.events()
+                tracer.close()
+            res[label] = r
+            base = res["without tracer"]
+            added = r["nginx_us"] - base["nginx_us"] + r["tracer_us"]
+            r["added_us"] = added
+            extra = ""
+            if label == "l7probe":
+                extra = ", reported %d of %d requests" % (r["reported"], reqs)
+            elif label == "sslsniff-bpfcc":
+                extra = ", %d SSL_read/SSL_write events printed" % r["reported"]
+            print("  %-15s %6.0f req/s, nginx CPU %6.2f us/req, tracer CPU %6.2f us/req, "
+                  "added CPU %6.2f us/req%s" % (label, r["rate"], r["nginx_us"], r["tracer_us"],
+                                                added if tracer else 0.0, extra))
+            if note:
+                print("    (%s)" % note)
+    return res
+
+
+def main(argv=()):
+    if os.geteuid() != 0:
+        print("== uprobe cost: needs root (BPF): skipped")
+        return
+    n = int(os.environ.get("UPROBE_COST_CALLS", "20000"))
+    print_per_hit(measure_per_hit(n=n), n)
+    if "--hits-only" not in argv:
+        bench_sslsniff()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
