@@ -190,6 +190,109 @@ def print_per_hit(rows, n=None):
 
 
 # ----------------------------------------------------------------------------------------
+# (a') the TLS attach sites themselves, on this machine's libssl
+# ----------------------------------------------------------------------------------------
+
+TLS_LOOP = r"""
+import ssl, sys, time
+cert, key, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain(cert, key)
+cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.check_hostname = False
+cctx.verify_mode = ssl.CERT_NONE
+bufs = [ssl.MemoryBIO() for _ in range(4)]
+srv = sctx.wrap_bio(bufs[0], bufs[1], server_side=True)
+cli = cctx.wrap_bio(bufs[2], bufs[3])
+def pump():
+    d = bufs[3].read()
+    if d: bufs[0].write(d)
+    d = bufs[1].read()
+    if d: bufs[2].write(d)
+for _ in range(20):
+    for o in (cli, srv):
+        try:
+            o.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+    pump()
+msg = b"x" * 100
+def once():
+    cli.write(msg); pump(); srv.read(4096)
+for _ in range(500):
+    once()
+t0 = time.perf_counter_ns()
+for _ in range(n):
+    once()
+print(time.perf_counter_ns() - t0)
+"""
+
+
+def measure_tls_sites(n=5000, repeat=3, lib=None):
+    """Added cost per SSL_write_ex + SSL_read_ex pair (Python's ssl module over memory
+    BIOs, one process), with the probes bpf/tls_attach.py used to put at the symbols and
+    with those it puts at the sites bpf/uprobe_sites.py chooses.  Returns
+    {"symbols": us, "chosen": us, "sites": [Site log text]}."""
+    from bcc import BPF
+    from bpf import tls_targets
+    from tests.support.tlscert import make_self_signed
+    import ssl as _ssl    # noqa: F401  (maps libssl into this process)
+    if lib is None:
+        with open("/proc/self/maps") as f:
+            libs = [line.split()[-1] for line in f if re.search(r"/libssl\.so\.\d", line)]
+        lib = libs[0]
+    t = tls_targets.openssl_target(lib)
+    work = tempfile.mkdtemp(prefix="l7probe-tlscost-")
+    try:
+        cert, key = make_self_signed(work)
+        script = os.path.join(work, "loop.py")
+        with open(script, "w") as f:
+            f.write(TLS_LOOP)
+
+        def run():
+            out = subprocess.run([sys.executable, script, str(cert), str(key), str(n)],
+                                 capture_output=True, text=True, timeout=600, check=True)
+            return int(out.stdout.strip())
+
+        plans = {
+            "symbols": [("uprobe", t.symbols["SSL_write_ex"].vaddr),
+                        ("uprobe", t.symbols["SSL_read_ex"].vaddr),
+                        ("uretprobe", t.symbols["SSL_read_ex"].vaddr)],
+            "chosen": sorted({(p.kind, p.vaddr) for p in t.probes(extras=False)
+                              if p.func in ("SSL_write_ex", "SSL_read_ex")}),
+        }
+        res = {"sites": [t.sites[f].log_text(lib) for f in ("SSL_write_ex", "SSL_read_ex")]}
+        base = statistics.median(run() for _ in range(repeat))
+        for label, plan in plans.items():
+            b = BPF(text=BPF_TEXT.encode())
+            try:
+                for kind, va in plan:
+                    if kind == "uprobe":
+                        b.attach_uprobe(name=lib.encode(), addr=va, fn_name=b"hit")
+                    else:
+                        b.attach_uretprobe(name=lib.encode(), addr=va, fn_name=b"hit")
+                b[b"hits"].clear()
+                timed = statistics.median(run() for _ in range(repeat))
+                hits = b[b"hits"][0].value
+            finally:
+                b.cleanup()
+            res[label] = (timed - base) / n / 1000.0
+            res[label + "_hits_per_pair"] = hits / (repeat * (n + 500.0))
+        return res
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_tls_sites(res, n=None):
+    print("== TLS probes per SSL_write_ex + SSL_read_ex pair (Python ssl over memory BIOs%s)"
+          % (", %d pairs" % n if n else ""))
+    for s in res["sites"]:
+        print("  chosen site: %s" % s)
+    for label, what in (("symbols", "at the symbols (before)"),
+                        ("chosen", "at the chosen sites (now)")):
+        print("  probes %-26s added %7.2f us per pair (%.1f probe hits per pair)"
+              % (what, res[label], res[label + "_hits_per_pair"]))
+
+
+# ----------------------------------------------------------------------------------------
 # (b) sslsniff-bpfcc on the same HTTPS load
 # ----------------------------------------------------------------------------------------
 
@@ -331,6 +434,7 @@ def main(argv=()):
         return
     n = int(os.environ.get("UPROBE_COST_CALLS", "20000"))
     print_per_hit(measure_per_hit(n=n), n)
+    print_tls_sites(measure_tls_sites(), 5000)
     if "--hits-only" not in argv:
         bench_sslsniff()
 
