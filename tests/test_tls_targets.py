@@ -221,9 +221,14 @@ def test_openssl_target_version_and_probes():
     assert t.key == (os.stat(path).st_dev, os.stat(path).st_ino)
     assert re.match(r"OpenSSL \d+\.\d+\.\d+", t.version) or "libssl" in t.version
     kinds = {(p.func, p.kind) for p in t.probes()}
-    for fn in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"):
-        assert (fn, "uprobe") in kinds and (fn, "uretprobe") in kinds
+    for fn in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake"):
+        assert (fn, "uprobe") in kinds
+    for fn in ("SSL_read", "SSL_read_ex"):          # the length is known at return
+        assert (fn, "uretprobe") in kinds
+    for fn in ("SSL_write", "SSL_write_ex", "SSL_do_handshake"):   # entry only
+        assert (fn, "uretprobe") not in kinds
     assert ("SSL_set_fd", "uprobe") in kinds
+    assert ("SSL_set_fd", "uprobe") not in {(p.func, p.kind) for p in t.probes(extras=False)}
 
 
 def test_library_without_ssl_symbols_gives_reason():
@@ -277,6 +282,149 @@ def test_static_openssl_executable(static_ssl_exe, procs):
     assert t.static and t.path == str(static_ssl_exe)
     assert t.symbols["SSL_write"].offset == to_offset(segs, ref["SSL_write"])
     assert t.symbols["SSL_read_ex"].offset == to_offset(segs, ref["SSL_read_ex"])
+
+
+# ----------------------------------------------------------------------------------------
+# OpenSSL: attach sites on instructions the kernel emulates (bpf/uprobe_sites.py)
+# ----------------------------------------------------------------------------------------
+
+def objdump_insns(path, start, stop):
+    """[(vaddr, mnemonic, operands)] from binutils' objdump (independent of capstone)."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "--start-address=0x%x" % start,
+                          "--stop-address=0x%x" % stop, str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    insns = []
+    for m in re.finditer(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$", out, re.M):
+        insns.append((int(m.group(1), 16), m.group(2), m.group(3).strip()))
+    return insns
+
+
+def first_insn(path, vaddr):
+    return objdump_insns(path, vaddr, vaddr + 16)[0]
+
+
+def first_call_target(path, vaddr):
+    for _a, mnem, ops in objdump_insns(path, vaddr, vaddr + 96):
+        if mnem.startswith("call"):
+            return int(ops.split()[0], 16)
+        assert not mnem.startswith(("ret", "jmp")), (mnem, ops)
+    raise AssertionError("no call in the first 96 bytes at 0x%x" % vaddr)
+
+
+EMULATED_MNEMONICS = ("push", "call", "jmp", "nop", "xchg")
+
+
+def check_openssl_sites(t, internal_names=None):
+    """Every probe the attach code uses sits on an instruction the kernel emulates (objdump's
+    view), SSL_read/SSL_read_ex share the function both call first (ssl_read_internal),
+    SSL_write/SSL_write_ex likewise, and nothing is left on the slow symbol starts."""
+    path = t.path
+    for fn in ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"):
+        site = t.sites[fn]
+        callee = first_call_target(path, t.symbols[fn].vaddr)
+        assert site.mode == "internal" and site.vaddr in (callee, callee + 4), (fn, site)
+        assert site.emulated and site.kind == "push" and not site.why, site
+        if internal_names:
+            assert site.where.startswith(internal_names[fn] + "+"), site
+    assert t.sites["SSL_read"].vaddr == t.sites["SSL_read_ex"].vaddr
+    assert t.sites["SSL_write"].vaddr == t.sites["SSL_write_ex"].vaddr
+    assert t.sites["SSL_read"].vaddr != t.sites["SSL_write"].vaddr
+    specs = t.probes(extras=False)
+    assert {(p.kind, p.vaddr) for p in specs} == {
+        ("uprobe", t.sites["SSL_read"].vaddr), ("uretprobe", t.sites["SSL_read"].vaddr),
+        ("uprobe", t.sites["SSL_write"].vaddr), ("uprobe", t.sites["SSL_do_handshake"].vaddr)}
+    for p in specs:
+        _a, mnem, ops = first_insn(path, p.vaddr)
+        assert mnem.startswith(EMULATED_MNEMONICS), (p.role, mnem, ops)
+    data = Path(path).read_bytes()
+    for p in specs:
+        b0 = data[p.offset]
+        assert 0x50 <= b0 <= 0x57 or (b0 == 0x41 and 0x50 <= data[p.offset + 1] <= 0x57), p
+
+
+def test_system_libssl_sites_are_emulated_instructions():
+    """Debian 12's libssl.so.3: SSL_read/_ex -> ssl_read_internal (push %r13), SSL_write/_ex
+    -> ssl_write_internal (push %r14), both local and unnamed in the stripped library."""
+    t = openssl_target(system_libssl(), cache=TargetCache())
+    check_openssl_sites(t)
+    for fn in ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"):
+        _a, mnem, _o = first_insn(t.path, t.symbols[fn].vaddr)
+        assert mnem in ("sub", "endbr64", "push", "mov"), mnem    # what the symbol starts with
+        assert t.sites[fn].vaddr != t.symbols[fn].vaddr
+    hs = t.sites["SSL_do_handshake"]
+    assert hs.vaddr == t.symbols["SSL_do_handshake"].vaddr and hs.kind == "push"
+    assert "called by SSL_read+" in t.sites["SSL_read"].where
+
+
+def test_static_openssl_sites_named_by_symtab(static_ssl_exe):
+    t = openssl_target(str(static_ssl_exe), cache=TargetCache())
+    check_openssl_sites(t, {"SSL_read": "ssl_read_internal", "SSL_read_ex": "ssl_read_internal",
+                            "SSL_write": "ssl_write_internal",
+                            "SSL_write_ex": "ssl_write_internal"})
+    out = subprocess.run(["nm", str(static_ssl_exe)], capture_output=True, text=True,
+                         check=True).stdout
+    nm = {f[2]: int(f[0], 16) for f in (l.split() for l in out.splitlines()) if len(f) == 3}
+    assert t.sites["SSL_read"].vaddr == nm["ssl_read_internal"]
+    assert t.sites["SSL_write"].vaddr == nm["ssl_write_internal"]
+
+
+def libssl11():
+    """OpenSSL 1.1.1 as a user meets it in a wheel: psycopg2-binary bundles libssl.so.1.1."""
+    import importlib.util
+    spec = importlib.util.find_spec("psycopg2")
+    assert spec is not None, "psycopg2-binary (requirements.txt) is not installed"
+    libs = sorted(Path(spec.origin).parent.parent.glob("psycopg2_binary.libs/libssl-*.so.1.1"))
+    assert libs, "psycopg2-binary without a bundled libssl 1.1"
+    return str(libs[0])
+
+
+def test_openssl_111_sites():
+    t = openssl_target(libssl11(), cache=TargetCache())
+    assert isinstance(t, OpenSSLTarget) and t.version.startswith("OpenSSL 1.1.1"), t
+    check_openssl_sites(t)
+
+
+FAKE_SSL = r"""
+#include <stddef.h>
+extern void sink(const void *, size_t);
+#define H __attribute__((visibility("hidden"), noinline))
+H int write_int(void *s, const void *b, size_t n, size_t *w) { sink(s, n); sink(b, n); *w = n; return 1; }
+H int read_a(void *s, void *b, size_t n, size_t *r) { sink(s, n); sink(b, n); *r = n; return 1; }
+H int read_b(void *s, void *b, size_t n, size_t *r) { sink(b, n); sink(s, n); *r = n; return 1; }
+int SSL_write(void *s, const void *b, int n) { size_t w; int r; if (n < 0) return -1;
+    r = write_int(s, b, (size_t)n, &w); return r > 0 ? (int)w : r; }
+int SSL_write_ex(void *s, const void *b, size_t n, size_t *w) { int r = write_int(s, b, n, w);
+    return r < 0 ? 0 : r; }
+int SSL_read(void *s, void *b, int n) { size_t g; int r; if (n < 0) return -1;
+    r = read_a(s, b, (size_t)n, &g); return r > 0 ? (int)g : r; }
+int SSL_read_ex(void *s, void *b, size_t n, size_t *g) { int r = read_b(s, b, n, g);
+    return r < 0 ? 0 : r; }
+int SSL_do_handshake(void *s) { sink(s, 0); return 1; }
+"""
+
+
+def test_sites_of_a_library_that_does_not_forward(work):
+    """A gcc-built stand-in (-fcf-protection: endbr64 everywhere): the write pair shares
+    its callee, whose push follows an endbr64 (probe at +4); the read pair calls two
+    different functions, so its members stay at their symbols, with the reason."""
+    src = work / "fakessl.c"
+    src.write_text(FAKE_SSL)
+    lib = work / "libssl.so.3"
+    subprocess.run(["gcc", "-O2", "-fcf-protection=full", "-shared", "-fPIC", "-o", str(lib),
+                    str(src)], check=True, capture_output=True)
+    t = openssl_target(str(lib), cache=TargetCache())
+    assert isinstance(t, OpenSSLTarget), t
+    w, wx = t.sites["SSL_write"], t.sites["SSL_write_ex"]
+    callee = first_call_target(lib, t.symbols["SSL_write"].vaddr)
+    _a, mnem, _o = first_insn(lib, callee)
+    assert mnem == "endbr64"
+    assert w.vaddr == wx.vaddr == callee + 4 and w.kind == "push" and w.mode == "internal"
+    for fn in ("SSL_read", "SSL_read_ex"):
+        s = t.sites[fn]
+        assert s.mode == "symbol" and s.vaddr in (t.symbols[fn].vaddr, t.symbols[fn].vaddr + 4)
+        if not s.emulated:
+            assert "call different functions" in s.why, s
+        assert "SSL_read" in s.log_text(str(lib))
 
 
 # ----------------------------------------------------------------------------------------
@@ -429,10 +577,27 @@ def _check_go_target(t, path):
     for fi in (t.write, t.read):
         # Go amd64 prologue at the file offset: cmp rsp,[r14+0x10] or lea r12,[rsp-N]
         assert data[fi.entry.offset:fi.entry.offset + 4] in (b"\x49\x3b\x66\x10", b"\x4c\x8d\x64\x24")
-    kinds = [(p.role, p.kind) for p in t.probes()]
+    kinds = [(p.role, p.kind) for p in t.probes(cheap=False)]
     assert ("go:Write:entry", "uprobe") in kinds and ("go:Read:entry", "uprobe") in kinds
     assert kinds.count(("go:Read:ret", "uprobe")) == len(t.read_ret_offsets)
     assert not any(k == "uretprobe" for _r, k in kinds)
+    # the probes attached: every one on an instruction the kernel emulates (raw bytes here,
+    # independent of the classifier): the stack check's jbe (0x76 / 0x0f 0x86) or a push
+    # %rbp (0x55) at the entries, a call rel32 (0xe8) to runtime.memmove for Read's data
+    cheap = {p.role: p for p in t.probes()}
+    assert set(cheap) <= {"go:Write:entry", "go:Write:entry-jcc", "go:Read:entry",
+                          "go:Read:entry-jcc", "go:Read:copy"}, cheap
+    assert "go:Read:copy" in cheap and len(cheap) == 3
+    for p in cheap.values():
+        op = data[p.offset:p.offset + 2]
+        if p.role.endswith("entry-jcc"):
+            assert op[:1] == b"\x76" or op == b"\x0f\x86", (p, op)
+        elif p.role.endswith("entry"):
+            assert op[:1] == b"\x55", (p, op)
+        else:
+            assert op[:1] == b"\xe8", (p, op)
+    copy = cheap["go:Read:copy"]
+    assert t.read.entry.offset < copy.offset < t.read.entry.offset + t.read.size
 
 
 def test_go_unstripped_matches_readelf(go_server):
@@ -458,6 +623,14 @@ def test_go_unstripped_rets_match_objdump(go_server):
                          capture_output=True, text=True, check=True).stdout
     rets = [int(m.group(1), 16) for m in re.finditer(r"^\s*([0-9a-f]+):\s+ret", out, re.M)]
     assert rets == [p.vaddr for p in t.read.rets]
+    # the cheap sites, as objdump sees them: the entries on the stack check's jbe, Read's
+    # data on its one call of runtime.memmove
+    calls = re.findall(r"^\s*([0-9a-f]+):\s+call\s+[0-9a-f]+ <runtime\.memmove>", out, re.M)
+    assert [int(a, 16) for a in calls] == [t.read_copy.vaddr]
+    for fi in (t.write, t.read):
+        p, role = t.entry_point(fi)
+        assert role == "entry-jcc" and first_insn(go_server, p.vaddr)[1] == "jbe", (fi.name, p)
+        assert p.vaddr < fi.after_stack_check.vaddr
 
 
 def test_go_dwarf_fd_chain(go_server):
@@ -775,7 +948,7 @@ def test_bcc_uprobes_fire_at_go_targets(go_server_pie_stripped, go_builds, certs
     [t] = discover(srv.pid, cache=TargetCache())
     fn = {"go:Write:entry": "go_write", "go:Read:entry": "go_read", "go:Read:ret": "go_read_ret"}
     try:
-        for p in t.probes():
+        for p in t.probes(cheap=False):     # the RET probes (the fallback when no copy call)
             b.attach_uprobe(name=t.path.encode(), addr=p.vaddr, fn_name=fn[p.role].encode(), pid=srv.pid)
         out = subprocess.run([str(client), "-n", "10", "-url", "https://127.0.0.1:%d/bytes/5000" % port],
                              capture_output=True, text=True, timeout=30)
@@ -804,9 +977,9 @@ def test_bcc_uprobes_fire_at_openssl_targets(certs, procs):
     [t] = [x for x in discover(srv.pid, cache=TargetCache()) if isinstance(x, OpenSSLTarget)]
     try:
         for p in t.probes():
-            if p.role == "SSL_write_ex:entry":
+            if p.role in ("SSL_write_ex:entry", "SSL_write_ex:internal"):
                 b.attach_uprobe(name=t.path.encode(), addr=p.vaddr, fn_name=b"ssl_write_ex", pid=srv.pid)
-            elif p.role == "SSL_read_ex:ret":
+            elif p.role in ("SSL_read_ex:ret", "SSL_read_ex:internal-ret"):
                 b.attach_uretprobe(name=t.path.encode(), addr=p.vaddr, fn_name=b"ssl_read_ex_ret",
                                   pid=srv.pid)
         out = subprocess.run([sys.executable, str(PYSSL), "client", "-n", "5", "--url",
