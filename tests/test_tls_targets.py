@@ -992,3 +992,199 @@ def test_bcc_uprobes_fire_at_openssl_targets(certs, procs):
         b.cleanup()
     assert hits[3] >= 5 and sums[3] >= 5 * 5000
     assert hits[4] >= 5
+
+
+# ----------------------------------------------------------------------------------------
+# plaintext through the chosen sites, byte for byte (the arguments bpf/tls.h reads there)
+# ----------------------------------------------------------------------------------------
+
+_CAPTURE_PROG = r"""
+#include <uapi/linux/ptrace.h>
+#define CAP 1024
+struct ev { u32 dir; u32 len; u8 data[CAP]; };
+struct pend { u64 buf; u64 lenp; };
+BPF_RINGBUF_OUTPUT(evs, 256);     /* one buffer for all CPUs: events in order */
+BPF_PERCPU_ARRAY(scratch, struct ev, 1);
+BPF_HASH(pending, u64, struct pend);
+BPF_ARRAY(morestack, u64, 1);
+
+static __always_inline void emit(struct pt_regs *ctx, u32 dir, u64 src, u64 n) {
+    int z = 0;
+    struct ev *e = scratch.lookup(&z);
+    if (!e)
+        return;
+    e->dir = dir;
+    e->len = n;
+    u32 c = n < CAP ? n : CAP;
+    if (c > CAP)
+        return;
+    bpf_probe_read_user(e->data, c, (void *)src);
+    evs.ringbuf_output(e, sizeof(*e), 0);
+}
+/* OpenSSL internal functions: (SSL*, buf, size_t num, size_t *out) */
+int ssl_internal_write(struct pt_regs *ctx) {
+    emit(ctx, 1, PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx));
+    return 0;
+}
+int ssl_internal_read(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct pend p = {.buf = PT_REGS_PARM2(ctx), .lenp = PT_REGS_PARM4(ctx)};
+    pending.update(&id, &p);
+    return 0;
+}
+int ssl_internal_read_ret(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct pend *p = pending.lookup(&id);
+    if (!p)
+        return 0;
+    u64 n = 0;
+    if ((int)PT_REGS_RC(ctx) > 0 && bpf_probe_read_user(&n, sizeof(n), (void *)p->lenp) == 0)
+        emit(ctx, 0, p->buf, n);
+    pending.delete(&id);
+    return 0;
+}
+/* Go: on the stack check's jbe (CF|ZF = morestack, skipped), and Read's memmove call */
+static __always_inline int to_morestack(struct pt_regs *ctx) {
+    if (!(ctx->flags & 0x41))
+        return 0;
+    int z = 0;
+    u64 *m = morestack.lookup(&z);
+    if (m)
+        __sync_fetch_and_add(m, 1);
+    return 1;
+}
+int go_write_jcc(struct pt_regs *ctx) {
+    if (!to_morestack(ctx))
+        emit(ctx, 1, ctx->bx, ctx->cx);
+    return 0;
+}
+int go_read_jcc(struct pt_regs *ctx) {
+    if (to_morestack(ctx))
+        return 0;
+    u64 g = ctx->r14;
+    struct pend p = {.buf = ctx->bx};
+    pending.update(&g, &p);
+    return 0;
+}
+int go_read_copy(struct pt_regs *ctx) {
+    u64 g = ctx->r14;
+    struct pend *p = pending.lookup(&g);
+    if (!p)
+        return 0;
+    if (p->buf == ctx->ax)
+        emit(ctx, 0, ctx->bx, ctx->cx);
+    pending.delete(&g);
+    return 0;
+}
+"""
+
+
+class _Capture:
+    def __init__(self):
+        if _BCC is None or os.geteuid() != 0:
+            pytest.skip("needs root and bcc")
+        import ctypes
+        self.b = _BCC(text=_CAPTURE_PROG.encode())
+        self.got = {0: bytearray(), 1: bytearray()}
+        self.truncated = 0
+
+        class Ev(ctypes.Structure):
+            _fields_ = [("dir", ctypes.c_uint32), ("len", ctypes.c_uint32),
+                        ("data", ctypes.c_ubyte * 1024)]
+
+        def on(_ctx, data, _size):
+            e = ctypes.cast(data, ctypes.POINTER(Ev)).contents
+            if e.len > 1024:
+                self.truncated += 1
+            self.got[e.dir] += bytes(e.data[:min(e.len, 1024)])
+        self.b[b"evs"].open_ring_buffer(on)
+
+    def attach(self, path, vaddr, fn, pid, ret=False):
+        (self.b.attach_uretprobe if ret else self.b.attach_uprobe)(
+            name=path.encode(), addr=vaddr, fn_name=fn.encode(), pid=pid)
+
+    def drain(self, want_in, want_out, timeout=5):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (len(self.got[0]) < want_in or
+                                               len(self.got[1]) < want_out):
+            self.b.ring_buffer_poll(timeout=100)
+        self.b.ring_buffer_poll(timeout=100)
+
+
+def _https_exchange(port, requests):
+    """Send each raw request on one TLS connection and read its response (Content-Length);
+    returns (bytes sent, bytes received) exactly as they crossed the TLS layer."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    sent = bytearray()
+    got = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw) as s:
+        for req in requests:
+            s.sendall(req)
+            sent += req
+            resp = b""
+            while b"\r\n\r\n" not in resp:
+                resp += s.recv(65536)
+            head, _, body = resp.partition(b"\r\n\r\n")
+            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(body) < n:
+                body += s.recv(65536)
+            got += head + b"\r\n\r\n" + body
+    return bytes(sent), bytes(got)
+
+
+def _requests(host):
+    return [b"GET /status/%d HTTP/1.1\r\nHost: %s\r\nX-Seq: %s\r\n\r\n"
+            % (code, host, (b"%03d" % i) * (i + 1)) for i, code in
+            enumerate((200, 404, 201, 500, 200, 200))] + \
+        [b"GET /bytes/700 HTTP/1.1\r\nHost: %s\r\n\r\n" % host]
+
+
+def test_openssl_plaintext_byte_for_byte_at_the_chosen_sites(certs, procs):
+    """Python's ssl server (SSL_read_ex/SSL_write_ex) probed only at the internal
+    functions: what they saw is exactly the bytes our client sent and received."""
+    cap = _Capture()
+    srv = start(procs, [sys.executable, PYSSL, "server", "--addr", "127.0.0.1:0",
+                        "--cert", certs[0], "--key", certs[1]])
+    port = int(wait_line(srv, "listening").rsplit(":", 1)[1])
+    [t] = [x for x in discover(srv.pid, cache=TargetCache()) if isinstance(x, OpenSSLTarget)]
+    r, w = t.sites["SSL_read_ex"], t.sites["SSL_write_ex"]
+    assert r.mode == w.mode == "internal" and r.emulated and w.emulated
+    try:
+        cap.attach(t.path, w.vaddr, "ssl_internal_write", srv.pid)
+        cap.attach(t.path, r.vaddr, "ssl_internal_read", srv.pid)
+        cap.attach(t.path, r.vaddr, "ssl_internal_read_ret", srv.pid, ret=True)
+        sent, got = _https_exchange(port, _requests(b"py"))
+        cap.drain(len(sent), len(got))
+    finally:
+        cap.b.cleanup()
+    assert cap.truncated == 0
+    assert bytes(cap.got[0]) == sent
+    assert bytes(cap.got[1]) == got
+
+
+def test_go_plaintext_byte_for_byte_at_the_chosen_sites(go_server, certs, procs):
+    """A Go server probed on the stack checks' jbe and at Read's copy call (no RET
+    probes): the plaintext seen there is exactly what our client sent and received."""
+    cap = _Capture()
+    port = free_port()
+    srv = start(procs, [go_server, "-addr", "127.0.0.1:%d" % port, "-cert", certs[0],
+                        "-key", certs[1]])
+    wait_line(srv, "listening")
+    [t] = discover(srv.pid, cache=TargetCache())
+    roles = {p.role: p for p in t.probes()}
+    assert set(roles) == {"go:Write:entry-jcc", "go:Read:entry-jcc", "go:Read:copy"}, roles
+    try:
+        cap.attach(t.path, roles["go:Write:entry-jcc"].vaddr, "go_write_jcc", srv.pid)
+        cap.attach(t.path, roles["go:Read:entry-jcc"].vaddr, "go_read_jcc", srv.pid)
+        cap.attach(t.path, roles["go:Read:copy"].vaddr, "go_read_copy", srv.pid)
+        sent, got = _https_exchange(port, _requests(b"go"))
+        cap.drain(len(sent), len(got))
+    finally:
+        cap.b.cleanup()
+    assert cap.truncated == 0
+    assert bytes(cap.got[0]) == sent
+    assert bytes(cap.got[1]) == got
