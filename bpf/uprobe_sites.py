@@ -72,7 +72,13 @@ def classify(code: bytes) -> str:
     if code.startswith(ENDBR64):
         return "endbr64"
     insn = _decode(code, 0)
-    return insn[2] if insn else "?"
+    if not insn:
+        return "?"
+    mnem = insn[2]
+    if mnem in EMULATED_KINDS or mnem.startswith(("j", "nop", "call", "push")):
+        # an encoding the kernel does not emulate (e.g. 48 55, a nop not in its table)
+        return "%s (%s)" % (mnem, code[:insn[1]].hex(" "))
+    return mnem
 
 
 def is_emulated(kind: str) -> bool:
@@ -155,7 +161,8 @@ def _reg64(name: str) -> Optional[str]:
 def find_forward_call(img, vaddr: int, size: int, int_num: bool):
     """The internal function a public SSL data function hands its arguments to.
 
-    Linear disassembly of the function's start up to its first ``call``: it must be a
+    Linear disassembly of the function's start up to its first ``call``, with no branch on
+    the way but the int variants' ``test edx,edx; js <error>`` (num < 0): it must be a
     ``call rel32`` to code in the same file, reached with rdi (SSL*) and rsi (buf) unwritten,
     rdx (num) unwritten or, for the int variants (``int_num``), only sign-extended in place
     (``movsxd rdx, edx``), and for the ``_ex`` variants rcx (the size_t* out-parameter)
@@ -167,10 +174,18 @@ def find_forward_call(img, vaddr: int, size: int, int_num: bool):
     except Exception as exc:
         return None, "cannot read code (%s)" % exc
     written = set()
+    prev = None
     for count, insn in enumerate(_cs(detail=True).disasm(code, vaddr)):
         if count >= SCAN_INSNS:
             break
         m = insn.mnemonic
+        if m.startswith("j") and m != "jmp":
+            # a branch before the call could reach the data path without it; the only one
+            # allowed is the int variants' `if (num < 0) return -1` (test edx,edx; js)
+            if not (int_num and m == "js" and prev == ("test", "edx, edx")):
+                return None, "a branch at 0x%x (%s %s) may bypass the call" % (
+                    insn.address, m, insn.op_str)
+        prev = (m, insn.op_str)
         if m == "call":
             raw = bytes(insn.bytes)
             if raw[0] != 0xE8 or len(raw) != 5:

@@ -403,6 +403,78 @@ int SSL_do_handshake(void *s) { sink(s, 0); return 1; }
 """
 
 
+@pytest.mark.parametrize("code,kind", [
+    (b"\x90", "nop"), (b"\x66\x90", "nop"), (b"\x0f\x1f\x44\x00\x00", "nop"),
+    (b"\x66\x0f\x1f\x44\x00\x00", "nop"), (b"\x55", "push"), (b"\x41\x55", "push"),
+    (b"\xe8\0\0\0\0", "call"), (b"\xe9\0\0\0\0", "jmp"), (b"\xeb\x00", "jmp"),
+    (b"\x0f\x86\0\0\0\0", "jcc"), (b"\x76\x10", "jcc"),
+    # single-stepped: sub, endbr64, mov, pop, ret, cmp, a 2-byte REX push
+    # other than 0x41, a nop the kernel's table does not hold (66 2e 0f 1f 84 ...)
+    (b"\x48\x83\xec\x18", "sub"), (b"\xf3\x0f\x1e\xfa", "endbr64"),
+    (b"\x48\x89\xf8", "mov"), (b"\x5d", "pop"), (b"\xc3", "ret"),
+    (b"\x49\x3b\x66\x10", "cmp"), (b"\x48\x55", "push"),
+    (b"\x66\x2e\x0f\x1f\x84\x00\x00\x00\x00\x00", "nop")])
+def test_classify_instruction_kinds(code, kind):
+    """The kernel's emulation rules (arch/x86/kernel/uprobes.c), as bench/uprobe_cost.py
+    measures them: only the first eleven are cheap."""
+    from bpf.uprobe_sites import classify, is_emulated
+    got = classify(code)
+    cheap = code in (b"\x90", b"\x66\x90", b"\x0f\x1f\x44\x00\x00",
+                     b"\x66\x0f\x1f\x44\x00\x00", b"\x55", b"\x41\x55",
+                     b"\xe8\0\0\0\0", b"\xe9\0\0\0\0", b"\xeb\x00",
+                     b"\x0f\x86\0\0\0\0", b"\x76\x10")
+    assert is_emulated(got) == cheap, (code, got)
+    if cheap:
+        assert got == kind
+
+
+class _FakeImage:
+    """Just enough of ElfImage for uprobe_sites.find_forward_call on hand-made code."""
+
+    def __init__(self, code, base=0x1000):
+        self.code, self.base = code + b"\xcc" * 64, base
+
+    def read_vaddr(self, va, n):
+        return self.code[va - self.base:va - self.base + n]
+
+    def vaddr_to_offset(self, va, executable=False):
+        if not self.base <= va < self.base + 0x10000:
+            raise ValueError("outside")
+        return va
+
+    def in_plt(self, va):
+        return False
+
+
+CALL = b"\xe8\xfb\x00\x00\x00"       # call base+0x100 when placed at base+0
+
+
+@pytest.mark.parametrize("code,int_num,ok", [
+    # SSL_read: test edx,edx; js err; mov rcx,rsp; movsxd rdx,edx; call
+    (b"\x85\xd2\x78\x10\x48\x89\xe1\x48\x63\xd2", True, None),
+    # SSL_read_ex: sub rsp,8; call
+    (b"\x48\x83\xec\x08", False, None),
+    # a branch other than the num < 0 check may skip the call
+    (b"\x85\xf6\x74\x10", True, "may bypass the call"),
+    (b"\x85\xd2\x78\x10", False, "may bypass the call"),
+    # the SSL* or the buffer changed, or the _ex out-parameter
+    (b"\x48\x89\xc7", True, "rdi changed"),
+    (b"\x48\x89\xc6", False, "rsi changed"),
+    (b"\x31\xc9", False, "rcx changed"),
+    (b"\x48\x63\xd2", False, "rdx changed"),      # movsxd only allowed for int num
+    (b"\xc3", False, "no call before the first ret")])
+def test_forward_call_rules(code, int_num, ok):
+    from bpf.uprobe_sites import find_forward_call
+    base = 0x1000
+    call = CALL[:1] + ((0x100 - len(code) - 5) & 0xFFFFFFFF).to_bytes(4, "little")
+    img = _FakeImage(code + call, base)
+    tgt, info = find_forward_call(img, base, 0, int_num)
+    if ok is None:
+        assert (tgt, info) == (base + 0x100, base + len(code)), info
+    else:
+        assert tgt is None and ok in info, info
+
+
 def test_sites_of_a_library_that_does_not_forward(work):
     """A gcc-built stand-in (-fcf-protection: endbr64 everywhere): the write pair shares
     its callee, whose push follows an endbr64 (probe at +4); the read pair calls two
