@@ -1260,3 +1260,106 @@ def test_go_plaintext_byte_for_byte_at_the_chosen_sites(go_server, certs, procs)
     assert cap.truncated == 0
     assert bytes(cap.got[0]) == sent
     assert bytes(cap.got[1]) == got
+
+
+class _CtypesTls:
+    """A TLS client calling a given libssl directly (ctypes): SSL_write/SSL_read, or the
+    _ex functions, with buffers whose bytes we know."""
+
+    def __init__(self, path, port):
+        import ctypes
+        self.c = ctypes
+        for dep in Path(path).parent.glob("libcrypto-*.so.1.1"):   # a wheel's bundled one:
+            ctypes.CDLL(str(dep))                                   # loaded first, by soname
+        lib = self.lib = ctypes.CDLL(path)
+        for name, res, args in (
+                ("TLS_client_method", ctypes.c_void_p, []),
+                ("SSL_CTX_new", ctypes.c_void_p, [ctypes.c_void_p]),
+                ("SSL_new", ctypes.c_void_p, [ctypes.c_void_p]),
+                ("SSL_set_fd", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+                ("SSL_connect", ctypes.c_int, [ctypes.c_void_p]),
+                ("SSL_write", ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]),
+                ("SSL_read", ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]),
+                ("SSL_write_ex", ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
+                                                ctypes.c_size_t, ctypes.c_void_p]),
+                ("SSL_read_ex", ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p,
+                                               ctypes.c_size_t, ctypes.c_void_p]),
+                ("SSL_free", None, [ctypes.c_void_p]),
+                ("SSL_CTX_free", None, [ctypes.c_void_p])):
+            f = getattr(lib, name)
+            f.restype, f.argtypes = res, args
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.settimeout(None)        # a blocking fd for OpenSSL, bounded by the kernel:
+        for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            self.sock.setsockopt(socket.SOL_SOCKET, opt, struct.pack("ll", 10, 0))
+        self.ctx = lib.SSL_CTX_new(lib.TLS_client_method())
+        self.ssl = lib.SSL_new(self.ctx)
+        assert lib.SSL_set_fd(self.ssl, self.sock.fileno()) == 1
+        assert lib.SSL_connect(self.ssl) == 1
+
+    def write(self, data, ex):
+        c = self.c
+        if ex:
+            n = c.c_size_t(0)
+            assert self.lib.SSL_write_ex(self.ssl, data, len(data), c.byref(n)) == 1
+            assert n.value == len(data)
+        else:
+            assert self.lib.SSL_write(self.ssl, data, len(data)) == len(data)
+
+    def read(self, ex, size=300):
+        c = self.c
+        buf = c.create_string_buffer(size)
+        if ex:
+            n = c.c_size_t(0)
+            ok = self.lib.SSL_read_ex(self.ssl, buf, size, c.byref(n))
+            return buf.raw[:n.value] if ok == 1 else b""
+        r = self.lib.SSL_read(self.ssl, buf, size)
+        return buf.raw[:r] if r > 0 else b""
+
+    def close(self):
+        self.lib.SSL_free(self.ssl)
+        self.lib.SSL_CTX_free(self.ctx)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("which", ["system", "1.1.1"])
+def test_int_and_ex_functions_byte_for_byte_at_the_chosen_sites(which, certs, procs):
+    """This process as the client, through this machine's libssl.so.3 or OpenSSL 1.1.1,
+    calling SSL_write/SSL_read and SSL_write_ex/SSL_read_ex in turn (small reads, so a
+    response takes several): the probes at ssl_write_internal/ssl_read_internal see
+    exactly the bytes passed to the writes and returned by the reads."""
+    path = system_libssl() if which == "system" else libssl11()
+    t = openssl_target(path, cache=TargetCache())
+    check_openssl_sites(t)
+    srv = start(procs, [sys.executable, PYSSL, "server", "--addr", "127.0.0.1:0",
+                        "--cert", certs[0], "--key", certs[1]])
+    port = int(wait_line(srv, "listening").rsplit(":", 1)[1])
+    cli = _CtypesTls(path, port)       # handshake before the probes: data calls only
+    cap = _Capture()
+    r, w = t.sites["SSL_read"], t.sites["SSL_write"]
+    sent, got = bytearray(), bytearray()
+    try:
+        cap.attach(t.path, w.vaddr, "ssl_internal_write", os.getpid())
+        cap.attach(t.path, r.vaddr, "ssl_internal_read", os.getpid())
+        cap.attach(t.path, r.vaddr, "ssl_internal_read_ret", os.getpid(), ret=True)
+        for i, req in enumerate(_requests(which.encode())):
+            ex = bool(i % 2)
+            cli.write(req, ex)
+            sent += req
+            resp = b""
+            while True:
+                head, sep, body = resp.partition(b"\r\n\r\n")
+                if sep and len(body) >= int(re.search(rb"(?i)content-length: *(\d+)",
+                                                      head).group(1)):
+                    break
+                chunk = cli.read(ex)
+                assert chunk, "connection closed"
+                resp += chunk
+            got += resp
+        cap.drain(len(sent), len(got))
+    finally:
+        cap.b.cleanup()
+        cli.close()
+    assert cap.truncated == 0
+    assert bytes(cap.got[1]) == bytes(sent)
+    assert bytes(cap.got[0]) == bytes(got)
