@@ -164,6 +164,10 @@ class TlsManager:
                     text = text.replace(" %s -> " % site.func, " %s -> " % "/".join(
                         [site.func] + shared), 1)
                 log.info("TLS: %s", text)
+        for site in t.sites.values():
+            if site.mode == "covered":
+                names.append(site.func)
+                log.info("TLS: %s", site.log_text(t.path))
         if not names:
             log.info("TLS: %s has none of %s", t.path, ",".join(OPENSSL_PROBES))
         return len(done), "%s%s: %s" % (t.version or "OpenSSL", ", static" if t.static else "",

@@ -146,7 +146,7 @@ class OpenSSLTarget:
         out = []
         for fn in OPENSSL_DATA_FUNCS + ("SSL_do_handshake",):
             s = self.sites.get(fn)
-            if s is None:
+            if s is None or s.mode == "covered":
                 continue
             tag = "internal" if s.mode == "internal" else "entry"
             out.append(ProbeSpec(fn, "uprobe", s.vaddr, s.offset, "%s:%s" % (fn, tag), s))

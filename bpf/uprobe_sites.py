@@ -130,6 +130,8 @@ class Site:
     mode: str             # "symbol": the function's own arguments and return value
     #                       "internal": (SSL*, buf, size_t num, size_t *out), ret > 0 -> *out
     #                       "callsite": registers as passed to the internal function (entry only)
+    #                       "covered": no probe: the function calls the other member of its
+    #                       pair with its own arguments, whose probes see the call
     why: str = ""         # why no emulated site was taken (fallback), else ""
 
     @property
@@ -137,6 +139,8 @@ class Site:
         return is_emulated(self.kind)
 
     def log_text(self, path: str, kind: str = "uprobe") -> str:
+        if self.mode == "covered":
+            return "no probe for %s: it calls %s, probed, in %s" % (self.func, self.where, path)
         s = "%s %s -> %s (%s: %s) in %s" % (kind, self.func, self.where, self.kind,
                                              "emulated" if self.emulated else "single-stepped",
                                              path)
@@ -238,7 +242,7 @@ def entry_site(img, vaddr: int, func: str, where: str, mode: str, note: str = ""
                 "%s+%d%s" % (where, skip, note), mode)
 
 
-# public data functions: (pair, int_num, needs the return value)
+# the pairs of public data functions: (name, num is an int)
 OPENSSL_PAIRS = {
     "read": (("SSL_read", True), ("SSL_read_ex", False)),
     "write": (("SSL_write", True), ("SSL_write_ex", False)),
@@ -294,6 +298,17 @@ def choose_openssl_sites(img, syms: dict, entry_only=("SSL_do_handshake",),
                 reasons.append("their callee %s starts with %s" % (label, csite.insn))
                 csite = None
         for fn, _ in present:
+            other = [o for o, _ in present if o != fn]
+            if csite is None and fn in calls and other and calls[fn][0] == syms[other[0]].vaddr:
+                # fn hands its arguments to the other public function (SSL_read ->
+                # SSL_read_ex): the other's probes see this call; a probe here would count
+                # it twice
+                at = calls[fn][1]
+                out[fn] = Site(fn, at, img.vaddr_to_offset(at, executable=True), "call",
+                               describe(img.read_vaddr(at, 5), at),
+                               "%s (called at %s+%d)" % (other[0], fn, at - syms[fn].vaddr),
+                               "covered")
+                continue
             if own[fn].emulated:
                 # the symbol itself is cheap: no need to move (and never mix with the callee,
                 # which would see the same call twice)
@@ -304,7 +319,10 @@ def choose_openssl_sites(img, syms: dict, entry_only=("SSL_do_handshake",),
                 out[fn] = Site(fn, csite.vaddr, csite.offset, csite.kind, csite.insn,
                                csite.where, "internal")
                 continue
-            if family == "write" and fn in calls:
+            public = {sym.vaddr for sym in syms.values()}
+            if family == "write" and fn in calls and calls[fn][0] not in public:
+                # (a call of another public function, e.g. SSL_write_ex, would be probed
+                # there too: the same write twice)
                 tgt, at = calls[fn]
                 code = img.read_vaddr(at, 5)
                 out[fn] = Site(fn, at, img.vaddr_to_offset(at, executable=True), classify(code),

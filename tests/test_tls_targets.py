@@ -403,6 +403,53 @@ int SSL_do_handshake(void *s) { sink(s, 0); return 1; }
 """
 
 
+FAKE_SSL_CALLSITE = r"""
+#include <stddef.h>
+extern void sink(const void *, size_t);
+#define H __attribute__((visibility("hidden"), noinline))
+H int write_a(void *s, const void *b, size_t n, size_t *w) { sink(s, n); sink(b, n); *w = n; return 1; }
+H int write_b(void *s, const void *b, size_t n, size_t *w) { sink(b, n); sink(s, n); *w = n; return 1; }
+int SSL_write(void *s, const void *b, int n) { size_t w; int r; if (n < 0) return -1;
+    r = write_a(s, b, (size_t)n, &w); return r > 0 ? (int)w : r; }
+int SSL_write_ex(void *s, const void *b, size_t n, size_t *w) { int r = write_b(s, b, n, w);
+    return r < 0 ? 0 : r; }
+H int SSL_read_ex(void *s, void *b, size_t n, size_t *g) { sink(b, n); *g = n; return 1; }
+int SSL_read(void *s, void *b, int n) { size_t g; int r; if (n < 0) return -1;
+    r = SSL_read_ex(s, b, (size_t)n, &g); return r > 0 ? (int)g : r; }
+"""
+
+
+def test_sites_at_the_call_instruction_of_a_write(work):
+    """The write pair calls two different functions: each write is probed at its own
+    `call` (an entry-only probe: the registers there are its arguments); a call of another
+    public function is never taken as such a site (the same call would be seen twice)."""
+    src = work / "fakessl2.c"
+    src.write_text(FAKE_SSL_CALLSITE)
+    lib = work / "fake2" / "libssl.so.3"
+    lib.parent.mkdir(exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True,
+                   capture_output=True)
+    t = openssl_target(str(lib), cache=TargetCache())
+    for fn in ("SSL_write", "SSL_write_ex"):
+        site = t.sites[fn]
+        assert site.mode == "callsite" and site.kind == "call", site
+        _a, mnem, _o = first_insn(lib, site.vaddr)
+        assert mnem.startswith("call") and site.vaddr > t.symbols[fn].vaddr
+        assert site.vaddr == [a for a, m, _ in objdump_insns(lib, t.symbols[fn].vaddr,
+                                                            site.vaddr + 5)
+                              if m.startswith("call")][0]
+    roles = {p.role for p in t.probes(extras=False)}
+    assert {"SSL_write:entry", "SSL_write_ex:entry"} <= roles   # their own programs
+    # SSL_read calls SSL_read_ex (hidden, so directly): SSL_read gets no probe of its own,
+    # SSL_read_ex's sees its calls (two probes would count each read twice)
+    assert first_call_target(lib, t.symbols["SSL_read"].vaddr) == t.symbols["SSL_read_ex"].vaddr
+    assert t.sites["SSL_read"].mode == "covered"
+    assert "no probe for SSL_read: it calls SSL_read_ex" in t.sites["SSL_read"].log_text("x")
+    assert t.sites["SSL_read_ex"].mode == "symbol"
+    assert {p.func for p in t.probes(extras=False)} == {"SSL_write", "SSL_write_ex",
+                                                         "SSL_read_ex"}
+
+
 @pytest.mark.parametrize("code,kind", [
     (b"\x90", "nop"), (b"\x66\x90", "nop"), (b"\x0f\x1f\x44\x00\x00", "nop"),
     (b"\x66\x0f\x1f\x44\x00\x00", "nop"), (b"\x55", "push"), (b"\x41\x55", "push"),
