@@ -379,9 +379,39 @@ def start_sslsniff():
     return r
 
 
+class SiteProbes:
+    """l7probe's OpenSSL probes with counting programs only, in this process, at the symbols
+    (where they were before) or at the chosen sites: the attach points' own cost on nginx."""
+
+    proc = None
+
+    def __init__(self, where):
+        from bcc import BPF
+        from bpf import tls_targets
+        lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+        t = tls_targets.openssl_target(lib)
+        plan = set()
+        for p in t.probes(extras=False):
+            va = p.vaddr if where == "chosen" else t.symbols[p.func].vaddr
+            plan.add((p.kind, va))
+        self.b = BPF(text=BPF_TEXT.encode())
+        for kind, va in sorted(plan):
+            (self.b.attach_uprobe if kind == "uprobe" else self.b.attach_uretprobe)(
+                name=lib.encode(), addr=va, fn_name=b"hit")
+        self.n = len(plan)
+
+    def hits(self):
+        return self.b[b"hits"][0].value
+
+    def stop(self):
+        self.count = self.hits()
+        self.b.cleanup()
+
+
 def bench_sslsniff(seconds=None):
-    """nginx HTTPS at a fixed rate: without a tracer, with l7probe, with sslsniff-bpfcc.
-    Returns {label: {...}}; prints one line each."""
+    """nginx HTTPS at a fixed rate: without a tracer, with l7probe, with sslsniff-bpfcc, and
+    with l7probe's OpenSSL probes alone (counting programs) at the symbols and at the chosen
+    sites.  Returns {label: {...}}; prints one line each."""
     from bench import run as brun
     from tests.support.probe import ProbeRun, total
     from tests.support.servers import nginx
@@ -391,10 +421,16 @@ def bench_sslsniff(seconds=None):
         brun.wrk(ng.url("/"), 2, True)
         print("== HTTPS fixed rate (wrk -c%d, 1 ms delay, %d s, nginx 1 worker): l7probe and "
               "Debian's sslsniff-bpfcc on the same load" % (brun.CONNS, seconds))
-        for label in ("without tracer", "l7probe", "sslsniff-bpfcc"):
+        for label in ("without tracer", "l7probe", "sslsniff-bpfcc", "probes@symbols",
+                      "probes@chosen"):
             tracer = None
             note = ""
-            if label == "l7probe":
+            if label.startswith("probes@"):
+                tracer = SiteProbes(label.split("@")[1])
+                note = ("%d empty probes of l7probe's OpenSSL set, at the %s" % (
+                    tracer.n, "symbols (before)" if label.endswith("symbols")
+                    else "sites bpf/uprobe_sites.py chooses (now)"))
+            elif label == "l7probe":
                 tracer = ProbeRun(["-P", "2"])
             elif label == "sslsniff-bpfcc":
                 try:
@@ -407,10 +443,10 @@ def bench_sslsniff(seconds=None):
                 time.sleep(0.5)
                 pids = ng.pids()
                 c0 = brun.cpu_seconds(pids)
-                t0 = brun.cpu_seconds([tracer.proc.pid]) if tracer else 0.0
+                t0 = brun.cpu_seconds([tracer.proc.pid]) if tracer and tracer.proc else 0.0
                 reqs, secs = brun.wrk(ng.url("/"), seconds, True)
                 c1 = brun.cpu_seconds(pids)
-                t1 = brun.cpu_seconds([tracer.proc.pid]) if tracer else 0.0
+                t1 = brun.cpu_seconds([tracer.proc.pid]) if tracer and tracer.proc else 0.0
             finally:
                 if tracer:
                     time.sleep(0.3)
@@ -433,6 +469,8 @@ def bench_sslsniff(seconds=None):
                 extra = ", reported %d of %d requests" % (r["reported"], reqs)
             elif label == "sslsniff-bpfcc":
                 extra = ", %d SSL_read/SSL_write events printed" % r["reported"]
+            elif tracer is not None:
+                extra = ", %.1f probe hits per request" % (tracer.count / reqs)
             print("  %-15s %6.0f req/s, nginx CPU %6.2f us/req, tracer CPU %6.2f us/req, "
                   "added CPU %6.2f us/req%s" % (label, r["rate"], r["nginx_us"], r["tracer_us"],
                                                 added if tracer else 0.0, extra))
