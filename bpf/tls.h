@@ -257,31 +257,23 @@ int go_tls_read_jcc(struct pt_regs *ctx) {
     return go_to_morestack(ctx) ? 0 : go_tls_read_common(ctx);
 }
 
-int go_tls_read_ret(struct pt_regs *ctx) {
+/* The end of a goroutine's pending Read: n bytes of plaintext.  At a RET (RAX = n) they are
+ * in b; at Read's `call runtime.memmove(to=RAX, from=RBX, n=RCX)` of copy(b, c.input...)
+ * they are read from the source, since the copy has not run yet, and only the copy into
+ * this Read's own b counts (to == b's pointer). */
+static __always_inline int go_read_done(struct pt_regs *ctx, int at_copy) {
     u64 id = bpf_get_current_pid_tgid();
     struct ssl_key gk = {.tgid = id >> 32, .ptr = ctx->r14};
     struct ssl_call *call = go_reads.lookup(&gk);
     if (!call)
         return 0;
-    s64 n = (s64)ctx->ax;
-    if (n > 0 && n <= 0x7fffffff && call->fd >= 0)
-        tls_plaintext(ctx, id >> 32, call->fd, call->buf, (u32)n, DIR_INGRESS);
+    s64 n = at_copy ? (s64)ctx->cx : (s64)ctx->ax;
+    u64 src = at_copy ? ctx->bx : call->buf;
+    if ((!at_copy || ctx->ax == call->buf) && n > 0 && n <= 0x7fffffff && call->fd >= 0)
+        tls_plaintext(ctx, id >> 32, call->fd, src, (u32)n, DIR_INGRESS);
     go_reads.delete(&gk);
     return 0;
 }
 
-/* At Read's `call runtime.memmove(to=RAX, from=RBX, n=RCX)` of copy(b, c.input...): the n
- * bytes that Read returns, read from the source since the copy has not run yet.  Only the
- * copy into this Read's own b counts (to == b's pointer). */
-int go_tls_read_copy(struct pt_regs *ctx) {
-    u64 id = bpf_get_current_pid_tgid();
-    struct ssl_key gk = {.tgid = id >> 32, .ptr = ctx->r14};
-    struct ssl_call *call = go_reads.lookup(&gk);
-    if (!call)
-        return 0;
-    s64 n = (s64)ctx->cx;
-    if (ctx->ax == call->buf && n > 0 && n <= 0x7fffffff && call->fd >= 0)
-        tls_plaintext(ctx, id >> 32, call->fd, ctx->bx, (u32)n, DIR_INGRESS);
-    go_reads.delete(&gk);
-    return 0;
-}
+int go_tls_read_ret(struct pt_regs *ctx) { return go_read_done(ctx, 0); }
+int go_tls_read_copy(struct pt_regs *ctx) { return go_read_done(ctx, 1); }

@@ -49,6 +49,12 @@ GO_PROGRAMS = {
 }
 READ = tls_targets.READ_FUNC
 RESCAN_AFTER = (0.0, 0.3, 1.5, 5.0, 15.0)     # seconds after exec
+
+
+def cheap_sites():
+    """False with L7PROBE_TLS_SYMBOLS=1: every probe at its symbol, Go's reads on each RET
+    (the attach points before bpf/uprobe_sites.py; ~16 us a hit here instead of ~0.5)."""
+    return not os.environ.get("L7PROBE_TLS_SYMBOLS")
 MAX_PENDING = 4096
 
 
@@ -141,7 +147,8 @@ class TlsManager:
         path = t.path.encode()
         done = {}               # (kind, vaddr) -> BPF function: a shared site is attached once
         names = []
-        for spec in t.probes(extras=False):
+        cheap = cheap_sites()
+        for spec in t.probes(extras=False, cheap=cheap):
             fn = OPENSSL_PROGRAMS.get(spec.role)
             if fn is None:
                 continue
@@ -156,7 +163,7 @@ class TlsManager:
             self._attach_one(spec.kind, path, spec.vaddr, fn)
             done[key] = fn
             if spec.site is not None:
-                shared = [p.func for p in t.probes(extras=False)
+                shared = [p.func for p in t.probes(extras=False, cheap=cheap)
                           if (p.kind, p.vaddr) == key and p.func != spec.func]
                 site = spec.site
                 text = site.log_text(t.path, spec.kind)
@@ -164,7 +171,7 @@ class TlsManager:
                     text = text.replace(" %s -> " % site.func, " %s -> " % "/".join(
                         [site.func] + shared), 1)
                 log.info("TLS: %s", text)
-        for site in t.sites.values():
+        for site in (t.sites if cheap else t.symbol_sites).values():
             if site.mode == "covered":
                 names.append(site.func)
                 log.info("TLS: %s", site.log_text(t.path))
@@ -179,25 +186,27 @@ class TlsManager:
                         "%s; skipped", t.path, t.go_version, t.fd_offsets, GO_FD_CHAIN)
             return 0, ""
         path = t.path.encode()
-        specs = t.probes()
+        cheap = cheap_sites()
+        specs = t.probes(cheap=cheap)
         n = 0
         for spec in specs:
             fn = GO_PROGRAMS[spec.role]
             self._attach_one("uprobe", path, spec.vaddr, fn)
             n += 1
         for tag, fi in (("Write", t.write), ("Read", t.read)):
-            p, role = t.entry_point(fi)
+            p, role = t.entry_point(fi, cheap=cheap)
             log.info("TLS: uprobe %s -> %s+%d (%s: %s%s) in %s", fi.name, fi.name,
                      p.vaddr - fi.entry.vaddr, p.kind, _kind_word(p.kind),
                      ", skips the morestack hit" if role == "entry-jcc" else "", t.path)
-        copy = t.read_copy
+        copy = t.read_copy if cheap else None
         if copy is not None:
             log.info("TLS: uprobe %s data -> %s+%d (call runtime.memmove: %s) in %s", READ,
                      READ, copy.vaddr - t.read.entry.vaddr, _kind_word(copy.kind), t.path)
         else:
-            log.info("TLS: uprobe %s data -> %d RET(s) (ret: single-stepped; %d call(s) of "
-                     "runtime.memmove found, one needed) in %s", READ, len(t.read.rets),
-                     len(t.read.copy_calls), t.path)
+            log.info("TLS: uprobe %s data -> %d RET(s) (ret: single-stepped; %s) in %s", READ,
+                     len(t.read.rets), "L7PROBE_TLS_SYMBOLS set" if not cheap else
+                     "%d call(s) of runtime.memmove found, one needed" % len(t.read.copy_calls),
+                     t.path)
         return n, "Go %s%s, crypto/tls Write/Read + %s%s" % (
             t.go_version, " stripped" if t.stripped else "",
             "the plaintext copy" if copy is not None else "%d return point(s)" % len(t.read.rets),

@@ -135,17 +135,20 @@ class OpenSSLTarget:
     static: bool = False          # True: linked into the main executable
     kind: str = "openssl"
     sites: dict = field(default_factory=dict)   # {func: uprobe_sites.Site} (attach here)
+    symbol_sites: dict = field(default_factory=dict)   # the same at the symbols themselves
 
-    def probes(self, extras: bool = True) -> list:
+    def probes(self, extras: bool = True, cheap: bool = True) -> list:
         """The probes the data path needs, at the chosen sites (see bpf/uprobe_sites.py):
         a uprobe per data function (role "<func>:entry"; at an internal function the role
         says so: "SSL_read:internal"), a uretprobe for the read functions, a uprobe on
         SSL_do_handshake; with ``extras`` also SSL_set_*fd (unused by bpf/tls.h).
         Functions sharing a site (SSL_read and SSL_read_ex at ssl_read_internal) each get
-        their spec; attach once per (kind, vaddr)."""
+        their spec; attach once per (kind, vaddr).  Without ``cheap``, every probe at its
+        symbol (the way it was before the sites were chosen)."""
         out = []
+        sites = self.sites if cheap else self.symbol_sites
         for fn in OPENSSL_DATA_FUNCS + ("SSL_do_handshake",):
-            s = self.sites.get(fn)
+            s = sites.get(fn)
             if s is None or s.mode == "covered":
                 continue
             tag = "internal" if s.mode == "internal" else "entry"
@@ -292,12 +295,13 @@ def _analyse_openssl(path: str, static: bool):
                 tables = [t.name for t in img.symbol_tables()] or ["no symbol tables"]
                 return ("skip", "no SSL_write/SSL_read (or SSL_write_ex/SSL_read_ex) "
                         "defined in %s (found: %s)" % ("/".join(tables), have))
+            at_symbols = uprobe_sites.fallback_sites(img, syms, "L7PROBE_TLS_SYMBOLS=1")
             try:
                 sites = uprobe_sites.choose_openssl_sites(img, syms)
             except Exception as exc:      # odd code: the symbols themselves still work
                 sites = uprobe_sites.fallback_sites(img, syms, "disassembly failed (%s: %s)"
                                                     % (type(exc).__name__, exc))
-            return ("ok", syms, _openssl_version(img, path), sites)
+            return ("ok", syms, _openssl_version(img, path), sites, at_symbols)
     except Exception as exc:          # corrupt input may raise anything from pyelftools
         return ("skip", _describe_error(exc, path))
 
@@ -357,7 +361,8 @@ def _openssl_result(path, ident, mtime, static, cache) -> Target:
                     lambda: _analyse_openssl(path, static))
     if res[0] != "ok":
         return Skip(path, res[1])
-    return OpenSSLTarget(path, ident, res[2], res[1], static, sites=res[3])
+    return OpenSSLTarget(path, ident, res[2], res[1], static, sites=res[3],
+                         symbol_sites=res[4])
 
 
 def _go_result(path, ident, mtime, cache) -> Optional[Target]:

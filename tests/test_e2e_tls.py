@@ -221,6 +221,41 @@ def test_go_crypto_tls(run, name, role):
     assert api == _expected_api(MIX)
 
 
+def test_symbol_sites_still_work(certs, go_bins, tmp_path):
+    """L7PROBE_TLS_SYMBOLS=1 puts every probe back on its symbol, and Go's reads on each RET
+    (bpf/tls.h's fallback programs): nginx + curl and the Go apps give the same exact
+    records, and the log says the probes are single-stepped."""
+    crt, key = certs
+    env = dict(os.environ, L7PROBE_TLS_SYMBOLS="1")
+    with nginx(tls=True) as ng:
+        go_port = free_port()
+        gosrv = _start_server([go_bins["server"], "-addr", "127.0.0.1:%d" % go_port,
+                               "-cert", crt, "-key", key])
+        try:
+            with ProbeRun(["-P", "1"], env=env) as p:
+                cmd = ["curl", "-sk", "-o", "/dev/null"]
+                for i, (path, _) in enumerate(MIX * ROUNDS):
+                    cmd += (["--next", "-sk", "-o", "/dev/null"] if i else []) + [
+                        "https://127.0.0.1:%d%s" % (ng.port, path)]
+                assert subprocess.run(cmd, timeout=60).returncode == 0
+                out = subprocess.run([go_bins["client"], "-urls", _urls_file(
+                    tmp_path, "https://127.0.0.1:%d" % go_port, go_port)],
+                    capture_output=True, text=True, timeout=60)
+                assert out.returncode == 0, out.stderr
+                time.sleep(1.5)
+        finally:
+            gosrv.kill()
+            gosrv.wait()
+    sites = [l for l in p.err_lines if re.search(r"TLS: u(ret)?probe ", l)]
+    assert [l for l in sites if "uprobe SSL_read -> SSL_read+0 (sub: single-stepped)" in l]
+    assert [l for l in sites if "RET(s) (ret: single-stepped; L7PROBE_TLS_SYMBOLS set)" in l]
+    for port, role in ((ng.port, "server"), (go_port, "server")):
+        rows = _rows(p, "l7_rpc", port, role, ssl="ssl")
+        assert total(rows, "req_count") == ROUNDS * len(MIX), (port, p.err_lines)
+        assert total(rows, "err_count") == ROUNDS * 2
+        assert _api_counts(_rows(p, "l7_rpc_api", port, role)) == _expected_api(MIX)
+
+
 def _perf_event_fds(pid):
     """BCC attaches uprobes and tracepoints as perf events (uprobe_events stays empty)."""
     n = 0

@@ -1222,6 +1222,19 @@ class _Capture:
         (self.b.attach_uretprobe if ret else self.b.attach_uprobe)(
             name=path.encode(), addr=vaddr, fn_name=fn.encode(), pid=pid)
 
+    def run(self, attachments, exchange):
+        """Attach [(path, vaddr, program, pid, ret)], run ``exchange()`` -> (bytes the traced
+        side read, bytes it wrote), wait for their events, detach; returns that pair."""
+        try:
+            for path, vaddr, fn, pid, ret in attachments:
+                self.attach(path, vaddr, fn, pid, ret)
+            traced_in, traced_out = exchange()
+            self.drain(len(traced_in), len(traced_out))
+        finally:
+            self.b.cleanup()
+        assert self.truncated == 0
+        return bytes(traced_in), bytes(traced_out)
+
     def drain(self, want_in, want_out, timeout=5):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (len(self.got[0]) < want_in or
@@ -1272,15 +1285,10 @@ def test_openssl_plaintext_byte_for_byte_at_the_chosen_sites(certs, procs):
     [t] = [x for x in discover(srv.pid, cache=TargetCache()) if isinstance(x, OpenSSLTarget)]
     r, w = t.sites["SSL_read_ex"], t.sites["SSL_write_ex"]
     assert r.mode == w.mode == "internal" and r.emulated and w.emulated
-    try:
-        cap.attach(t.path, w.vaddr, "ssl_internal_write", srv.pid)
-        cap.attach(t.path, r.vaddr, "ssl_internal_read", srv.pid)
-        cap.attach(t.path, r.vaddr, "ssl_internal_read_ret", srv.pid, ret=True)
-        sent, got = _https_exchange(port, _requests(b"py"))
-        cap.drain(len(sent), len(got))
-    finally:
-        cap.b.cleanup()
-    assert cap.truncated == 0
+    sent, got = cap.run([(t.path, w.vaddr, "ssl_internal_write", srv.pid, False),
+                         (t.path, r.vaddr, "ssl_internal_read", srv.pid, False),
+                         (t.path, r.vaddr, "ssl_internal_read_ret", srv.pid, True)],
+                        lambda: _https_exchange(port, _requests(b"py")))
     assert bytes(cap.got[0]) == sent
     assert bytes(cap.got[1]) == got
 
@@ -1296,15 +1304,9 @@ def test_go_plaintext_byte_for_byte_at_the_chosen_sites(go_server, certs, procs)
     [t] = discover(srv.pid, cache=TargetCache())
     roles = {p.role: p for p in t.probes()}
     assert set(roles) == {"go:Write:entry-jcc", "go:Read:entry-jcc", "go:Read:copy"}, roles
-    try:
-        cap.attach(t.path, roles["go:Write:entry-jcc"].vaddr, "go_write_jcc", srv.pid)
-        cap.attach(t.path, roles["go:Read:entry-jcc"].vaddr, "go_read_jcc", srv.pid)
-        cap.attach(t.path, roles["go:Read:copy"].vaddr, "go_read_copy", srv.pid)
-        sent, got = _https_exchange(port, _requests(b"go"))
-        cap.drain(len(sent), len(got))
-    finally:
-        cap.b.cleanup()
-    assert cap.truncated == 0
+    sent, got = cap.run([(t.path, roles[role].vaddr, fn, srv.pid, False) for role, fn in (
+        ("go:Write:entry-jcc", "go_write_jcc"), ("go:Read:entry-jcc", "go_read_jcc"),
+        ("go:Read:copy", "go_read_copy"))], lambda: _https_exchange(port, _requests(b"go")))
     assert bytes(cap.got[0]) == sent
     assert bytes(cap.got[1]) == got
 
@@ -1384,11 +1386,9 @@ def test_int_and_ex_functions_byte_for_byte_at_the_chosen_sites(which, certs, pr
     cli = _CtypesTls(path, port)       # handshake before the probes: data calls only
     cap = _Capture()
     r, w = t.sites["SSL_read"], t.sites["SSL_write"]
-    sent, got = bytearray(), bytearray()
-    try:
-        cap.attach(t.path, w.vaddr, "ssl_internal_write", os.getpid())
-        cap.attach(t.path, r.vaddr, "ssl_internal_read", os.getpid())
-        cap.attach(t.path, r.vaddr, "ssl_internal_read_ret", os.getpid(), ret=True)
+
+    def exchange():
+        sent, got = bytearray(), bytearray()
         for i, req in enumerate(_requests(which.encode())):
             ex = bool(i % 2)
             cli.write(req, ex)
@@ -1403,10 +1403,14 @@ def test_int_and_ex_functions_byte_for_byte_at_the_chosen_sites(which, certs, pr
                 assert chunk, "connection closed"
                 resp += chunk
             got += resp
-        cap.drain(len(sent), len(got))
+        return got, sent            # this process is the traced side: it read got
+
+    pid = os.getpid()
+    try:
+        got, sent = cap.run([(t.path, w.vaddr, "ssl_internal_write", pid, False),
+                             (t.path, r.vaddr, "ssl_internal_read", pid, False),
+                             (t.path, r.vaddr, "ssl_internal_read_ret", pid, True)], exchange)
     finally:
-        cap.b.cleanup()
         cli.close()
-    assert cap.truncated == 0
     assert bytes(cap.got[1]) == bytes(sent)
     assert bytes(cap.got[0]) == bytes(got)
