@@ -212,8 +212,6 @@ def main():
     bench_load(tls=False)
     bench_load(tls=True)
     bench_rss()
-    from bench import uprobe_cost      # per-hit uprobe cost by instruction; sslsniff-bpfcc
-    uprobe_cost.main()
 
 
 if __name__ == "__main__":

@@ -90,11 +90,14 @@ int main(int argc, char **argv) {
     long n = atol(argv[2]);
     volatile long sink = 0;
     for (long i = 0; i < 1000; i++) sink += f(i);
-    struct timespec a, b;
+    struct timespec a, b, wa, wb;
+    clock_gettime(CLOCK_MONOTONIC, &wa);
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);     /* the probe's work is charged here */
     for (long i = 0; i < n; i++) sink += f(i);
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
-    printf("%%ld\n", (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec));
+    clock_gettime(CLOCK_MONOTONIC, &wb);
+    printf("%%ld %%ld\n", (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec),
+           (wb.tv_sec - wa.tv_sec) * 1000000000L + (wb.tv_nsec - wa.tv_nsec));
     return 0;
 }
 """ % ("\n".join('"%s\\n"' % line for line in asm), decls, table)
@@ -122,9 +125,15 @@ def function_bytes(exe):
 
 
 def _run(exe, name, n):
+    """(process CPU ns, wall ns) of n calls."""
     out = subprocess.run([exe, name, str(n)], capture_output=True, text=True, timeout=300,
                          check=True).stdout
-    return int(out.strip())
+    cpu, wall = out.split()
+    return int(cpu), int(wall)
+
+
+def _med(samples, i):
+    return statistics.median(x[i] for x in samples)
 
 
 def measure_per_hit(n=20000, repeat=3, retprobe=True):
@@ -141,7 +150,7 @@ def measure_per_hit(n=20000, repeat=3, retprobe=True):
         per_hit = {}
         for name, insn, off, _body in KINDS:
             vaddr, raw = code[name]
-            base = statistics.median(_run(exe, name, n) for _ in range(repeat))
+            base = [_run(exe, name, n) for _ in range(repeat)]
             b.attach_uprobe(name=exe.encode(), addr=vaddr, fn_name=b"hit")
             try:
                 hits.clear()
@@ -149,12 +158,12 @@ def measure_per_hit(n=20000, repeat=3, retprobe=True):
                 count = hits[0].value
             finally:
                 b.detach_uprobe(name=exe.encode(), addr=vaddr)
-            us = (statistics.median(times) - base) / n / 1000.0
+            us = [(_med(times, i) - _med(base, i)) / n / 1000.0 for i in (0, 1)]
             per_hit[name] = us
             kind = uprobe_sites.classify(raw)
             rows.append({"kind": name, "insn": insn, "offset": off, "classified": kind,
-                         "emulated": uprobe_sites.is_emulated(kind), "per_hit_us": us,
-                         "hits_ok": count == repeat * (n + 1000)})
+                         "emulated": uprobe_sites.is_emulated(kind), "per_hit_us": us[0],
+                         "per_hit_wall_us": us[1], "hits_ok": count == repeat * (n + 1000)})
         if retprobe:
             vaddr, _raw = code["push_rbp"]
             b.attach_uprobe(name=exe.encode(), addr=vaddr, fn_name=b"hit")
@@ -166,11 +175,12 @@ def measure_per_hit(n=20000, repeat=3, retprobe=True):
             finally:
                 b.detach_uretprobe(name=exe.encode(), addr=vaddr)
                 b.detach_uprobe(name=exe.encode(), addr=vaddr)
-            plain = statistics.median(_run(exe, "push_rbp", n) for _ in range(repeat))
-            both = (statistics.median(times) - plain) / n / 1000.0
+            plain = [_run(exe, "push_rbp", n) for _ in range(repeat)]
+            both = [(_med(times, i) - _med(plain, i)) / n / 1000.0 for i in (0, 1)]
             rows.append({"kind": "uretprobe", "insn": "uretprobe added to a uprobe at push %rbp",
                          "offset": 0, "classified": "push", "emulated": True,
-                         "per_hit_us": both - per_hit["push_rbp"],
+                         "per_hit_us": both[0] - per_hit["push_rbp"][0],
+                         "per_hit_wall_us": both[1] - per_hit["push_rbp"][1],
                          "hits_ok": count == 2 * repeat * (n + 1000)})
         b.cleanup()
         return rows
@@ -180,11 +190,13 @@ def measure_per_hit(n=20000, repeat=3, retprobe=True):
 
 def print_per_hit(rows, n=None):
     print("== uprobe cost per hit by the instruction it replaces (gcc-built functions, a "
-          "BPF program counting hits, process CPU time%s; kernel %s)" % (
+          "BPF program counting hits%s; kernel %s): the traced process's CPU time, and wall "
+          "time (a VM may spend trap time outside the guest's accounting)" % (
               ", %d calls each" % n if n else "", os.uname().release))
     for r in rows:
-        print("  %-42s %8.2f us/hit   bpf/uprobe_sites: %-8s %s%s"
+        print("  %-42s %7.2f us CPU %7.2f us wall   bpf/uprobe_sites: %-8s %s%s"
               % (r["insn"] + (" (+%d)" % r["offset"] if r["offset"] else ""), r["per_hit_us"],
+                 r["per_hit_wall_us"],
                  r["classified"], "emulated" if r["emulated"] else "single-stepped",
                  "" if r["hits_ok"] else "  (hit count wrong!)"))
 
@@ -219,10 +231,10 @@ def once():
     cli.write(msg); pump(); srv.read(4096)
 for _ in range(500):
     once()
-t0 = time.process_time_ns()
+t0, w0 = time.process_time_ns(), time.perf_counter_ns()
 for _ in range(n):
     once()
-print(time.process_time_ns() - t0)
+print(time.process_time_ns() - t0, time.perf_counter_ns() - w0)
 """
 
 
@@ -250,7 +262,8 @@ def measure_tls_sites(n=5000, repeat=5, lib=None):
         def run():
             out = subprocess.run([sys.executable, script, str(cert), str(key), str(n)],
                                  capture_output=True, text=True, timeout=600, check=True)
-            return int(out.stdout.strip())
+            cpu, wall = out.stdout.split()
+            return int(cpu), int(wall)
 
         plans = {
             "symbols": [("uprobe", t.symbols["SSL_write_ex"].vaddr),
@@ -284,9 +297,9 @@ def measure_tls_sites(n=5000, repeat=5, lib=None):
                                 b.detach_uretprobe(name=lib.encode(), addr=va)
         finally:
             b.cleanup()
-        base = statistics.median(times["none"])
         for label in plans:
-            res[label] = (statistics.median(times[label]) - base) / n / 1000.0
+            res[label] = (_med(times[label], 0) - _med(times["none"], 0)) / n / 1000.0
+            res[label + "_wall"] = (_med(times[label], 1) - _med(times["none"], 1)) / n / 1000.0
             res[label + "_hits_per_pair"] = hits[label] / (repeat * (n + 500.0))
         return res
     finally:
@@ -294,15 +307,14 @@ def measure_tls_sites(n=5000, repeat=5, lib=None):
 
 
 def print_tls_sites(res, n=None):
-    print("== TLS probes per SSL_write_ex + SSL_read_ex pair (Python ssl over memory BIOs, "
-          "process CPU time%s)"
+    print("== TLS probes per SSL_write_ex + SSL_read_ex pair (Python ssl over memory BIOs%s)"
           % (", %d pairs" % n if n else ""))
     for s in res["sites"]:
         print("  chosen site: %s" % s)
     for label, what in (("symbols", "at the symbols (before)"),
                         ("chosen", "at the chosen sites (now)")):
-        print("  probes %-26s added %7.2f us per pair (%.1f probe hits per pair)"
-              % (what, res[label], res[label + "_hits_per_pair"]))
+        print("  probes %-26s added %7.2f us CPU, %7.2f us wall per pair (%.1f probe hits per "
+              "pair)" % (what, res[label], res[label + "_wall"], res[label + "_hits_per_pair"]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -479,16 +491,33 @@ def bench_sslsniff(seconds=None):
     return res
 
 
-def main(argv=()):
+def main(fig=None, argv=()):
+    """Print (a) and (b); with ``fig`` (bench/run.py's summary list of (figure, value,
+    target)) also append their headline figures to it."""
     if os.geteuid() != 0:
         print("== uprobe cost: needs root (BPF): skipped")
         return
     n = int(os.environ.get("UPROBE_COST_CALLS", "20000"))
-    print_per_hit(measure_per_hit(n=n), n)
-    print_tls_sites(measure_tls_sites(), 5000)
-    if "--hits-only" not in argv:
-        bench_sslsniff()
+    rows = measure_per_hit(n=n)
+    print_per_hit(rows, n)
+    tls = measure_tls_sites()
+    print_tls_sites(tls, 5000)
+    ss = bench_sslsniff() if "--hits-only" not in argv else {}
+    if fig is not None:
+        cheap = [r["per_hit_us"] for r in rows if r["emulated"] and r["kind"] != "uretprobe"]
+        slow = [r["per_hit_us"] for r in rows if not r["emulated"]]
+        fig.append(("uprobe per hit: emulated (push/call/jmp/jcc/nop) / single-stepped",
+                    "%.2f-%.2f / %.1f-%.1f us" % (min(cheap), max(cheap), min(slow), max(slow)),
+                    ""))
+        fig.append(("TLS probes per SSL_write_ex+SSL_read_ex: at symbols / chosen sites",
+                    "%.2f / %.2f us CPU, %.2f / %.2f us wall" % (
+                        tls["symbols"], tls["chosen"], tls["symbols_wall"], tls["chosen_wall"]),
+                    ""))
+        for label in ("l7probe", "sslsniff-bpfcc", "probes@symbols", "probes@chosen"):
+            if label in ss:
+                fig.append(("HTTPS fixed rate, added CPU per request: %s" % label,
+                            "%.2f us" % ss[label]["added_us"], ""))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(argv=sys.argv[1:])
