@@ -44,12 +44,13 @@ BIN = "/opt/gala-gopher/extend_probes/l7probe"     # compiled into the daemon
 LOOP = "127.0.0.1"
 
 # What the daemon logs when it cannot use a line a probe printed (README of the vendored
-# tree, src/ingress/ingress.c, src/lib/imdb/imdb.c), and when a record is dropped at
-# rendering (labels not buildable: debug level).
-DROP_PATTERNS = re.compile(
+# tree, src/ingress/ingress.c, src/lib/imdb/imdb.c) ...
+INGEST_ERRORS = re.compile(
     r"failed to find tablename|Raw ingress data|exceeds max length|Can not add new record|"
-    r"Key can't be null|Set metrics value failed|deserialize histogram|Historm|"
-    r"build label fail|Failed to append")
+    r"Key can't be null|Set metrics value failed|deserialize histogram|Historm")
+# ... and when it drops a record at rendering because its process labels cannot be built
+# (debug level; followed by a "build label fail" line that names no process)
+RENDER_DROP = re.compile(r"Failed to append process-level labels\(tgid=(\d+)")
 
 
 def vendor_dir() -> str:
@@ -204,6 +205,10 @@ class RealGopher:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        keep = os.environ.get("L7PROBE_GOPHER_KEEP_LOGS")   # a directory to copy logs to
+        if keep:
+            shutil.copytree(self.log_dir, os.path.join(keep, os.path.basename(self.dir)),
+                            dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics"))
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
@@ -323,9 +328,17 @@ class RealGopher:
         except FileNotFoundError:
             return ""
 
-    def drops(self) -> List[str]:
-        """Log lines saying the daemon rejected or dropped something a probe printed."""
-        return [line for line in self.log_lines() if DROP_PATTERNS.search(line)]
+    def drops(self, tgids=()) -> List[str]:
+        """Log lines saying the daemon rejected a line a probe printed, or dropped at
+        rendering a record of one of ``tgids`` (records of other processes a proc_name
+        snooper matched may be dropped when those exit: not ours to check)."""
+        mine = {str(t) for t in tgids}
+        out = []
+        for line in self.log_lines():
+            m = RENDER_DROP.search(line)
+            if INGEST_ERRORS.search(line) or (m and m.group(1) in mine):
+                out.append(line)
+        return out
 
     @staticmethod
     def _port_open(port: int) -> bool:
