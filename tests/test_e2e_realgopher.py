@@ -14,6 +14,7 @@ a later line arrives (at most every 5 s), so every check accumulates scrapes unt
 expected numbers are in, then keeps scraping for one more report period and ingest
 hand-over, so that a count one too high fails too.
 """
+import json
 import os
 import signal
 import socket
@@ -347,11 +348,23 @@ def test_promtool_finds_nothing_but_upstream_help_text(env):
     assert traces and len(set(traces)) == len(traces)
 
 
+def perf_attachments():
+    """Every BPF program attached through a perf event (tracepoints, uprobes), from
+    ``bpftool perf``: [{pid, fd, prog_id, fd_type, ...}]."""
+    cp = subprocess.run(["bpftool", "-j", "perf", "show"], capture_output=True, text=True,
+                        timeout=30, check=True)
+    return json.loads(cp.stdout or "[]")
+
+
 def test_state_stopped_leaves_nothing_behind(env):
     g = env.g
+    # TLS on, so that there are uprobes to detach too
+    env.apply(l7_config(proc_name("^nginx$"), ["http"], ALL_SUBPROBES, ssl=1))
     [pid] = g.probe_pids()
     progs, maps, perf = bpf_objects(pid)
     assert progs and maps and perf
+    mine = [a for a in perf_attachments() if a["pid"] == pid]
+    assert {a["fd_type"] for a in mine} >= {"uprobe", "uretprobe", "tracepoint"}, mine
     t0 = time.monotonic()
     status, text = g.put({"state": "stopped"})
     assert status == 200 and '"success"' in text, (status, text)
@@ -365,6 +378,8 @@ def test_state_stopped_leaves_nothing_behind(env):
     assert not progs & bpftool_ids("prog"), "BPF programs left after %.2f s" % (
         time.monotonic() - t0)
     assert probe_events(pid) == []
+    left = [a for a in perf_attachments() if a["pid"] == pid or a["prog_id"] in progs]
+    assert left == []
     assert g.get()["state"] == "stopped"
     assert g.alive()
     assert g.drops(env.pids()) == []
@@ -389,6 +404,7 @@ def test_daemon_stopped_as_a_whole(env):
     assert rc == 0, rc
     assert not progs & bpftool_ids("prog")
     assert probe_events(pid) == []
+    assert [a for a in perf_attachments() if a["pid"] == pid or a["prog_id"] in progs] == []
     assert daemon_s < 10, "daemon took %.1f s to stop" % daemon_s
     out = g.log_text()
     assert "was sent a stop signal" in out or "stopping" in out, out[-2000:]
