@@ -7,7 +7,10 @@ One daemon serves the module's tests in order: switched on, then changed at run 
 (protocols, sub-probes, period, snoopers, support_ssl), then ``state: stopped``, then the
 daemon stopped as a whole.  Counts are exact and come from the traffic the test makes: the
 servers' own processes are watched (long-lived, so the daemon can build their ``comm``
-label); clients are short-lived tools or this test process.
+label); clients are short-lived tools or this test process.  Snoopers name only this
+test's servers (proc_id, or proc_name with a command-line part unique to them, such as the
+port): a bare ``^nginx$`` would match every nginx on the host, and another test's load on
+its own server could then fill the probe's per-period trace quota or the daemon's table.
 
 The daemon's endpoint drains what it returns and hands lines to its ingest thread only when
 a later line arrives (at most every 5 s), so every check accumulates scrapes until the
@@ -25,11 +28,12 @@ import pytest
 
 from tests.support.install import installed_or_fail
 from tests.support.mysql_prepared import connect as mysql_connect
-from tests.support.realgopher import (BIN, RealGopher, build, parse_metrics, promtool_check,
+from tests.support.realgopher import (RealGopher, build, parse_metrics, promtool_check,
                                       select, total)
 from tests.support.servers import PG_BIN, mariadb, nginx, postgres, redis_server
 from tests.test_e2e_db import MY_LINE
-from tests.test_e2e_gopher import bpf_objects, bpftool_ids, probe_events
+from tests.test_e2e_gopher import (PING, PONG, bpf_objects, bpftool_ids, probe_events,
+                                   redis_pings)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
 
@@ -38,12 +42,22 @@ PERIOD = 5                       # the smallest report_period the daemon accepts
 START_TIMEOUT = 120              # PUT -> probe started, BPF compiled and attached
 SETTLE = PERIOD + 6              # one more report and one more ingest hand-over
 STOP_LIMIT = 2.0                 # s: stopped -> no probe process, nothing attached
-PING = b"*1\r\n$4\r\nPING\r\n"
-PONG = b"+PONG\r\n"
 
 
 def proc_name(*comms):
-    return {"proc_name": [{"comm": c, "cmdline": "", "debugging_dir": ""} for c in comms]}
+    """A proc_name snooper per ``comm`` regex, or per ``(comm, cmdline substring)``."""
+    return {"proc_name": [{"comm": c, "cmdline": "", "debugging_dir": ""} if isinstance(c, str)
+                          else {"comm": c[0], "cmdline": c[1], "debugging_dir": ""}
+                          for c in comms]}
+
+
+def snoopers(*parts):
+    """Snooper dicts merged (their lists joined)."""
+    out = {}
+    for part in parts:
+        for k, v in part.items():
+            out.setdefault(k, []).extend(v)
+    return out
 
 
 def l7_config(snoopers, protocols, subprobes=ALL_SUBPROBES, period=PERIOD, ssl=0):
@@ -61,18 +75,6 @@ def curl(*urls, insecure=False):
     for u in urls:
         args += [u, "-o", "/dev/null"]
     subprocess.run(args, check=True, timeout=60)
-
-
-def redis_pings(port, n):
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        for _ in range(n):
-            s.sendall(PING)
-            got = b""
-            while len(got) < len(PONG):
-                d = s.recv(64)
-                assert d, "redis closed the connection"
-                got += d
-            assert got == PONG
 
 
 class Env:
@@ -135,6 +137,10 @@ def env():
         e = Env(g)
         e.ng, e.ngs, e.redis, e.my, e.pg = ng, ngs, redis, my, pg
         e.servers = (ng, ngs, redis, my, pg)
+        # our nginx by pid; redis and mariadbd by name and their port in the command line
+        e.nginx = {"proc_id": sorted(ng.pids() + ngs.pids())}
+        e.redis_name = proc_name(("^redis-server$", "127.0.0.1:%d " % redis.port))
+        e.my_name = proc_name(("^mariadbd$", "--port=%d " % my.port))
         yield e
 
 
@@ -156,7 +162,7 @@ def test_rest_rejects_what_the_daemon_does_not_accept(env):
 
 def test_http_and_redis_exact_counts_with_daemon_labels(env):
     g, ng, redis = env.g, env.ng, env.redis
-    env.apply(l7_config(proc_name("^nginx$", "^redis-server$"), ["http", "redis"]))
+    env.apply(l7_config(snoopers(env.nginx, env.redis_name), ["http", "redis"]))
     env.pid0 = g.probe_pids()
     assert len(env.pid0) == 1, env.pid0
     curl(*[ng.url("/")] * 5, ng.url("/status/404"), ng.url("/status/404"))
@@ -196,7 +202,7 @@ def test_http_and_redis_exact_counts_with_daemon_labels(env):
 
 def test_tls_switched_on_at_run_time(env):
     g, ngs = env.g, env.ngs
-    env.apply(l7_config(proc_name("^nginx$"), ["http"], ["l7_rpc_metrics"], ssl=1))
+    env.apply(l7_config(env.nginx, ["http"], ["l7_rpc_metrics"], ssl=1))
     assert g.probe_pids() == env.pid0            # the same probe, reconfigured
     curl(*[ngs.url("/")] * 4, insecure=True)
     port = _port(ngs.port)
@@ -236,7 +242,11 @@ def test_mysql_and_pgsql_exact_counts(env):
         psql.stdin.write("SELECT 0;\n")
         psql.stdin.flush()
         assert psql.stdout.readline().strip() == "0"
-        env.apply(l7_config(proc_name("^mariadbd$", "^postgres$"), ["mysql", "pgsql"],
+        # the backend's title holds the client's address: "postgres: ... 127.0.0.1(PORT)"
+        psql.stdin.write("SELECT inet_client_port();\n")
+        psql.stdin.flush()
+        backend = proc_name(("^postgres$", "127.0.0.1(%s)" % psql.stdout.readline().strip()))
+        env.apply(l7_config(snoopers(env.my_name, backend), ["mysql", "pgsql"],
                             ALL_SUBPROBES[:2]))
         conn = mysql_connect(my.port, my.user, my.password, database=my.database)
         cur = conn.cursor()
@@ -283,7 +293,7 @@ def test_mysql_and_pgsql_exact_counts(env):
 
 def test_run_time_changes(env):
     g, ng, ngs, redis = env.g, env.ng, env.ngs, env.redis
-    both = proc_name("^nginx$", "^redis-server$")
+    both = snoopers(env.nginx, env.redis_name)
     # 1. protocols: Redis only, HTTP traffic not reported
     # (Every earlier check ended with a settled collect: no request of before is still on
     # its way, so counts need no drain; idle rows printed before a change may still come.)
@@ -320,7 +330,7 @@ def test_run_time_changes(env):
     assert total(s, "gala_gopher_l7_req_count", **_port(ng.port)) == 0
     # 4. support_ssl 1 -> 0 (it was switched on by test_tls_switched_on_at_run_time and
     #    off in step 1): HTTPS to nginx is not reported as TLS any more
-    env.apply(l7_config(proc_name("^nginx$"), ["http"], ["l7_rpc_metrics"], ssl=0))
+    env.apply(l7_config(env.nginx, ["http"], ["l7_rpc_metrics"], ssl=0))
     curl(*[ngs.url("/")] * 3, insecure=True)
     curl(ng.url("/"))
     s = env.collect(lambda s: total(s, "gala_gopher_l7_req_count", **_port(ng.port)) >= 1)
@@ -359,7 +369,7 @@ def perf_attachments():
 def test_state_stopped_leaves_nothing_behind(env):
     g = env.g
     # TLS on, so that there are uprobes to detach too
-    env.apply(l7_config(proc_name("^nginx$"), ["http"], ALL_SUBPROBES, ssl=1))
+    env.apply(l7_config(env.nginx, ["http"], ALL_SUBPROBES, ssl=1))
     [pid] = g.probe_pids()
     progs, maps, perf = bpf_objects(pid)
     assert progs and maps and perf
@@ -387,7 +397,14 @@ def test_state_stopped_leaves_nothing_behind(env):
 
 def test_daemon_stopped_as_a_whole(env):
     g, ng = env.g, env.ng
-    env.apply(l7_config(proc_name("^nginx$"), ["http"]))
+    # A container snooper too.  Upstream's daemon resolves a container with the docker,
+    # iSulad or crictl CLI and its cgroup v1 cpu,cpuacct directory; with neither on the test
+    # machines it logs that and sends no container object: the probe starts all the same.
+    fake = "0123456789ab"
+    mark = g.mark()
+    env.apply(l7_config(dict(env.nginx, container_id=[fake]), ["http"]))
+    assert g.get()["snoopers"]["container_id"] == [fake]
+    assert g.wait_log(lambda l: "Fail to get info of container " + fake in l, 10, after=mark)
     [pid] = g.probe_pids()
     progs, maps, perf = bpf_objects(pid)
     assert progs and maps

@@ -32,7 +32,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from tests.support.servers import free_port
 
@@ -223,35 +223,25 @@ class RealGopher:
         if self.proc is None:
             return []
         out = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
+        for pid, data in _proc_files("stat"):
             try:
-                with open("/proc/%s/stat" % name, "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
+                if int(data.rsplit(b")", 1)[1].split()[2]) == self.proc.pid:
+                    out.append(pid)
+            except (IndexError, ValueError):
                 continue
-            if int(fields[2]) == self.proc.pid:
-                out.append(int(name))
-        return sorted(out)
+        return out
 
     def probe_pids(self) -> List[int]:
         """Processes running the installed probe (whatever their group), excluding the
         ``sh -c`` wrapper: python3 .../l7probe, in the daemon's namespaces."""
         out = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
+        for pid, data in _proc_files("cmdline"):
+            argv = data.split(b"\0")
+            if argv[0] in (b"/bin/sh", b"sh"):
                 continue
-            try:
-                with open("/proc/%s/cmdline" % name, "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0] in (b"/bin/sh", b"sh"):
-                continue
-            if any(a == BIN.encode() for a in argv) and self._in_our_ns(int(name)):
-                out.append(int(name))
-        return sorted(out)
+            if BIN.encode() in argv and self._in_our_ns(pid):
+                out.append(pid)
+        return out
 
     def _in_our_ns(self, pid: int) -> bool:
         try:
@@ -297,11 +287,8 @@ class RealGopher:
 
     # -- logs --------------------------------------------------------------------------------
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        """The daemon's log (its own lines and its probes' log lines)."""
+        return _read_text(self.log_path)
 
     def log_lines(self) -> List[str]:
         return self.log_text().splitlines()
@@ -322,11 +309,8 @@ class RealGopher:
             time.sleep(0.2)
 
     def output(self) -> str:
-        try:
-            with open(self.out_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        """The daemon's stdout and stderr (also its probes' stderr)."""
+        return _read_text(self.out_path)
 
     def drops(self, tgids=()) -> List[str]:
         """Log lines saying the daemon rejected a line a probe printed, or dropped at
@@ -348,6 +332,25 @@ class RealGopher:
                 return True
         except OSError:
             return False
+
+
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def _proc_files(name):
+    """(pid, contents of /proc/<pid>/<name>) of every process, in pid order."""
+    pids = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
+    for pid in pids:
+        try:
+            with open("/proc/%d/%s" % (pid, name), "rb") as f:
+                yield pid, f.read()
+        except OSError:
+            continue
 
 
 # ---------------------------------------------------------------------------------------
