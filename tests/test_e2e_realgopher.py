@@ -60,8 +60,9 @@ def snoopers(*parts):
     return out
 
 
-def l7_config(snoopers, protocols, subprobes=ALL_SUBPROBES, period=PERIOD, ssl=0):
-    return {"cmd": {"probe": list(subprobes)}, "snoopers": snoopers,
+def l7_config(snoop, protocols, subprobes=ALL_SUBPROBES, period=PERIOD, ssl=0):
+    """The JSON of ``PUT /l7`` (after ``json=``)."""
+    return {"cmd": {"probe": list(subprobes)}, "snoopers": snoop,
             "params": {"l7_protocol": list(protocols), "report_period": period,
                        "support_ssl": ssl},
             "state": "running"}
@@ -103,9 +104,8 @@ class Env:
         return {p for srv in self.servers for p in srv.pids()}
 
     def scrape(self):
-        """This scrape's samples of our servers' processes.  A proc_name snooper matches
-        every process of that name on the host (other nginx instances too): their rows
-        are left out here, not in the promtool check."""
+        """This scrape's samples of our servers' processes (the promtool check takes
+        whole scrapes)."""
         got = parse_metrics(self.g.scrape())
         self.samples += got
         mine = {str(p) for p in self.pids()}
@@ -191,12 +191,12 @@ def test_http_and_redis_exact_counts_with_daemon_labels(env):
     assert total(s, "gala_gopher_l7_bytes_recv", **_port(redis.port)) == 40 * len(PING)
     assert total(s, "gala_gopher_l7_bytes_sent", **_port(redis.port)) == 40 * len(PONG)
     # the labels the daemon adds: comm of the watched process, machine_id
+    comm = {p: "nginx" for n in (ng, env.ngs) for p in n.pids()}
+    comm.update((p, "redis-server") for p in redis.pids())
     for smp in s:
-        port = smp.labels["server_port"]
-        want = {str(ng.port): "nginx", str(redis.port): "redis-server"}.get(port)
-        assert smp.labels.get("comm") == want, smp
+        assert smp.labels.get("comm") == comm.get(int(smp.labels["tgid"])), smp
         assert smp.labels["machine_id"].startswith(g.machine_id + "-"), smp
-        assert int(smp.labels["tgid"]) in set(ng.pids()) | set(redis.pids()), smp
+    assert {smp.labels["comm"] for smp in s} == {"nginx", "redis-server"}
     assert g.drops(env.pids()) == []
 
 
