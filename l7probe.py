@@ -81,6 +81,8 @@ def parse_args(argv):
                    "or comma list)")
     p.add_argument("--container", action="append", help="only processes of these "
                    "containers (full or short id)")
+    p.add_argument("--pod", action="append", help="only processes of these pods (name, "
+                   "namespace/name or uid; containers started later too)")
     p.add_argument("--no-ssl", action="store_true", help="do not attach TLS uprobes")
     p.add_argument("--duration", type=float, help="stop after SEC seconds")
     p.add_argument("--format", choices=("gopher", "json"), default="gopher",
@@ -127,7 +129,6 @@ class Probe:
         self.data_struct = LAYOUTS["evt_data"].struct
         self.data_hdr = LAYOUTS["evt_data"].size
         self._type = struct.Struct("<I")
-        self._comm_cache = {}
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL
         self.tls = None            # bpf.tls_attach.TlsManager while TLS is on
         self.EVT_EXEC = DEFINES["EVT_EXEC"]
@@ -222,8 +223,11 @@ class Probe:
         elif t == self.EVT_CLOSE:
             self.tracker.on_close(self.close_layout.unpack(raw))
         elif t == self.EVT_EXEC:
+            tgid = self.hdr_layout.unpack(raw)["tgid"]
+            from pipeline.pods import resolver
+            resolver().forget(tgid)             # a new program: new comm (maybe cgroup)
             if self.tls is not None:
-                self.tls.on_exec(self.hdr_layout.unpack(raw)["tgid"])
+                self.tls.on_exec(tgid)
         elif t == self.EVT_PARENT_SIGNAL:
             if not self.stop_requested:
                 self.stop_requested = True
@@ -344,17 +348,8 @@ class Probe:
             self.tracker.drop_where(lambda c: c.conn_id in dead)
 
     def _json_labels(self, tgid):
-        v = self._comm_cache.get(tgid)
-        if v is None:
-            try:
-                with open("/proc/%d/comm" % tgid) as f:
-                    comm = f.read().strip()
-            except OSError:
-                comm = ""
-            from ipc.config import container_of_pid
-            v = self._comm_cache[tgid] = {"comm": comm,
-                                          "container_id": container_of_pid(tgid) or ""}
-        return v
+        from pipeline.pods import labels_of      # comm, container and pod (cached)
+        return labels_of(tgid)
 
     def close(self):
         self.capture.close()
@@ -365,7 +360,8 @@ def standalone_settings(args):
     try:
         return settings_from_options(period=args.period, proto=args.proto,
                                      range_=args.range_, pids=args.pid,
-                                     containers=args.container, no_ssl=args.no_ssl)
+                                     containers=args.container, no_ssl=args.no_ssl,
+                                     pods=args.pod)
     except ValueError as exc:
         raise ArgError(str(exc))
 
