@@ -219,7 +219,10 @@ class Probe:
         """A control record (open, close, exec); data records take on_records."""
         t = self._type.unpack_from(raw)[0]
         if t == self.EVT_OPEN:
-            self.tracker.on_open(self.open_layout.unpack(raw))
+            rec = self.open_layout.unpack(raw)
+            if self.writer.labels is not None:      # who the process is, while it lives
+                self.writer.labels(rec["tgid"])
+            self.tracker.on_open(rec)
         elif t == self.EVT_CLOSE:
             self.tracker.on_close(self.close_layout.unpack(raw))
         elif t == self.EVT_EXEC:
