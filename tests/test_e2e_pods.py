@@ -143,3 +143,50 @@ def test_pod_and_container_scope(pods):
     assert _reqs(ra, container_name=env.pm.prefix + "-a-nginx") == N_A + N_HOST
     assert {r["container_id"] for r in rb} == {env.b_nginx}, rb
     assert _reqs(rb) == N_B
+
+
+KEEP_CLIENT = r"""
+import http.client, os, sys, time
+c = http.client.HTTPConnection(sys.argv[1], %d, timeout=30)
+c.request("GET", "/before"); c.getresponse().read()
+open("%%s/opened" %% sys.argv[2], "w").close()
+deadline = time.time() + 60
+while not os.path.exists("%%s/go" %% sys.argv[2]) and time.time() < deadline:
+    time.sleep(0.1)
+for i in range(int(sys.argv[3])):
+    c.request("GET", "/after/%%d" %% i); c.getresponse().read()
+time.sleep(3)
+""" % PORT
+
+
+def test_keepalive_opened_in_pod_before_probe(pods):
+    """A connection opened inside pod A before the probe starts (sock_diag inside the
+    pod's network namespace) is reported with the pod-side addresses, both ends."""
+    env = pods
+    n = 5
+    host_dir, inside = env.pm.tmp("keep")
+    os.makedirs(host_dir, exist_ok=True)
+    os.chmod(host_dir, 0o777)
+    with open(os.path.join(host_dir, "client.py"), "w") as f:
+        f.write(KEEP_CLIENT)
+    name = env.pm.prefix + "-a-keep"
+    env.pm.start("a-keep", ["python3", inside + "/client.py", env.a_ip, inside, str(n)],
+                 pod=env.a)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(os.path.join(host_dir, "opened")):
+        assert time.monotonic() < deadline, "the client in the pod did not connect"
+        time.sleep(0.1)
+    client_pid = env.pm.pid_of(name)
+    with _probe() as p:
+        open(os.path.join(host_dir, "go"), "w").close()
+        env.pm.run("wait", name, timeout=60)
+        time.sleep(1.5)
+    recs = [r for r in _json(p) if r["req_count"] != 0 and r["pod"] == env.a]
+    cl = [r for r in recs if r["tgid"] == client_pid]
+    assert {(r["container_name"], r["client_ip"], r["server_ip"], r["server_port"],
+             r["l4_role"]) for r in cl} == {(name, env.a_ip, env.a_ip, PORT, "tcp_client")}, recs
+    assert _reqs(cl) == n
+    srv = [r for r in recs if r["container_id"] == env.a_nginx]
+    assert {(r["client_ip"], r["server_ip"], r["l4_role"]) for r in srv} == \
+        {(env.a_ip, env.a_ip, "tcp_server")}, recs
+    assert _reqs(srv) == n
