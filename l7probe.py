@@ -76,7 +76,8 @@ def parse_args(argv):
     p.add_argument("--proto", help="comma list of http,http2,pgsql,mysql,redis,kafka,mongo,"
                    "rocketmq,dns or all (default all)")
     p.add_argument("--range", dest="range_", help="sub-probes: l7_bytes_metrics,"
-                   "l7_rpc_metrics,l7_rpc_trace (default all three)")
+                   "l7_rpc_metrics,l7_rpc_trace (default all three), l7_pod_metrics "
+                   "(the pod table)")
     p.add_argument("-p", "--pid", action="append", help="only these processes (repeatable "
                    "or comma list)")
     p.add_argument("--container", action="append", help="only processes of these "
@@ -145,6 +146,9 @@ class Probe:
         n = seed(self.capture, self.settings.pids)
         log.info("tracking %d connection(s) that existed before start", n)
         self._tls_apply(None, self.settings)
+        if "pod" in self.settings.tables:          # the pods' counters at start
+            from pipeline.podtable import report_pods
+            report_pods(self.writer, emit=False)
         # Start-up objects (BCC, modules, the compiled program) live for good: collect once,
         # then keep them out of later collections (a full pass over them costs ~40 ms).
         # The hot path makes few cycles: young collections every 10000 net allocations
@@ -305,6 +309,9 @@ class Probe:
         self._collect_counters()
         self._sweep()
         report_links(self.writer, self.links, self.settings.tables, elapsed)
+        if "pod" in self.settings.tables:
+            from pipeline.podtable import report_pods
+            report_pods(self.writer, None if self.settings.pids is None else self.wanted)
         self.links.age(time.time())
         dropped_traces = self.traces.new_period()
         if dropped_traces:

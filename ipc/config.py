@@ -26,6 +26,8 @@ TABLE_LINK = "l7_link"
 TABLE_RPC = "l7_rpc"
 TABLE_RPC_API = "l7_rpc_api"
 TABLE_TRACE = "l7_trace"
+TABLE_POD = "pod"                       # sub-probe l7_pod_metrics (pipeline/podtable.py)
+PROBE_RANGE_L7POD_METRICS = 0x8         # our extension: upstream has no such sub-probe
 ALL_TABLES = frozenset((TABLE_LINK, TABLE_RPC, TABLE_RPC_API, TABLE_TRACE))
 
 # gala-gopher sub-probe names (REST cmd.probe, --range) -> PROBE_RANGE_* bit
@@ -33,6 +35,7 @@ RANGE_BITS = {
     "l7_bytes_metrics": PROBE_RANGE_L7BYTES_METRICS,
     "l7_rpc_metrics": PROBE_RANGE_L7RPC_METRICS,
     "l7_rpc_trace": PROBE_RANGE_L7RPC_TRACE,
+    "l7_pod_metrics": PROBE_RANGE_L7POD_METRICS,     # not in "all" nor the default
 }
 ALL_RANGES = PROBE_RANGE_L7BYTES_METRICS | PROBE_RANGE_L7RPC_METRICS | PROBE_RANGE_L7RPC_TRACE
 
@@ -60,6 +63,8 @@ def tables_from_range(range_flags: int) -> FrozenSet[str]:
         tables.update((TABLE_RPC, TABLE_RPC_API))
     if range_flags & PROBE_RANGE_L7RPC_TRACE:
         tables.add(TABLE_TRACE)
+    if range_flags & PROBE_RANGE_L7POD_METRICS:
+        tables.add(TABLE_POD)
     return frozenset(tables)
 
 

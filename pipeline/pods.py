@@ -179,6 +179,12 @@ class ContainerMeta(NamedTuple):
     pod_name: str = ""
     pod_namespace: str = ""
     pod_uid: str = ""
+    sandbox: bool = False       # the pod's pause / infra container
+
+
+_SANDBOX = (("io.kubernetes.cri.container-type", "sandbox"),
+            ("io.kubernetes.cri-o.ContainerType", "sandbox"),
+            ("io.kubernetes.docker.type", "podsandbox"))
 
 
 def _read(path: str, limit: int = 1 << 20) -> Optional[bytes]:
@@ -342,7 +348,7 @@ def container_meta(cid: str, pid: int, info: CgroupInfo, proc: str = PROC,
     hostname = ""
     if ann:
         m = meta_from_annotations(ann)
-        name, pod_name, pod_ns, pod_uid = m
+        name, pod_name, pod_ns, pod_uid = m[:4]
         name = name or ann.get("docker.name", "")
         hostname = ann.get("env.hostname", "")
         k = _k8s_name(name)
@@ -369,7 +375,10 @@ def container_meta(cid: str, pid: int, info: CgroupInfo, proc: str = PROC,
                 name = n
     if (info.pod_uid or pod_uid) and not pod_name and hostname:
         pod_name = hostname        # Kubernetes and Podman give a pod's containers its name
-    return ContainerMeta(name, pod_name, pod_ns, pod_uid or info.pod_uid)
+    pod_uid = pod_uid or info.pod_uid
+    sandbox = bool(ann and any(ann.get(k) == v for k, v in _SANDBOX)) or name == "POD" or \
+        bool(pod_uid and name == pod_uid[:12] + "-infra")          # Podman's infra
+    return ContainerMeta(name, pod_name, pod_ns, pod_uid, sandbox)
 
 
 # ---------------------------------------------------------------------------------------

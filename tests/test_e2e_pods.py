@@ -190,3 +190,150 @@ def test_keepalive_opened_in_pod_before_probe(pods):
     assert {(r["client_ip"], r["server_ip"], r["l4_role"]) for r in srv} == \
         {(env.a_ip, env.a_ip, "tcp_server")}, recs
     assert _reqs(srv) == n
+
+
+MEM = 64 << 20       # bytes the memory container allocates (and touches)
+CPU_S = 1.0          # CPU seconds it then burns
+DIO = 8 << 20        # bytes it writes and reads back with O_DIRECT
+
+WORKER = r"""
+import mmap, os, sys, time
+d = sys.argv[1]
+x = b"x" * %d
+open(d + "/allocated", "w").close()
+while not os.path.exists(d + "/go"):
+    time.sleep(0.05)
+t = time.process_time()
+while time.process_time() - t < %r:
+    pass
+buf = mmap.mmap(-1, 1 << 20)
+buf.write(b"y" * (1 << 20))
+fd = os.open(d + "/dio", os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_DIRECT, 0o600)
+for _ in range(%d):
+    os.write(fd, buf)
+os.fsync(fd); os.close(fd)
+fd = os.open(d + "/dio", os.O_RDONLY | os.O_DIRECT)
+while os.readv(fd, [buf]) > 0:
+    pass
+os.close(fd)
+open(d + "/done", "w").close()
+time.sleep(30)
+""" % (MEM, CPU_S, DIO >> 20)
+
+
+def _cgroup_io(pod_path):
+    """(read, written) bytes of the pod's cgroup as the kernel counts them."""
+    v1 = "/sys/fs/cgroup/blkio" + pod_path + "/blkio.throttle.io_service_bytes_recursive"
+    rd = wr = 0
+    if os.path.exists(v1):
+        for line in open(v1):
+            f = line.split()
+            if len(f) == 3:
+                rd += int(f[2]) if f[1] == "Read" else 0
+                wr += int(f[2]) if f[1] == "Write" else 0
+        return rd, wr
+    for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        p = root + pod_path + "/io.stat"
+        if os.path.exists(p):
+            for line in open(p):
+                for kv in line.split()[1:]:
+                    k, _, v = kv.partition("=")
+                    rd += int(v) if k == "rbytes" else 0
+                    wr += int(v) if k == "wbytes" else 0
+    return rd, wr
+
+
+def _netdev(pid):
+    tx = rx = 0
+    for line in open("/proc/%d/net/dev" % pid).read().splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        f = rest.split()
+        if name.strip() != "lo":
+            rx += int(f[0])
+            tx += int(f[8])
+    return tx, rx
+
+
+def _wait_file(path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, "timed out waiting for %s" % path
+        time.sleep(0.05)
+
+
+def test_pod_table(pods):
+    """The pod table's counters move as the pods' own counters move: a 4 MiB download from
+    pod A's nginx (network_tx), a container in pod B that allocates 64 MiB (rss, vm), burns
+    1 CPU second (cpu) and does 8 MiB of direct I/O (bytes_read/bytes_write follow the pod
+    cgroup's own I/O counters)."""
+    import subprocess
+    from tests.support.podman import BLOB
+    env = pods
+    pm = env.pm
+    a_pid = pm.pid_of(pm.prefix + "-a-nginx")
+    b_path = json.loads(pm.run("pod", "inspect", env.b))["CgroupPath"]
+    host_dir, inside = pm.tmp("work")
+    os.makedirs(host_dir, exist_ok=True)
+    os.chmod(host_dir, 0o777)
+    with open(os.path.join(host_dir, "worker.py"), "w") as f:
+        f.write(WORKER)
+    with ProbeRun(["--format", "json", "-P", "1", "--range", "l7_pod_metrics",
+                   "--no-ssl"]) as p:
+        time.sleep(1.5)
+        mark0 = len(p.lines)
+        net0 = _netdev(a_pid)
+        io0 = _cgroup_io(b_path)
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "http://%s:%d/blob" % (env.a_ip, PORT)],
+                       check=True, timeout=30)
+        pm.start("b-work", ["python3", inside + "/worker.py", inside], pod=env.b)
+        _wait_file(os.path.join(host_dir, "allocated"))
+        time.sleep(2.5)
+        mark1 = len(p.lines)
+        open(os.path.join(host_dir, "go"), "w").close()
+        _wait_file(os.path.join(host_dir, "done"))
+        time.sleep(2.5)
+        net1 = _netdev(a_pid)
+        io1 = _cgroup_io(b_path)
+        time.sleep(1.2)         # one more period: it reports up to now
+    rows = [json.loads(l) for l in p.lines if l.startswith("{")]
+    assert {r["table"] for r in rows} == {"pod"}, "only the pod table was asked for"
+    a = [r for r in rows if r["pod_name"] == env.a]
+    b = [r for r in rows if r["pod_name"] == env.b]
+    assert a and b, rows[:5]
+    assert {(r["pod_ip"], r["container_cnt"]) for r in a} == {(env.a_ip, 1)}
+    assert {r["pod_ip"] for r in b} == {env.b_ip}
+    # network: pod A sent the 4 MiB blob (plus headers and framing, < 10 %); the sum of its
+    # rows is what its namespace's counters moved by (the test's readings bracket the
+    # download; other traffic there: none but stray ARP/ND, < 64 KiB)
+    tx = sum(r["network_tx"] for r in a)
+    assert BLOB <= tx <= BLOB * 1.1, tx
+    assert abs(tx - (net1[0] - net0[0])) <= 64 << 10, (tx, net1[0] - net0[0])
+    assert sum(r["network_rx"] for r in a) < 256 << 10
+    assert sum(r["network_tx"] for r in b) < 64 << 10
+    # memory: pod B's rss and vm rise by the 64 MiB (python itself: < 40 MiB more)
+    def b_rows(lines):
+        return [r for r in (json.loads(l) for l in lines if l.startswith("{"))
+                if r["pod_name"] == env.b]
+    b_before = b_rows(p.lines[:mark0])
+    b_alloc = b_rows(p.lines[mark0:mark1])
+    assert b_before and b_alloc, "no pod B rows before / while the worker held its memory"
+    base_rss = b_before[-1]["rss"]
+    rss = b_alloc[-1]["rss"]
+    assert MEM <= rss - base_rss <= MEM + (40 << 20), (rss, base_rss)
+    assert max(r["vm"] for r in b) - min(r["vm"] for r in b) >= MEM
+    assert max(r["container_cnt"] for r in b) == 2     # nginx + the worker (not infra)
+    # cpu: percent of one CPU per ~1 s period: the sum is about the CPU seconds used
+    cpu_s = sum(float(r["cpu"]) for r in b) / 100
+    assert CPU_S * 0.9 <= cpu_s <= CPU_S + 0.8, cpu_s
+    print("pod table: tx %d (netns moved %d), rss +%d, cpu %.2f s, io r/w %d/%d "
+          "(cgroup moved %d/%d)" % (tx, net1[0] - net0[0], rss - base_rss, cpu_s,
+                                    sum(r["bytes_read"] for r in b),
+                                    sum(r["bytes_write"] for r in b),
+                                    io1[0] - io0[0], io1[1] - io0[1]))
+    # I/O: the 8 MiB written and read back with O_DIRECT (plus metadata and journal
+    # writes, < 2 MiB), as the pod cgroup's own counters moved
+    rd = sum(r["bytes_read"] for r in b)
+    wr = sum(r["bytes_write"] for r in b)
+    assert abs(rd - (io1[0] - io0[0])) <= 1 << 20 and abs(wr - (io1[1] - io0[1])) <= 1 << 20, \
+        (rd, wr, io0, io1)
+    assert DIO <= rd <= DIO + (2 << 20) and DIO <= wr <= DIO + (2 << 20), (rd, wr)

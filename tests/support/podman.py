@@ -25,6 +25,7 @@ import time
 import uuid
 
 CGROUP = "/sys/fs/cgroup"
+BLOB = 4 << 20        # bytes of nginx's /blob
 
 
 def _hybrid_hugetlb_on_v2():
@@ -125,6 +126,8 @@ class Podman:
         os.chmod(host, 0o777)
         with open(os.path.join(host, "nginx.conf"), "w") as f:
             f.write(NGINX_CONF % {"d": inside, "port": port})
+        with open(os.path.join(host, "blob"), "wb") as f:     # GET /blob: BLOB bytes
+            f.write(os.urandom(BLOB))
         cid = self.start(name, ["nginx", "-c", inside + "/nginx.conf"], pod=pod)
         self.wait_port(self.pid_of(self.prefix + "-" + name), port)
         return cid
@@ -194,6 +197,7 @@ http {
     server {
         listen %(port)d;
         location / { return 200 "hello\\n"; }
+        location = /blob { alias %(d)s/blob; }
     }
 }
 """
