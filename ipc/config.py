@@ -212,6 +212,7 @@ def pids_of_container(container_id: Optional[str], cpucg_inode: int = 0,
 def _expand(proc_pids: FrozenSet[int], containers: Tuple[Container, ...], proc_root: str,
             cgroup_root: str, pods: Tuple[str, ...] = ()) -> FrozenSet[int]:
     pids = set(proc_pids)
+    pods = tuple(pods) + tuple(c.pod_id for c in containers if c.pod_id)
     if pods:
         from pipeline.pods import resolver
         pids.update(resolver().pids_of_pods(pods))

@@ -130,7 +130,7 @@ def test_containers_with_and_without_sub_tlvs():
         Container(11, None, None),
         Container(12, CID, None),
         Container(13, CID2, "/lib/libssl.so.1.1"),
-        Container(14, CID, "/ssl"),
+        Container(14, CID, "/ssl", "pod"),
         Container(15, None, None),
     )
     assert cfg.pids == ()

@@ -173,3 +173,25 @@ def test_pod_option_checks():
         settings_from_options(pods=["bad name!"])
     s = settings_from_options(pods="nosuchpod-%s" % uuid.uuid4().hex[:6])
     assert s.pids == frozenset() and s.pods   # watches nothing until the pod has processes
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates cgroups")
+def test_gopher_container_object_with_pod_id_scopes_the_pod(cgroups):
+    """Under gala-gopher: a container object carrying its pod's id (sub-TLV 1004) watches
+    every container of that pod, also one started after the message (refresh_pids)."""
+    from ipc.config import refresh_pids, settings_from_ipc
+    from ipc.message import Container, IpcConfig
+    tag = uuid.uuid4().hex[:6]
+    uid = str(uuid.uuid4())
+    ids = [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(3)]
+    base = "/l7t%s/kubepods/besteffort/pod%s/" % (tag, uid)
+    first = cgroups(base + ids[0])
+    other = cgroups("/l7t%s/kubepods/besteffort/pod%s/%s" % (tag, uuid.uuid4(), ids[2]))
+    cfg = IpcConfig(flags=3, snooper_state=0, range_flags=7, period=5, support_ssl=0,
+                    cluster_ip_backend=0, proto_flags=1, pids=(),
+                    containers=(Container(0, ids[0], None, uid),), snooper_num=1)
+    s = settings_from_ipc(cfg)
+    assert first in s.pids and other not in s.pids
+    later = cgroups(base + ids[1])          # a new container of the pod
+    s2 = refresh_pids(s)
+    assert {first, later} <= s2.pids and other not in s2.pids
