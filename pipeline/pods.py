@@ -38,6 +38,7 @@ Caches are bounded (LRU): per process (revalidated by its start time at most eve
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -47,7 +48,6 @@ from collections import OrderedDict
 from typing import Dict, FrozenSet, Iterable, NamedTuple, Optional
 
 PROC = "/proc"
-CGROUP_ROOT = "/sys/fs/cgroup"
 REVALIDATE = 2.0              # seconds between start-time checks of a cached process
 MAX_PROCS = 16384
 MAX_CONTAINERS = 4096
@@ -153,22 +153,6 @@ def parse_cgroup_file(data: bytes) -> CgroupInfo:
             if not best.container_id and not best.pod_uid:
                 best = info
     return best
-
-
-def cgroup_paths(data: bytes) -> Dict[str, str]:
-    """{controller (or "" for v2): path} of a /proc/PID/cgroup content."""
-    out = {}
-    for line in data.splitlines():
-        parts = line.split(b":", 2)
-        if len(parts) != 3:
-            continue
-        path = os.fsdecode(parts[2])
-        if parts[0] == b"0" and parts[1] == b"":
-            out[""] = path
-        for c in parts[1].split(b","):
-            if c:
-                out[os.fsdecode(c)] = path
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -401,7 +385,6 @@ def netns_ip(pid: int, proc: str = PROC) -> str:
             f = line.split()
             if len(f) >= 6 and f[5] != "lo" and not f[0].startswith("fe80"):
                 h = f[0]
-                import ipaddress
                 try:
                     return str(ipaddress.IPv6Address(int(h, 16)))
                 except ValueError:
