@@ -77,11 +77,14 @@ def parse_args(argv):
     p.add_argument("--proto", help="comma list of http,http2,pgsql,mysql,redis,kafka,mongo,"
                    "rocketmq,dns or all (default all)")
     p.add_argument("--range", dest="range_", help="sub-probes: l7_bytes_metrics,"
-                   "l7_rpc_metrics,l7_rpc_trace (default all three)")
+                   "l7_rpc_metrics,l7_rpc_trace (default all three), l7_pod_metrics "
+                   "(the pod table)")
     p.add_argument("-p", "--pid", action="append", help="only these processes (repeatable "
                    "or comma list)")
     p.add_argument("--container", action="append", help="only processes of these "
                    "containers (full or short id)")
+    p.add_argument("--pod", action="append", help="only processes of these pods (name, "
+                   "namespace/name or uid; containers started later too)")
     p.add_argument("--no-ssl", action="store_true", help="do not attach TLS uprobes")
     p.add_argument("--duration", type=float, help="stop after SEC seconds")
     p.add_argument("--format", choices=("gopher", "json"), default="gopher",
@@ -122,10 +125,11 @@ class Probe:
                              else None)
         self.traces = TraceWriter(self.writer, max(0, args.trace_limit), mono_to_wall_factory())
         self.tracker = Tracker(self.links, None, self.on_control)
+        if args.format == "json":       # who a process is, looked up while it lives
+            self.tracker.on_open = self._labelled(self.tracker.on_open)
         self.last_report = time.monotonic()
         self.dropped_reported = (0, 0, 0, 0, 0)
         self.hdr_layout = LAYOUTS["evt_hdr"]
-        self._comm_cache = {}
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL
         self.tls = None            # bpf.tls_attach.TlsManager while TLS is on
         self.EVT_EXEC = DEFINES["EVT_EXEC"]
@@ -145,6 +149,9 @@ class Probe:
         n = seed(self.capture, self.settings.pids)
         log.info("tracking %d connection(s) that existed before start", n)
         self._tls_apply(None, self.settings)
+        if "pod" in self.settings.tables:          # the pods' counters at start
+            from pipeline.podtable import report_pods
+            report_pods(self.writer, emit=False)
         # Start-up objects (BCC, modules, the compiled program) live for good: collect once,
         # then keep them out of later collections (a full pass over them costs ~40 ms).
         # The hot path makes few cycles: young collections every 10000 net allocations
@@ -219,8 +226,11 @@ class Probe:
         """A record other than data, open and close (pipeline.conntrack.Tracker.feed
         handles those): a process's exec, a stop signal sent to our parent."""
         if t == self.EVT_EXEC:
+            tgid = self.hdr_layout.unpack(raw)["tgid"]
+            from pipeline.pods import resolver
+            resolver().forget(tgid)             # a new program: new comm (maybe cgroup)
             if self.tls is not None:
-                self.tls.on_exec(self.hdr_layout.unpack(raw)["tgid"])
+                self.tls.on_exec(tgid)
         elif t == self.EVT_PARENT_SIGNAL:
             if not self.stop_requested:
                 self.stop_requested = True
@@ -260,6 +270,9 @@ class Probe:
         self._collect_counters()
         self._sweep()
         report_links(self.writer, self.links, self.settings.tables, elapsed)
+        if "pod" in self.settings.tables:
+            from pipeline.podtable import report_pods
+            report_pods(self.writer, None if self.settings.pids is None else self.wanted)
         self.links.age(time.time())
         dropped_traces = self.traces.new_period()
         if dropped_traces:
@@ -338,18 +351,17 @@ class Probe:
             dead = set(dead)
             self.tracker.drop_where(lambda c: c.conn_id in dead)
 
+    def _labelled(self, on_open):
+        labels = self._json_labels
+
+        def open_labelled(ev):
+            labels(ev["tgid"])
+            return on_open(ev)
+        return open_labelled
+
     def _json_labels(self, tgid):
-        v = self._comm_cache.get(tgid)
-        if v is None:
-            try:
-                with open("/proc/%d/comm" % tgid) as f:
-                    comm = f.read().strip()
-            except OSError:
-                comm = ""
-            from ipc.config import container_of_pid
-            v = self._comm_cache[tgid] = {"comm": comm,
-                                          "container_id": container_of_pid(tgid) or ""}
-        return v
+        from pipeline.pods import labels_of      # comm, container and pod (cached)
+        return labels_of(tgid)
 
     def begin_stop(self):
         """Start detaching now: the kernel's grace periods overlap the last report (which
@@ -368,7 +380,8 @@ def standalone_settings(args):
     try:
         return settings_from_options(period=args.period, proto=args.proto,
                                      range_=args.range_, pids=args.pid,
-                                     containers=args.container, no_ssl=args.no_ssl)
+                                     containers=args.container, no_ssl=args.no_ssl,
+                                     pods=args.pod)
     except ValueError as exc:
         raise ArgError(str(exc))
 

@@ -54,7 +54,7 @@ class Writer:
             obj = {"table": table}
             for f in fields:
                 obj[f] = row[f]
-            if self.labels is not None:
+            if self.labels is not None and "tgid" in row:    # (not the pod table)
                 obj.update(self.labels(row["tgid"]))
             line = json.dumps(obj, separators=(",", ":")) + "\n"
         else:
