@@ -90,6 +90,10 @@ def parse_args(argv):
                    help="bytes captured per syscall (default 16384, max 32768)")
     p.add_argument("--trace-limit", type=int, default=1000,
                    help="at most this many l7_trace rows per period (default 1000)")
+    p.add_argument("--replay", metavar="FILE", help="replay a pcap/pcapng capture through "
+                   "the parsers (no BPF) and print one report")
+    p.add_argument("--replay-side", choices=("server", "client", "both"), default="server",
+                   help="with --replay: whose view to report (default server)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -529,6 +533,25 @@ def _refresh_containers(probe):
         probe.apply(new)
 
 
+def run_replay(args):
+    """--replay FILE: the capture through the same pipeline (pipeline/replay.py)."""
+    from ipc.config import settings_from_options
+    from pipeline.replay import replay_file
+    from protocol import registry
+    try:
+        st = settings_from_options(proto=args.proto, range_=args.range_)
+        protos = registry.names_from_flags(st.proto_flags)
+        replay_file(args.replay, sys.stdout, protos, args.replay_side, st.tables,
+                    args.format, max(0, args.trace_limit))
+    except (ValueError, OSError) as exc:
+        print("l7probe: error: --replay %s: %s" % (args.replay, exc), file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     from bpf.loader import ProbeError
@@ -545,6 +568,8 @@ def main(argv=None):
         except OSError:
             gopher_mode = False
     setup_logging(gopher_mode, args.verbose)
+    if args.replay:
+        return run_replay(args)
     try:
         return run(args, gopher_mode, no_options=not argv)
     except (ProbeError, ArgError) as exc:

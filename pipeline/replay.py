@@ -1,0 +1,194 @@
+"""Replay a capture (pcap / pcapng) through the probe's own pipeline, without BPF.
+
+``l7probe.py --replay FILE`` reads the capture's TCP conversations
+(``pipeline/pcapfile.py``: both directions, in sequence order, with the capture's
+timestamps), turns each into the records the kernel side would send (open, data per TCP
+segment, close), and feeds them to the same ``pipeline.conntrack.Tracker``, parsers,
+stitchers, ``pipeline.aggregate.Links`` and ``pipeline.report`` as a live run, so it prints
+the same tables.  Differences from a live run, by design:
+
+* one report at the end of the capture; its period (for throughputs) is the capture's
+  duration from first to last segment, at least 1 s;
+* ``tgid`` is 0, ``ssl`` is ``no_ssl`` (a capture holds no plaintext of TLS);
+* the side: by default the server's view (``l7_role`` server, ``l4_role`` tcp_server); with
+  ``side="client"`` the client's, with ``side="both"`` both (as if both ends were traced on
+  one host).  The client is the end that sent the SYN, else the higher port
+  (``pcapfile.read_tcp_connections``);
+* the protocol of a connection: the one named if ``protos`` holds one name, else the first
+  protocol (registry order, within ``protos``) whose parser takes one of the connection's
+  first segments as a frame (:func:`guess_protocol`).  This replaces the kernel's detection
+  rules, so a protocol needs nothing more than its parser to be replayable.
+* l7_link counts every payload byte and TCP segment with data.
+
+Another protocol uses it as is: once its parser is registered (``protocol/registry.py``),
+``replay_file("x.pcap", out, protos=["kafka"])`` (or ``--replay x.pcap --proto kafka``)
+prints its records; :func:`replay_records` returns ``(link, Record)`` pairs for tests.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+from pipeline.aggregate import Links
+from pipeline.conntrack import AF_INET, AF_INET6, Tracker
+from pipeline.pcapfile import C2S, read_tcp_connections
+from pipeline.report import TraceWriter, Writer, report_links
+from protocol import registry
+from protocol.base import MessageType, ParseState
+
+log = logging.getLogger("l7probe")
+
+DIR_EGRESS, DIR_INGRESS = 0, 1
+L4_CLIENT, L4_SERVER = 1, 2
+L7_CLIENT, L7_SERVER = 1, 2
+GUESS_SEGMENTS = 4          # segments per direction tried by guess_protocol
+
+
+def _ip(addr):
+    if addr is None:
+        return AF_INET, b"\0" * 16
+    ip = addr[0]
+    if ":" in ip:
+        return AF_INET6, socket.inet_pton(socket.AF_INET6, ip)
+    return AF_INET, socket.inet_pton(socket.AF_INET, ip) + b"\0" * 12
+
+
+def guess_protocol(chunks, protos):
+    """The first ``ProtoInfo`` of ``protos`` whose parser parses a frame (SUCCESS) at the
+    start of one of the first GUESS_SEGMENTS segments of either direction, or None."""
+    firsts = {C2S: [], "s2c": []}
+    for d, _, data in chunks:
+        lst = firsts[d]
+        if len(lst) < GUESS_SEGMENTS:
+            lst.append(data)
+        if len(firsts[C2S]) >= GUESS_SEGMENTS and len(firsts["s2c"]) >= GUESS_SEGMENTS:
+            break
+    for info in protos:
+        proto = registry.protocol_for_id(info.proto_id)
+        if proto is None:
+            continue
+        for d, datas in firsts.items():
+            mt = MessageType.REQUEST if d == C2S else MessageType.RESPONSE
+            for data in datas:
+                try:
+                    parser = proto.new_parser(mt, proto.new_state())
+                    st, frame, _ = parser.parse(data, 0, 0)
+                except Exception:       # a parser bug is not a match
+                    continue
+                if st is ParseState.SUCCESS and frame is not None:
+                    return info
+    return None
+
+
+class _Replay:
+    def __init__(self, protos, side, sink):
+        self.links = Links()
+        self.tracker = Tracker(self.links, sink)
+        self.protos = protos
+        self.sides = ("server", "client") if side == "both" else (side,)
+        self.next_id = 1
+        self.first_ts = self.last_ts = None
+
+    def run(self, path):
+        conns = read_tcp_connections(path)
+        events = []          # (ts, order, kind, payload)
+        order = 0
+        for c in conns:
+            if len(self.protos) == 1:
+                info = self.protos[0]
+            else:
+                info = guess_protocol(c.chunks, self.protos)
+            if info is None:
+                log.info("replay: %s -> %s: no protocol of %s recognised, skipped",
+                         c.client, c.server, ",".join(p.name for p in self.protos))
+                continue
+            for side in self.sides:
+                cid = self.next_id
+                self.next_id += 1
+                t0 = c.chunks[0][1]
+                events.append((t0, order, "open", (cid, c, info, side)))
+                order += 1
+                for d, ts, data in c.chunks:
+                    events.append((ts, order, "data", (cid, c, side, d, data)))
+                    order += 1
+                events.append((c.chunks[-1][1], order, "close", (cid, c, side)))
+                order += 1
+        events.sort(key=lambda e: (e[0], e[1]))
+        tr = self.tracker
+        for ts, _, kind, p in events:
+            if self.first_ts is None:
+                self.first_ts = ts
+            self.last_ts = ts
+            tr.now = ts / 1e9
+            if kind == "open":
+                self._open(*p)
+            elif kind == "data":
+                cid, c, side, d, data = p
+                egress = (d == C2S) == (side == "client")
+                tr.on_data(cid, DIR_EGRESS if egress else DIR_INGRESS, ts, data, len(data), 0)
+                tr.stitch_dirty()
+            else:
+                cid, c, side = p
+                sent = recv = ssent = srecv = 0
+                for d, _, data in c.chunks:
+                    if (d == C2S) == (side == "client"):
+                        sent += len(data)
+                        ssent += 1
+                    else:
+                        recv += len(data)
+                        srecv += 1
+                tr.stitch_dirty()
+                tr.on_close({"conn_id": cid, "bytes_sent": sent, "bytes_recv": recv,
+                             "segs_sent": ssent, "segs_recv": srecv})
+
+    def _open(self, cid, c, info, side):
+        fam, cip = _ip(c.client)
+        _, sip = _ip(c.server)
+        client = side == "client"
+        self.tracker.on_open({
+            "conn_id": cid, "tgid": 0, "fd": cid, "proto": info.proto_id, "family": fam,
+            "client_ip": cip, "server_ip": sip,
+            "server_port": c.server[1] if c.server else 0,
+            "l4_role": L4_CLIENT if client else L4_SERVER,
+            "l7_role": L7_CLIENT if client else L7_SERVER, "ssl": 0})
+
+    @property
+    def period(self):
+        if self.first_ts is None:
+            return 1.0
+        return max(1.0, (self.last_ts - self.first_ts) / 1e9)
+
+
+def _protos(names):
+    if not names:
+        return [p for p in registry.PROTOCOLS if p.module]
+    return [registry.BY_NAME[n] for n in names]
+
+
+def replay_records(path, protos=None, side="server"):
+    """``[(link, Record), ...]`` of a capture, in the order they were made (for tests)."""
+    out = []
+    r = _Replay(_protos(protos), side, lambda link, rec: out.append((link, rec)))
+    r.run(path)
+    return out
+
+
+def replay_file(path, out=None, protos=None, side="server", tables=None, fmt="gopher",
+                trace_limit=1000000):
+    """Replay ``path`` and print its tables to ``out`` (stdout) in one report."""
+    from ipc.config import ALL_TABLES
+    tables = ALL_TABLES if tables is None else tables
+    writer = Writer(out or sys.stdout, fmt)
+    traces = TraceWriter(writer, trace_limit, lambda ts: ts)
+    r = _Replay(_protos(protos), side, traces.add if "l7_trace" in tables else None)
+    r.run(path)
+    traces.flush()
+    report_links(writer, r.links, tables, r.period)
+    dropped = traces.new_period()
+    if dropped:
+        log.warning("l7_trace: %d row(s) over the limit of %d not printed", dropped,
+                    trace_limit)
+    for name, st in sorted(r.tracker.stream_stats.items()):
+        st.report(name)
+    return writer.lines
