@@ -71,14 +71,33 @@ def guess_protocol(chunks, protos):
         for d, datas in firsts.items():
             mt = MessageType.REQUEST if d == C2S else MessageType.RESPONSE
             for data in datas:
-                try:
-                    parser = proto.new_parser(mt, proto.new_state())
-                    st, frame, _ = parser.parse(data, 0, 0)
-                except Exception:       # a parser bug is not a match
-                    continue
-                if st is ParseState.SUCCESS and frame is not None:
+                if _takes(proto, mt, data):
                     return info
     return None
+
+
+def _takes(proto, mt, data):
+    """The protocol's ``detect(data, msg_type)`` if it has one, else: its parser reads a
+    frame from data's start (after at most 8 frames it ignores)."""
+    detect = getattr(proto, "detect", None)
+    if detect is not None:          # the protocol's own test, stricter than its parser
+        try:
+            return bool(detect(data, mt))
+        except Exception:
+            return False
+    try:
+        parser = proto.new_parser(mt, proto.new_state())
+        pos = 0
+        for _ in range(8):
+            st, frame, end = parser.parse(data, pos, 0)
+            if st is ParseState.SUCCESS and frame is not None:
+                return True
+            if st is not ParseState.IGNORE or end <= pos or end >= len(data):
+                return False
+            pos = end
+    except Exception:       # a parser bug is not a match
+        return False
+    return False
 
 
 class _Replay:
