@@ -247,6 +247,13 @@ class Tracker:
 
     @staticmethod
     def _say_skipped(conn):
+        st = conn.state
+        note = getattr(st, "note", None)
+        if note and not st.note_said:       # once per connection (HTTP/2's unknown HPACK)
+            st.note_said = True
+            ln = conn.link
+            log.info("%s: pid %d fd %d, %s -> %s:%d", note, conn.tgid, conn.fd, ln.client_ip,
+                     ln.server_ip, ln.server_port)
         reason = getattr(conn.state, "skip_reason", None)
         if reason:
             conn.skip_said = True

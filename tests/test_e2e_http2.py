@@ -117,3 +117,4 @@ def test_nginx_h2load_curl_exact(run, scheme, role):
             serr += int(r["server_err_count"])
     assert per_api == logged
     assert (cerr, serr) == (statuses["4"], statuses["5"])
+
