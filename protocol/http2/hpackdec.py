@@ -33,11 +33,13 @@ MAX_FIELDS = 512           # fields per block; a block with more is not trusted
 WANTED = frozenset((b":method", b":path", b":status", b"content-type", b"grpc-status",
                     b":authority", b"grpc-message"))
 _HUFF_CACHE_MAX = 4096
+# Huffman-coded strings seen again and again (the same headers on every connection of a
+# client): a bounded memo of a pure function, shared like protocol/http's API cache
+_HUFF = {}
 
 
 class HpackDecoder:
-    __slots__ = ("known", "size", "max_size", "size_seen", "complete", "huff_cache",
-                 "unknown_fields")
+    __slots__ = ("known", "size", "max_size", "size_seen", "complete", "unknown_fields")
 
     def __init__(self, complete=False):
         self.known = []            # newest first: (name, value, size)
@@ -45,7 +47,6 @@ class HpackDecoder:
         self.max_size = DEFAULT_TABLE
         self.size_seen = False     # max_size learnt from a size update in this stream
         self.complete = complete   # no entry older than the known ones can exist
-        self.huff_cache = {}
         self.unknown_fields = 0    # fields not decodable because of an unknown entry
 
     def forget(self):
@@ -91,7 +92,7 @@ class HpackDecoder:
         raw = b[pos:pos + n]
         pos += n
         if first & 0x80:
-            cache = self.huff_cache
+            cache = _HUFF
             s = cache.get(raw)
             if s is None:
                 try:
@@ -134,9 +135,18 @@ class HpackDecoder:
                 return None
             c = b[pos]
             if c & 0x80:                      # indexed field
-                idx, pos = _int(b, pos, end, 7)
-                if pos < 0:
-                    return None
+                if c != 0xFF:                 # one-byte index: the common case, inline
+                    pos += 1
+                    idx = c & 0x7F
+                    if 0 < idx <= NSTATIC:
+                        e = STATIC[idx - 1]
+                        if e[0] in wanted:
+                            fields[e[0]] = e[1]
+                        continue
+                else:
+                    idx, pos = _int(b, pos, end, 7)
+                    if pos < 0:
+                        return None
                 e = self._entry(idx)
                 if e is False:
                     return None
