@@ -3,6 +3,7 @@ for the HTTP/2 end-to-end tests.
 
     python3 -m tests.support.grpcapp server          # prints its port, serves until stdin ends
     python3 -m tests.support.grpcapp client PORT     # runs CALLS, prints "done"
+    python3 -m tests.support.grpcapp client PORT CERT   # the same over TLS (CERT: the CA)
 
 Methods of service ``test.Svc``: ``Unary`` (the request bytes choose the status: b"ok",
 or a status name such as b"NOT_FOUND"), ``ServerStream`` (4 responses), ``ClientStream``
@@ -68,8 +69,13 @@ def serve():
     server.stop(0)
 
 
-def client(port):
-    ch = grpc.insecure_channel("127.0.0.1:%d" % port)
+def client(port, cert=None):
+    if cert is None:
+        ch = grpc.insecure_channel("127.0.0.1:%d" % port)
+    else:
+        with open(cert, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        ch = grpc.secure_channel("localhost:%d" % port, creds)
     grpc.channel_ready_future(ch).result(timeout=20)
     for method, kind, reqs, want in CALLS:
         path = "/%s/%s" % (SERVICE, method)
@@ -95,4 +101,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "server":
         serve()
     else:
-        client(int(sys.argv[2]))
+        client(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)

@@ -2,9 +2,14 @@
 // library's defaults; standard library only) for the l7probe HTTP/2 tests.
 //
 //	goh2 server -addr 127.0.0.1:8443 -cert cert.pem -key key.pem
+//	goh2 grpcserver -addr 127.0.0.1:8443 -cert cert.pem -key key.pem
 //	goh2 client -c 4 -delay 2s https://127.0.0.1:8443/a https://127.0.0.1:8443/status/404 ...
 //
 // Server routes: /status/<code> answers with that status code; anything else 200 "ok\n".
+// grpcserver speaks gRPC's wire format on net/http's h2 (length-prefixed messages,
+// grpc-status in trailers) for tests/support/grpcapp.py's service test.Svc: Unary answers
+// the status its request names ("ok" or e.g. "NOT_FOUND"), ServerStream 4 messages,
+// ClientStream one, Bidi echoes each until "ABORT" (UNAVAILABLE).
 // It prints "listening <addr>" when ready. The client fetches every URL once, -c at a
 // time, over one connection (HTTP/2 multiplexes the streams), the certificate not
 // verified; it prints "proto=<proto> requests=N errors=E status=<code>:<count>,...".
@@ -39,7 +44,65 @@ func handler(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ok\n"))
 }
 
-func server(args []string) {
+var grpcCodes = map[string]int{"ok": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3,
+	"DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7,
+	"RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10, "OUT_OF_RANGE": 11,
+	"UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15,
+	"UNAUTHENTICATED": 16}
+
+func grpcMessages(body []byte) [][]byte {
+	var out [][]byte
+	for len(body) >= 5 {
+		n := int(body[1])<<24 | int(body[2])<<16 | int(body[3])<<8 | int(body[4])
+		if 5+n > len(body) {
+			break
+		}
+		out = append(out, body[5:5+n])
+		body = body[5+n:]
+	}
+	return out
+}
+
+func grpcHandler(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	msgs := grpcMessages(body)
+	w.Header().Set("Content-Type", "application/grpc")
+	w.Header().Set("Trailer", "Grpc-Status")
+	w.WriteHeader(200)
+	send := func(m []byte) {
+		w.Write([]byte{0, byte(len(m) >> 24), byte(len(m) >> 16), byte(len(m) >> 8), byte(len(m))})
+		w.Write(m)
+	}
+	code := 0
+	switch r.URL.Path {
+	case "/test.Svc/Unary":
+		if len(msgs) > 0 {
+			code = grpcCodes[string(msgs[0])]
+		}
+		if code == 0 {
+			send([]byte("fine"))
+		}
+	case "/test.Svc/ServerStream":
+		for i := 0; i < 4; i++ {
+			send([]byte(fmt.Sprintf("r%d", i)))
+		}
+	case "/test.Svc/ClientStream":
+		send(body)
+	case "/test.Svc/Bidi":
+		for _, m := range msgs {
+			if string(m) == "ABORT" {
+				code = 14
+				break
+			}
+			send(m)
+		}
+	default:
+		code = 12
+	}
+	w.Header().Set("Grpc-Status", strconv.Itoa(code))
+}
+
+func server(args []string, grpc bool) {
 	fs := flag.NewFlagSet("server", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:8443", "listen address")
 	cert := fs.String("cert", "cert.pem", "certificate (PEM)")
@@ -51,7 +114,11 @@ func server(args []string) {
 	}
 	fmt.Printf("listening %s\n", ln.Addr())
 	os.Stdout.Sync()
-	srv := &http.Server{Handler: http.HandlerFunc(handler)}
+	h := http.HandlerFunc(handler)
+	if grpc {
+		h = http.HandlerFunc(grpcHandler)
+	}
+	srv := &http.Server{Handler: h}
 	log.Fatal(srv.ServeTLS(ln, *cert, *key))
 }
 
@@ -119,8 +186,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: goh2 server|client ...")
 		os.Exit(2)
 	}
-	if os.Args[1] == "server" {
-		server(os.Args[2:])
+	if os.Args[1] == "server" || os.Args[1] == "grpcserver" {
+		server(os.Args[2:], os.Args[1] == "grpcserver")
 	} else {
 		client(os.Args[2:])
 	}
