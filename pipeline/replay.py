@@ -3,7 +3,8 @@
 ``l7probe.py --replay FILE`` reads the capture's TCP conversations
 (``pipeline/pcapfile.py``: both directions, in sequence order, with the capture's
 timestamps), turns each into the records the kernel side would send (open, data per TCP
-segment, close), and feeds them to the same ``pipeline.conntrack.Tracker``, parsers,
+segment, close, packed in ``include/l7_events.h``'s layouts), and feeds them to the same
+``pipeline.conntrack.Tracker.feed`` hot path, parsers,
 stitchers, ``pipeline.aggregate.Links`` and ``pipeline.report`` as a live run, so it prints
 the same tables.  Differences from a live run, by design:
 
@@ -30,6 +31,7 @@ import logging
 import socket
 import sys
 
+from bpf.layout import DEFINES, LAYOUTS
 from pipeline.aggregate import Links
 from pipeline.conntrack import AF_INET, AF_INET6, Tracker
 from pipeline.pcapfile import C2S, read_tcp_connections
@@ -43,6 +45,7 @@ DIR_EGRESS, DIR_INGRESS = 0, 1
 L4_CLIENT, L4_SERVER = 1, 2
 L7_CLIENT, L7_SERVER = 1, 2
 GUESS_SEGMENTS = 4          # segments per direction tried by guess_protocol
+_OPEN, _DATA, _CLOSE = LAYOUTS["evt_open"], LAYOUTS["evt_data"], LAYOUTS["evt_close"]
 
 
 def _ip(addr):
@@ -134,6 +137,7 @@ class _Replay:
                 events.append((c.chunks[-1][1], order, "close", (cid, c, side)))
                 order += 1
         events.sort(key=lambda e: (e[0], e[1]))
+        # the records the kernel side would send, in its layouts, into the live hot path
         tr = self.tracker
         for ts, _, kind, p in events:
             if self.first_ts is None:
@@ -141,12 +145,13 @@ class _Replay:
             self.last_ts = ts
             tr.now = ts / 1e9
             if kind == "open":
-                self._open(*p)
+                raw = self._open(ts, *p)
             elif kind == "data":
                 cid, c, side, d, data = p
                 egress = (d == C2S) == (side == "client")
-                tr.on_data(cid, DIR_EGRESS if egress else DIR_INGRESS, ts, data, len(data), 0)
-                tr.stitch_dirty()
+                raw = _DATA.pack(type=DEFINES["EVT_DATA"], conn_id=cid, ts=ts,
+                                 true_len=len(data), cap_len=len(data),
+                                 direction=DIR_EGRESS if egress else DIR_INGRESS) + data
             else:
                 cid, c, side = p
                 sent = recv = ssent = srecv = 0
@@ -157,20 +162,23 @@ class _Replay:
                     else:
                         recv += len(data)
                         srecv += 1
-                tr.stitch_dirty()
-                tr.on_close({"conn_id": cid, "bytes_sent": sent, "bytes_recv": recv,
-                             "segs_sent": ssent, "segs_recv": srecv})
+                raw = _CLOSE.pack(type=DEFINES["EVT_CLOSE"], conn_id=cid, ts=ts,
+                                  bytes_sent=sent, bytes_recv=recv, segs_sent=ssent,
+                                  segs_recv=srecv)
+            tr.feed((raw,))
+            tr.stitch_dirty()
 
-    def _open(self, cid, c, info, side):
+    def _open(self, ts, cid, c, info, side):
         fam, cip = _ip(c.client)
         _, sip = _ip(c.server)
         client = side == "client"
-        self.tracker.on_open({
-            "conn_id": cid, "tgid": 0, "fd": cid, "proto": info.proto_id, "family": fam,
-            "client_ip": cip, "server_ip": sip,
-            "server_port": c.server[1] if c.server else 0,
-            "l4_role": L4_CLIENT if client else L4_SERVER,
-            "l7_role": L7_CLIENT if client else L7_SERVER, "ssl": 0})
+        return _OPEN.pack(
+            type=DEFINES["EVT_OPEN"], conn_id=cid, ts=ts, tgid=0, fd=cid, proto=info.proto_id,
+            family=fam, client_ip=cip, server_ip=sip,
+            server_port=c.server[1] if c.server else 0,
+            client_port=c.client[1] if c.client else 0,
+            l4_role=L4_CLIENT if client else L4_SERVER,
+            l7_role=L7_CLIENT if client else L7_SERVER, ssl=0)
 
     @property
     def period(self):
