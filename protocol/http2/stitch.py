@@ -9,11 +9,11 @@ See README.md beside this file for the error classes.
 from __future__ import annotations
 
 from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER, Protocol, Record
+from protocol.http.stitch import API_MAX, api_name as http_api_name
 from protocol.http2.parse import PREFACE, H2Parser
 from protocol.http2.types import (EV_END, EV_GOAWAY, EV_HEADERS, EV_PUSH, EV_RST, MAX_STREAMS,
                                   H2State, H2Stream)
 
-API_MAX = 63
 UNKNOWN = "<unknown>"
 # gRPC status codes that are the client's fault (Google AIP-193 / grpc's HTTP mapping: the
 # codes mapped to 4xx); every other non-zero code is the server's
@@ -32,12 +32,10 @@ def _text(b):
 
 
 def api_name(method, path, grpc):
+    """HTTP/1.x's rule (``METHOD path``, no query, <= 63 characters); gRPC: the path."""
     if grpc:
-        s = path
-    else:
-        q = path.find("?")
-        s = method + " " + (path[:q] if q >= 0 else path)
-    return s if len(s) <= API_MAX else s[:API_MAX]
+        return path[:API_MAX]
+    return http_api_name(method, path)
 
 
 class H2Protocol(Protocol):
