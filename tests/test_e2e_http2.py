@@ -17,6 +17,7 @@ from tests.support.servers import nginx
 from tests.support.tshark import FIXTURES
 from tests.test_proto_http2 import FILES, expected
 
+START_TIMEOUT = 240       # s: BPF compile and load on a busy 2-core machine
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
 
 
@@ -39,7 +40,7 @@ def run():
     replayer = start_replay([os.path.join(FIXTURES, p) for p in FILES])
     with nginx(tls=True, http2=True, extra_locations="        access_log access.log;") as ng, \
             ProbeRun(["--proto", "http,http2", "-P", "600", "--trace-limit", "100000",
-                      "--capture-bytes", "32768"]) as p:
+                      "--capture-bytes", "32768"], ready_timeout=START_TIMEOUT) as p:
         replay_out = finish_replay(replayer)
         for scheme in ("h2c", "https"):
             _h2load(ng.url("", scheme=scheme), scheme)

@@ -15,6 +15,7 @@ from hpack import Encoder
 from tests.support.probe import ProbeRun
 from tests.support.servers import nginx
 
+START_TIMEOUT = 240       # s: BPF compile and load on a busy 2-core machine
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -81,7 +82,8 @@ def _rss_kb(pid):
 def test_hostile_http2_then_exact(tmp_path):
     with nginx(http2=True) as ng, \
             ProbeRun(["--proto", "http2", "-P", "600", "-p",
-                      ",".join(str(p) for p in ng.pids() + [os.getpid()])]) as p:
+                      ",".join(str(p) for p in ng.pids() + [os.getpid()])],
+                     ready_timeout=START_TIMEOUT) as p:
         def curls():
             for path in ("/", "/status/404", "/status/500"):
                 subprocess.run(["curl", "-s", "-o", "/dev/null", "--http2-prior-knowledge",

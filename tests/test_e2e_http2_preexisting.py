@@ -14,6 +14,7 @@ import pytest
 from tests.support.probe import ProbeRun
 from tests.support.servers import nginx
 
+START_TIMEOUT = 240       # s: BPF compile and load on a busy 2-core machine
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
 
 BEFORE = ["/", "/status/404", "/status/201"]                    # fill the tables
@@ -73,7 +74,8 @@ def run():
         try:
             assert cl.stdout.readline().strip() == "ready"
             with ProbeRun(["--proto", "http2", "-P", "600", "-p",
-                           ",".join(str(p) for p in ng.pids() + [cl.pid])]) as p:
+                           ",".join(str(p) for p in ng.pids() + [cl.pid])],
+                          ready_timeout=START_TIMEOUT) as p:
                 cl.stdin.write("go\n")
                 cl.stdin.flush()
                 assert cl.stdout.readline().strip() == "done"
