@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """l7probe: Layer-7 traffic probe (eBPF, BCC) for gala-gopher, or standalone.
 
-Watches the socket traffic of processes without touching them, parses HTTP/1.x, HTTP/2 (gRPC), Redis,
-PostgreSQL, MySQL (and detects more), pairs requests with responses and prints, every
+Watches the socket traffic of processes without touching them, parses HTTP/1.x, HTTP/2
+(gRPC), Redis, PostgreSQL, MySQL (and detects more), pairs requests with responses and
+prints, every
 period, gala-gopher records: l7_link (bytes), l7_rpc (per-connection RPC metrics),
 l7_rpc_api (per API) and l7_trace (per request).
 
