@@ -3,9 +3,8 @@
 
 Watches the socket traffic of processes without touching them, parses HTTP/1.x, HTTP/2
 (gRPC), Redis, PostgreSQL, MySQL (and detects more), pairs requests with responses and
-prints, every
-period, gala-gopher records: l7_link (bytes), l7_rpc (per-connection RPC metrics),
-l7_rpc_api (per API) and l7_trace (per request).
+prints, every period, gala-gopher records: l7_link (bytes), l7_rpc (per-connection RPC
+metrics), l7_rpc_api (per API) and l7_trace (per request).
 
 Data flow, file by file: bpf/probe.c (kernel: capture, counters, detection) ->
 bpf/loader.py (ring buffer) -> pipeline/conntrack.py (connections) -> pipeline/stream.py
