@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """l7probe: Layer-7 traffic probe (eBPF, BCC) for gala-gopher, or standalone.
 
-Watches the socket traffic of processes without touching them, parses HTTP/1.x, Redis,
-PostgreSQL, MySQL (and detects more), pairs requests with responses and prints, every
-period, gala-gopher records: l7_link (bytes), l7_rpc (per-connection RPC metrics),
-l7_rpc_api (per API) and l7_trace (per request).
+Watches the socket traffic of processes without touching them, parses HTTP/1.x, HTTP/2
+(gRPC), Redis, PostgreSQL, MySQL (and detects more), pairs requests with responses and
+prints, every period, gala-gopher records: l7_link (bytes), l7_rpc (per-connection RPC
+metrics), l7_rpc_api (per API) and l7_trace (per request).
 
 Data flow, file by file: bpf/probe.c (kernel: capture, counters, detection) ->
 bpf/loader.py (ring buffer) -> pipeline/conntrack.py (connections) -> pipeline/stream.py
@@ -98,6 +98,10 @@ def parse_args(argv):
                    "l7_trace cover the parsed ones (0: parse all; default %d)" % DEFAULT_SAMPLE)
     p.add_argument("--trace-limit", type=int, default=1000,
                    help="at most this many l7_trace rows per period (default 1000)")
+    p.add_argument("--replay", metavar="FILE", help="replay a pcap/pcapng capture through "
+                   "the parsers (no BPF) and print one report")
+    p.add_argument("--replay-side", choices=("server", "client", "both"), default="server",
+                   help="with --replay: whose view to report (default server)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -546,6 +550,25 @@ def _refresh_containers(probe):
         probe.apply(new)
 
 
+def run_replay(args):
+    """--replay FILE: the capture through the same pipeline (pipeline/replay.py)."""
+    from ipc.config import settings_from_options
+    from pipeline.replay import replay_file
+    from protocol import registry
+    try:
+        st = settings_from_options(proto=args.proto, range_=args.range_)
+        protos = registry.names_from_flags(st.proto_flags)
+        replay_file(args.replay, sys.stdout, protos, args.replay_side, st.tables,
+                    args.format, max(0, args.trace_limit))
+    except (ValueError, OSError) as exc:
+        print("l7probe: error: --replay %s: %s" % (args.replay, exc), file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     from bpf.loader import ProbeError
@@ -562,6 +585,8 @@ def main(argv=None):
         except OSError:
             gopher_mode = False
     setup_logging(gopher_mode, args.verbose)
+    if args.replay:
+        return run_replay(args)
     try:
         return run(args, gopher_mode, no_options=not argv)
     except (ProbeError, ArgError) as exc:

@@ -209,6 +209,33 @@ class Tracker:
         log.debug("%s connection of pid %d fd %d continues in TLS",
                   conn.proto.name if conn.proto else "unknown", conn.tgid, conn.fd)
 
+    def _switch_protocol(self, conn):
+        """The protocol changed mid-connection (HTTP/1.1 101 to ``Upgrade: h2c``): the
+        new protocol's parsers take the bytes the old ones kept, on a link of its name."""
+        old = conn.state
+        info = registry.BY_NAME.get(old.switch_to)
+        old.switch_to = None
+        proto = registry.protocol_for_id(info.proto_id) if info is not None else None
+        if proto is None or not hasattr(proto, "state_after_upgrade"):
+            return
+        rest = [(s.buf, s.base_ts) for s in (conn.req_stream, conn.resp_stream)]
+        conn.proto = proto
+        self._make_streams(conn)
+        conn.state = proto.state_after_upgrade(old.upgrade_req)
+        conn.req_stream.parser.state = conn.resp_stream.parser.state = conn.state
+        key = conn.link.key[:6] + (proto.name,) + conn.link.key[7:]
+        link = self.links.get(key, self.now)
+        if link is not None:
+            conn.link.conns -= 1
+            link.conns += 1
+            link.last_active = self.now
+            conn.link = link
+        for stream, (buf, ts) in zip((conn.req_stream, conn.resp_stream), rest):
+            if buf:
+                stream.append(buf, len(buf), ts)
+        if conn.req_stream.frames or conn.resp_stream.frames:
+            self.dirty.add(conn)
+
     def stitch_now(self, conn):
         """Pair what a connection has queued now (a stream holds STITCH_BACKLOG frames)."""
         self._stitch(conn, conn.proto.stitch)
@@ -261,6 +288,8 @@ class Tracker:
             rs.frames.clear()
             ps.frames.clear()
             return
+        if getattr(conn.state, "switch_to", None):
+            self._switch_protocol(conn)
         if recs:
             link = conn.link
             link.last_active = self.now
@@ -403,6 +432,13 @@ class Tracker:
 
     @staticmethod
     def _say_skipped(conn):
+        st = conn.state
+        note = getattr(st, "note", None)
+        if note and not st.note_said:       # once per connection (HTTP/2's unknown HPACK)
+            st.note_said = True
+            ln = conn.link
+            log.info("%s: pid %d fd %d, %s -> %s:%d", note, conn.tgid, conn.fd, ln.client_ip,
+                     ln.server_ip, ln.server_port)
         reason = getattr(conn.state, "skip_reason", None)
         if reason:
             conn.skip_said = True

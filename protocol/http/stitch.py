@@ -52,6 +52,12 @@ class HttpProtocol(Protocol):
         while resps:
             resp = resps.popleft()
             status = resp.status
+            if status == 101 and state.switch_to:
+                # h2c upgrade: the request is answered on the new protocol's stream 1
+                if reqs and reqs[0].ts <= resp.ts:
+                    req = reqs.popleft()
+                    state.upgrade_req = (req.ts, req.method, req.target)
+                continue
             if status < 200 and status != 101:
                 continue          # interim response (100 Continue, 103): not an answer
             text = _STATUS_TEXT.get(status) or str(status)
