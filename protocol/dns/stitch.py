@@ -1,0 +1,52 @@
+"""DNS pairing by message id (and question), per connection; for UDP the connection is one
+socket and one peer address (``pipeline/conntrack.py``), so the id is paired per 5-tuple.
+
+* A response answers the oldest waiting query with its id and, when the response carries
+  a question, the same question; answers may come in any order (glibc sends A and AAAA
+  together).
+* A query still unanswered when a frame 10 s younger arrives, or beyond MAX_WAITING
+  waiting queries, is a record without response (a lost datagram, a retransmission that
+  was answered once).
+* A response that answers no waiting query is a record with ``req_ts == 0``.
+"""
+from __future__ import annotations
+
+from protocol.base import Protocol, Record
+from protocol.dns.parse import DnsParser
+
+MAX_WAITING = 256
+TIMEOUT_NS = 10 * 1000 * 1000 * 1000
+
+
+class DnsProtocol(Protocol):
+    name = "dns"
+    parser_class = DnsParser
+
+    def stitch(self, reqs, resps, state):
+        out = []
+        newest = 0
+        while resps:
+            r = resps.popleft()
+            newest = r.ts
+            idx = -1
+            for i, q in enumerate(reqs):
+                if q.qid == r.qid and (r.qkey is None or q.qkey is None or q.qkey == r.qkey):
+                    idx = i
+                    break
+            if idx < 0:
+                out.append(Record(0, r.ts, None, "", "", r.status, r.err))
+                continue
+            q = reqs[idx]
+            del reqs[idx]
+            out.append(Record(q.ts, r.ts, q.api, q.api, q.path, r.status, r.err))
+        if reqs:
+            newest = max(newest, reqs[-1].ts)
+            while reqs and (len(reqs) > MAX_WAITING or reqs[0].ts + TIMEOUT_NS < newest):
+                out.append(self.unmatched_request(reqs.popleft()))
+        return out
+
+    def unmatched_request(self, frame):
+        return Record(frame.ts, 0, frame.api, frame.api, frame.path)
+
+
+PROTOCOL = DnsProtocol()

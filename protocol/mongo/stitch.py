@@ -1,0 +1,69 @@
+"""MongoDB pairing by requestID / responseTo.
+
+* A reply answers the waiting request whose requestID is its responseTo; requests queued
+  before it stay waiting (a driver may multiplex, replies can come in any order), up to
+  MAX_WAITING, beyond which the oldest become records without a response.
+* A request with moreToCome (OP_MSG) or a legacy write (OP_INSERT/UPDATE/DELETE,
+  OP_KILL_CURSORS) expects no reply: a record without response at once.
+* Exhaust cursors: a reply with moreToCome is followed by replies whose responseTo is the
+  previous reply's requestID; they belong to the same request and make no records of
+  their own (one record per request).
+* A reply that answers no waiting request is a record with ``req_ts == 0``.
+"""
+from __future__ import annotations
+
+from protocol.base import Protocol, Record
+from protocol.mongo.parse import MongoParser
+from protocol.mongo.types import MongoState
+
+MAX_WAITING = 256
+
+
+class MongoProtocol(Protocol):
+    name = "mongo"
+    parser_class = MongoParser
+
+    def new_state(self):
+        return MongoState()
+
+    def stitch(self, reqs, resps, state):
+        out = []
+        while reqs and reqs[0].noreply:
+            out.append(self.unmatched_request(reqs.popleft()))
+        exhaust = state.exhaust
+        while resps:
+            r = resps.popleft()
+            if r.resp_to in exhaust:
+                exhaust.pop(r.resp_to)
+                if r.more:
+                    exhaust[r.rid] = 1
+                continue
+            idx = -1
+            for i, q in enumerate(reqs):
+                if q.rid == r.resp_to and not q.noreply:
+                    idx = i
+                    break
+            if idx < 0:
+                out.append(Record(0, r.ts, None, "", "", r.status, r.err))
+                continue
+            q = reqs[idx]
+            del reqs[idx]
+            out.append(Record(q.ts, r.ts, q.api, q.api, q.path, r.status, r.err))
+            if r.more:
+                if len(exhaust) > MAX_WAITING:
+                    exhaust.clear()
+                exhaust[r.rid] = 1
+        while reqs and reqs[0].noreply:
+            out.append(self.unmatched_request(reqs.popleft()))
+        waiting = [q for q in reqs if not q.noreply]
+        while len(waiting) > MAX_WAITING:
+            q = waiting.pop(0)
+            reqs.remove(q)
+            out.append(self.unmatched_request(q))
+        return out
+
+    def unmatched_request(self, frame):
+        return Record(frame.ts, 0, frame.api, frame.api, frame.path)
+
+
+PROTOCOL = MongoProtocol()
