@@ -121,6 +121,10 @@ class LengthPrefixedParser(Parser):
         before waiting for the rest, so garbage with a large "length" is not awaited)."""
         return True
 
+    def min_decode(self, buf, start, size):
+        """Bytes of a message (longer than what is buffered) needed before decoding it."""
+        return HEAD_MIN
+
     def parse(self, buf, start, ts):
         n = len(buf)
         hdr = start + self.LEN_SIZE
@@ -138,8 +142,9 @@ class LengthPrefixedParser(Parser):
             # bytes are buffered already.  Those are decoded now, because the rest may never
             # be captured (a body sent with sendfile, a capture prefix shorter than the
             # message): the stream then skips it by ``end``.
-            if n - start < HEAD_MIN:
-                return NEEDS_MORE_DATA, None, min(want, start + HEAD_MIN)
+            least = self.min_decode(buf, start, size)
+            if n - start < least:
+                return NEEDS_MORE_DATA, None, min(want, start + least)
             want = n
         try:
             frame = self.decode(buf, start, want, end, ts)

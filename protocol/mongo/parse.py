@@ -22,7 +22,7 @@ import zlib
 from bson.raw_bson import RawBSONDocument
 
 from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER, MessageType
-from protocol.lenprefix import LengthPrefixedParser, text
+from protocol.lenprefix import HEAD_MIN, LengthPrefixedParser, text
 from protocol.mongo.types import MongoRequest, MongoResponse
 
 try:
@@ -159,6 +159,11 @@ class MongoParser(LengthPrefixedParser):
             return True
         op = HDR.unpack_from(buf, start)[3]
         return op in (REQUEST_OPS if self.msg_type == MessageType.REQUEST else RESPONSE_OPS)
+
+    def min_decode(self, buf, start, size):
+        if len(buf) - start >= 16 and HDR.unpack_from(buf, start)[3] == OP_COMPRESSED:
+            return size                 # decompression needs all of it
+        return HEAD_MIN
 
     def decode(self, buf, start, avail, end, ts):
         if start + 16 > avail:

@@ -14,13 +14,15 @@ import re
 import struct
 
 from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER, MessageType
-from protocol.lenprefix import BE32, LengthPrefixedParser, text
+from protocol.lenprefix import BE32, HEAD_MIN, LengthPrefixedParser, text
 from protocol.rocketmq.types import (REQUEST_CODES, RESPONSE_CODES, SERVER_ERRORS,
                                      RmqRequest, RmqResponse)
 
 BIN_HDR = struct.Struct(">hBhii")       # code, language, version, opaque, flag
 RE_JSON_START = re.compile(rb'(?s)(?=.{4}\x00.{3}\{")')
 RE_BIN_START = re.compile(rb"(?s)(?=.{4}\x01.{3}[\x00-\xff]{2}[\x00-\x0f])")
+RE_JSON_INT = re.compile(rb'"(code|flag|opaque)": ?(-?[0-9]{1,10}) ?[,}]')
+RE_JSON_TOPIC = re.compile(rb'"(?:topic|b)": ?"([^"\\]{1,128})"')
 FLAG_RESPONSE, FLAG_ONEWAY = 1, 2
 MAX_HEADER = 4 * 1024 * 1024
 
@@ -76,6 +78,20 @@ def _json_header(buf, p, end):
             ext if isinstance(ext, dict) else {})
 
 
+def _cut_json(buf, p, end):
+    """A JSON header cut by the capture: code, flag and opaque found by their keys (the top
+    level's, outside extFields, which comes between them in Java's alphabetical order)."""
+    head = bytes(buf[p:end])
+    vals = {}
+    for m in RE_JSON_INT.finditer(head):
+        vals.setdefault(m.group(1), int(m.group(2)))
+    if b"code" not in vals or b"opaque" not in vals:
+        return None
+    topic = RE_JSON_TOPIC.search(head)
+    ext = {"topic": topic.group(1).decode("utf-8", "replace")} if topic else {}
+    return vals[b"code"], vals[b"opaque"], vals.get(b"flag", 0), "", ext
+
+
 def _path(ext):
     for k in ("topic", "b", "consumerGroup", "group"):     # "b": topic in SEND_MESSAGE_V2
         v = ext.get(k)
@@ -99,6 +115,12 @@ class RmqParser(LengthPrefixedParser):
         word = BE32.unpack_from(buf, start + 4)[0]
         return (word >> 24) & 0xFF in (0, 1) and (word & 0xFFFFFF) + 8 <= size
 
+    def min_decode(self, buf, start, size):
+        """The whole header: its opaque may follow a long extFields."""
+        if len(buf) - start < 8:
+            return 8
+        return max(HEAD_MIN, 8 + (BE32.unpack_from(buf, start + 4)[0] & 0xFFFFFF))
+
     def decode(self, buf, start, avail, end, ts):
         if start + 8 > avail:
             return None
@@ -109,9 +131,7 @@ class RmqParser(LengthPrefixedParser):
         p = start + 8
         stop = min(avail, p + hlen)
         if kind == 0:
-            if p + hlen > avail:
-                return None        # a JSON header cut by the capture cannot be read
-            h = _json_header(buf, p, stop)
+            h = _json_header(buf, p, stop) if p + hlen <= avail else _cut_json(buf, p, stop)
         elif kind == 1:
             h = _bin_header(buf, p, stop)
         else:
