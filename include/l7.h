@@ -172,6 +172,26 @@ static __always_inline u32 detect_rocketmq(const u8 *b, u32 count) {
     return 0;
 }
 
+static __always_inline u32 detect_dns(const u8 *b, u32 count) {
+    /* DNS over TCP: uint16 length (the rest of this syscall, or of this syscall joined with
+       a short read before it), id, flags: opcode 0-2 or 4-5, Z bit clear, one question,
+       and in a query no answer or authority records */
+    if (count < 14)
+        return 0;
+    u32 len = ((u32)b[0] << 8) | b[1];
+    if (len + 2 != count || len < 17)
+        return 0;
+    u8 f1 = b[4], f2 = b[5];
+    u8 opcode = (f1 >> 3) & 0xf;
+    if (opcode > 5 || opcode == 3 || (f2 & 0x40) || b[6] != 0 || b[7] != 1)
+        return 0;
+    if (f1 & 0x80)
+        RET(PROTO_DNS, MSG_RESPONSE);
+    if (b[8] || b[9] || b[10] || b[11] || (f2 & 0x0f))
+        return 0;
+    RET(PROTO_DNS, MSG_REQUEST);
+}
+
 static __always_inline u32 l7_detect(const u8 *b, u32 count, u32 flags) {
     u32 r;
     if (flags & FLAG_HTTP) { r = detect_http(b, count); if (r) return r; }
@@ -182,6 +202,7 @@ static __always_inline u32 l7_detect(const u8 *b, u32 count, u32 flags) {
     if (flags & FLAG_ROCKETMQ) { r = detect_rocketmq(b, count); if (r) return r; }
     if (flags & FLAG_KAFKA) { r = detect_kafka(b, count); if (r) return r; }
     if (flags & FLAG_MYSQL) { r = detect_mysql(b, count); if (r) return r; }
+    if (flags & FLAG_DNS) { r = detect_dns(b, count); if (r) return r; }
     return 0;
 }
 
