@@ -71,6 +71,13 @@ BPF_PERCPU_ARRAY(seq, u64, 1);
 /* counters user space reports: 0 records dropped (ring full), 1 bytes dropped,
    2 connections dropped (conns map full) */
 BPF_PERCPU_ARRAY(stats, u64, 4);
+/* short first reads awaiting the next read, for detection (see detect_joined) */
+#define SHORT_MAX 16
+struct short_read {
+    u32 len;
+    u8 data[SHORT_MAX];
+};
+BPF_TABLE("lru_hash", struct conn_key, struct short_read, short_reads, 4096);
 
 #if RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -301,6 +308,7 @@ static __always_inline int do_close(void *ctx, int fd) {
         if (output(ctx, &e, sizeof(e), 0) != 0)
             stat_add(0, 1);
     }
+    short_reads.delete(&k);
     conns.delete(&k);
     return 0;
 }
@@ -394,6 +402,81 @@ static __always_inline u32 copy_data(struct data_evt_buf *ev, struct active_op *
     return off;
 }
 
+/* Short reads before detection.  A server that reads a message's length prefix alone
+ * (Kafka brokers read the 4-byte size, mongod the 16-byte header, dnsmasq the 2-byte DNS/TCP
+ * length) gives detection a body without its prefix, and its first detectable bytes would be
+ * its own response, often taken for a request: the side's role would come from the wrong
+ * message.  So a short first read is kept here and joined with the next read of that
+ * direction; when the joined bytes are detected, they are what decides the role (ingress
+ * request: server), and the kept prefix goes to user space before the body. */
+
+/* ev->data[0..DETECT_LEN) holds the first bytes of this read.  If a short read is kept for
+ * this connection, builds kept prefix + these bytes in the scratch buffer and returns the
+ * prefix length (*b, *count: what to detect on), else 0.  One l7_detect call site either
+ * way: a second inlined copy does not fit the BPF stack. */
+static __always_inline u32 join_short_read(struct data_evt_buf *ev, struct conn_key *k,
+                                           u32 len, u8 **b, u32 *count) {
+    struct short_read *sr = short_reads.lookup(k);
+    if (!sr)
+        return 0;
+    u32 pl = sr->len;
+    if (pl < 1 || pl > SHORT_MAX)
+        return 0;
+    u8 *zone = ev->data + CAP_MAX;              /* scratch beyond the detection bytes */
+    __builtin_memset(zone, 0, 2 * SHORT_MAX + DETECT_LEN);
+    u32 off = SHORT_MAX - pl;
+    asm volatile("" : "+r"(off));
+    off &= (SHORT_MAX - 1);
+    bpf_probe_read_kernel(zone + off, SHORT_MAX, sr->data);
+    __builtin_memcpy(zone + SHORT_MAX, ev->data, DETECT_LEN);
+    *b = zone + off;
+    *count = len + pl;
+    return pl;
+}
+
+/* Detection failed on this read (n of len bytes in ev->data): forget the kept short read,
+ * and keep this one if it is short. */
+static __always_inline void keep_short_read(struct data_evt_buf *ev, struct conn_key *k,
+                                            u32 n, u32 len, u32 joined) {
+    if (joined)
+        short_reads.delete(k);
+    if (n >= len && len <= SHORT_MAX) {     /* n: DETECT_LEN bytes were read */
+        /* built in the scratch buffer: the stack is full here */
+        struct short_read *s = (struct short_read *)(ev->data + CAP_MAX + 64);
+        s->len = len;
+        __builtin_memcpy(s->data, ev->data, SHORT_MAX);
+        short_reads.update(k, s);
+    }
+}
+
+/* The kept prefix of a connection just detected on a joined read, as its first data record. */
+static __always_inline void send_short_read(void *ctx, struct conn_val *c, struct conn_key *k,
+                                            struct data_evt_buf *ev, struct probe_config *cfg) {
+    struct short_read *sr = short_reads.lookup(k);
+    if (!sr)
+        return;
+    u32 pl = sr->len;
+    if (pl > SHORT_MAX)
+        pl = SHORT_MAX;
+    __builtin_memcpy(ev->data, sr->data, SHORT_MAX);
+    short_reads.delete(k);
+    if (!cfg->emit_data)
+        return;
+    ev->hdr.type = EVT_DATA;
+    ev->hdr.tgid = k->tgid;
+    ev->hdr.conn_id = c->conn_id;
+    ev->hdr.ts = bpf_ktime_get_ns();
+    ev->hdr.true_len = pl;
+    ev->hdr.cap_len = pl;
+    ev->hdr.lost = 0;
+    ev->hdr.direction = DIR_INGRESS;
+    ev->hdr.source = SRC_SYSCALL;
+    ev->hdr.proto = c->proto;
+    ev->hdr.l7_role = c->l7_role;
+    if (output(ctx, ev, sizeof(struct evt_data) + pl, 0) != 0)
+        stat_add(0, 1);
+}
+
 /* First data of a connection: detect its protocol on buffer `op`; on success announce the
  * connection to user space.  Returns 1 if the connection now has a protocol. */
 static __always_inline int detect_open(void *ctx, struct conn_val *c, struct conn_key *k,
@@ -403,7 +486,12 @@ static __always_inline int detect_open(void *ctx, struct conn_val *c, struct con
         return 0;
     __builtin_memset(ev->data, 0, DETECT_LEN);
     u32 n = copy_data(ev, op, DETECT_LEN);
-    u32 r = n ? l7_detect(ev->data, len, cfg->proto_flags) : 0;
+    u8 *b = ev->data;
+    u32 count = len;
+    u32 plen = (n && dir == DIR_INGRESS) ? join_short_read(ev, k, len, &b, &count) : 0;
+    u32 r = n ? l7_detect(b, count, cfg->proto_flags) : 0;
+    if (r == 0 && n && dir == DIR_INGRESS)
+        keep_short_read(ev, k, n, len, plen);
     if (r == 0) {
         /* TLS records before the TLS uprobes claim the connection are no attempt */
         u8 b0 = ev->data[0];
@@ -439,6 +527,8 @@ static __always_inline int detect_open(void *ctx, struct conn_val *c, struct con
         c->proto = PROTO_UNKNOWN;   /* try again on the next data */
         return 0;
     }
+    if (plen)
+        send_short_read(ctx, c, k, ev, cfg);
     return 1;
 }
 

@@ -95,3 +95,17 @@ def test_client_side_counts_per_api(kafka_run):
     # reply at all; had it refused, Metadata would carry UNKNOWN_TOPIC_OR_PARTITION
     assert failed == 0
     assert total(client, "err_count") == 0
+
+
+def test_server_side_counts_per_api(kafka_run):
+    """Tansu reads each request's 4-byte size in a syscall of its own: the side's role still
+    comes from what it sends (responses: server), see detect_joined in bpf/probe.c."""
+    rows = kafka_run["probe"].records("l7_rpc_api")
+    port = str(kafka_run["port"])
+    server = [r for r in rows if r["server_port"] == port and r["l4_role"] == "tcp_server"]
+    assert server and all(r["l7_role"] == "server" for r in server)
+    sent = dict(kafka_run["sent"])
+    sent.pop("failed")
+    assert _per_api(server) == sent
+    assert total(server, "resp_count") == total(server, "req_count")
+    assert total(server, "err_count") == 0
