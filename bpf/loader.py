@@ -98,6 +98,8 @@ class Capture:
         # splice in the parts that use maps
         with open(os.path.join(HERE, "tls.h")) as f:
             text = text.replace('#include "tls.h"', f.read())
+        with open(os.path.join(HERE, "udp.h")) as f:
+            text = text.replace('#include "udp.h"', f.read())
         try:
             self.bpf = BPF(text=text, cflags=cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load errors

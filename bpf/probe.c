@@ -26,6 +26,7 @@
 #define MAX_IOV 8
 #define AF_INET_ 2
 #define AF_INET6_ 10
+#define IPPROTO_UDP_ 17
 
 struct data_evt_buf {
     struct evt_data hdr;
@@ -43,7 +44,10 @@ struct active_op {
     u8 is_accept;
     u8 is_connect;
     u8 adopt;         /* fd not tracked yet, in a forked process: adopt it if a TCP socket */
-    u8 pad[3];
+    u8 l4proto;       /* IPPROTO_* of the socket, from sock_*_length (17: UDP, see udp.h) */
+    u8 pad[2];
+    u64 name;         /* datagram syscalls: user sockaddr (peer), or 0 */
+    u64 msgs;         /* sendmmsg/recvmmsg: the struct mmsghdr array (buf unused), or 0 */
 };
 
 struct sk_addr {
@@ -200,9 +204,27 @@ static __always_inline int enter_conn_op(int fd, int is_accept, int is_connect,
     op.fd = fd;
     op.is_accept = is_accept;
     op.is_connect = is_connect;
+    op.name = (u64)uaddr;
     active.update(&id, &op);
     return 0;
 }
+
+#if HAVE_SOCK_LEN_TP
+/* connect(): the peer address, which is a UDP socket's only one (TCP connections get theirs
+ * from sock:inet_sock_set_state, which overrides these, CONN_F_ADDR not being set). */
+static __always_inline void udp_connect_addr(struct conn_val *c, u64 uaddr) {
+    u8 sa[24] = {};
+    if (!uaddr || bpf_probe_read_user(sa, sizeof(sa), (void *)uaddr) != 0)
+        return;
+    u16 family = sa[0] | (sa[1] << 8);
+    c->family = family;
+    c->server_port = (sa[2] << 8) | sa[3];
+    if (family == AF_INET_)
+        __builtin_memcpy(c->server_ip, sa + 4, 4);
+    else if (family == AF_INET6_)
+        __builtin_memcpy(c->server_ip, sa + 8, 16);
+}
+#endif
 
 static __always_inline int exit_conn_op(long ret) {
     u64 id = bpf_get_current_pid_tgid();
@@ -223,6 +245,10 @@ static __always_inline int exit_conn_op(long ret) {
         c.l4_role = L4_SERVER;
     }
     c.conn_id = new_conn_id();
+#if HAVE_SOCK_LEN_TP
+    if (op->is_connect)
+        udp_connect_addr(&c, op->name);     /* udp.h: a UDP socket's only peer address */
+#endif
     if (conns.update(&k, &c) != 0)
         stat_add(2, 1);
 out:
@@ -349,17 +375,18 @@ static __always_inline int enter_data(int fd, u64 buf, u32 iovcnt, u8 dir) {
 }
 
 #if HAVE_SOCK_LEN_TP
-static __always_inline int mark_sock(u64 sk) {
+static __always_inline int mark_sock(u64 sk, u16 proto) {
     u64 id = bpf_get_current_pid_tgid();
     struct active_op *op = active.lookup(&id);
     if (op) {
         op->sock_seen = 1;
         op->sk = sk;
+        op->l4proto = proto;
     }
     return 0;
 }
-TRACEPOINT_PROBE(sock, sock_send_length) { return mark_sock((u64)args->sk); }
-TRACEPOINT_PROBE(sock, sock_recv_length) { return mark_sock((u64)args->sk); }
+TRACEPOINT_PROBE(sock, sock_send_length) { return mark_sock((u64)args->sk, args->protocol); }
+TRACEPOINT_PROBE(sock, sock_recv_length) { return mark_sock((u64)args->sk, args->protocol); }
 #endif
 
 /* Copy up to `len` bytes of the syscall's data into ev->data; returns bytes copied. */
@@ -434,18 +461,20 @@ static __always_inline u32 join_short_read(struct data_evt_buf *ev, struct conn_
     return pl;
 }
 
-/* Detection failed on this read (n of len bytes in ev->data): forget the kept short read,
- * and keep this one if it is short. */
+/* Detection failed on this read (n of len bytes in ev->data; b: these bytes after the kept
+ * prefix of plen bytes, if any): keep what was read so far if it is still short (dnsmasq
+ * reads the 2-byte DNS/TCP length one byte at a time), else forget it. */
 static __always_inline void keep_short_read(struct data_evt_buf *ev, struct conn_key *k,
-                                            u32 n, u32 len, u32 joined) {
-    if (joined)
-        short_reads.delete(k);
-    if (n >= len && len <= SHORT_MAX) {     /* n: DETECT_LEN bytes were read */
+                                            u32 n, u32 len, u32 plen, u8 *b) {
+    u32 total = len + plen;
+    if (n >= len && total <= SHORT_MAX) {       /* n: DETECT_LEN bytes were read */
         /* built in the scratch buffer: the stack is full here */
         struct short_read *s = (struct short_read *)(ev->data + CAP_MAX + 64);
-        s->len = len;
-        __builtin_memcpy(s->data, ev->data, SHORT_MAX);
+        s->len = total;
+        bpf_probe_read_kernel(s->data, SHORT_MAX, b);
         short_reads.update(k, s);
+    } else if (plen) {
+        short_reads.delete(k);
     }
 }
 
@@ -491,7 +520,7 @@ static __always_inline int detect_open(void *ctx, struct conn_val *c, struct con
     u32 plen = (n && dir == DIR_INGRESS) ? join_short_read(ev, k, len, &b, &count) : 0;
     u32 r = n ? l7_detect(b, count, cfg->proto_flags) : 0;
     if (r == 0 && n && dir == DIR_INGRESS)
-        keep_short_read(ev, k, n, len, plen);
+        keep_short_read(ev, k, n, len, plen, b);
     if (r == 0) {
         /* TLS records before the TLS uprobes claim the connection are no attempt */
         u8 b0 = ev->data[0];
@@ -600,6 +629,10 @@ static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct c
 #endif
 
 #if HAVE_SOCK_LEN_TP
+#include "udp.h"        /* spliced in by bpf/loader.py, like tls.h */
+#endif
+
+#if HAVE_SOCK_LEN_TP
 /* A socket a forked process inherited (op->adopt): track it from now on like an accepted or
  * connected one if it is an established TCP connection whose role the handshake told
  * (inet_sock_set_state); otherwise ignore this fd until it is closed. */
@@ -633,6 +666,12 @@ static __always_inline int exit_data(void *ctx, long ret) {
         goto out;           /* not a socket (the fd was reused by a file, ...) */
 #endif
     struct conn_key k = {.tgid = id >> 32, .fd = op->fd};
+#if HAVE_SOCK_LEN_TP
+    if (op->l4proto == IPPROTO_UDP_) {
+        exit_udp(ctx, op, ret, &k);     /* udp.h: datagrams, one record each, with the peer */
+        goto out;
+    }
+#endif
     struct conn_val *c = conns.lookup(&k);
     if (!c) {
 #if HAVE_SOCK_LEN_TP
@@ -669,6 +708,47 @@ static __always_inline int enter_msg(int fd, const struct user_msghdr *umsg, u8 
     return enter_data(fd, (u64)m.msg_iov, m.msg_iovlen, dir);
 }
 
+/* Syscalls that may carry a datagram's peer address (sendto/recvfrom/sendmsg/recvmsg) or
+ * several datagrams (sendmmsg/recvmmsg): as enter_data, plus the address; on a socket not
+ * tracked yet, when DNS is enabled, the syscall is watched too: at exit, a UDP socket
+ * becomes a connection (udp.h), anything else is dropped. */
+static __always_inline int enter_dgram(int fd, u64 buf, u32 iovcnt, u8 dir, u64 name,
+                                       u64 msgs) {
+    if (!msgs)
+        enter_data(fd, buf, iovcnt, dir);
+    u64 id = bpf_get_current_pid_tgid();
+    struct active_op *op = msgs ? 0 : active.lookup(&id);
+    if (op && op->fd == fd && !op->is_accept && !op->is_connect) {
+        op->name = name;
+        return 0;
+    }
+    struct probe_config *cfg = get_config();
+    if (!cfg || !(cfg->proto_flags & FLAG_DNS) || !pid_wanted(id >> 32, cfg))
+        return 0;
+    struct conn_key k = {.tgid = id >> 32, .fd = fd};
+    struct conn_val *c = conns.lookup(&k);
+    if (c && (c->flags & CONN_F_IGNORED))
+        return 0;
+    if (!msgs && !name && !c)
+        return 0;               /* no address, not tracked: not a datagram we can place */
+    struct active_op o = {};
+    o.fd = fd;
+    o.buf = buf;
+    o.iovcnt = iovcnt;
+    o.dir = dir;
+    o.name = name;
+    o.msgs = msgs;
+    active.update(&id, &o);
+    return 0;
+}
+
+static __always_inline int enter_msg_dgram(int fd, const struct user_msghdr *umsg, u8 dir) {
+    struct user_msghdr m = {};
+    if (bpf_probe_read_user(&m, sizeof(m), umsg) != 0)
+        return 0;
+    return enter_dgram(fd, (u64)m.msg_iov, m.msg_iovlen, dir, (u64)m.msg_name, 0);
+}
+
 #if RAW_SYSCALLS
 /* Two raw tracepoints instead of 26 syscall tracepoints: the BPF program is called directly
  * with the user registers (no per-event record built by the kernel, cheaper per hooked
@@ -687,13 +767,15 @@ static __always_inline int enter_msg(int fd, const struct user_msghdr *umsg, u8 
 #define NR_sendmsg 46
 #define NR_recvmsg 47
 #define NR_accept4 288
+#define NR_recvmmsg 299
+#define NR_sendmmsg 307
 
 RAW_TRACEPOINT_PROBE(sys_enter) {
     long nr = ctx->args[1];
     switch (nr) {
     case NR_read: case NR_write: case NR_close: case NR_readv: case NR_writev:
     case NR_sendfile: case NR_connect: case NR_accept: case NR_sendto: case NR_recvfrom:
-    case NR_sendmsg: case NR_recvmsg: case NR_accept4:
+    case NR_sendmsg: case NR_recvmsg: case NR_accept4: case NR_recvmmsg: case NR_sendmmsg:
         break;
     default:
         return 0;
@@ -705,20 +787,28 @@ RAW_TRACEPOINT_PROBE(sys_enter) {
     bpf_probe_read_kernel(&a2, sizeof(a2), &regs->dx);
     int fd = (int)a0;
     switch (nr) {
-    case NR_read:
     case NR_recvfrom:
+    case NR_sendto: {
+        u64 a4 = 0;
+        bpf_probe_read_kernel(&a4, sizeof(a4), &regs->r8);
+        return enter_dgram(fd, a1, 0, nr == NR_sendto ? DIR_EGRESS : DIR_INGRESS, a4, 0);
+    }
+    case NR_recvmmsg:
+        return enter_dgram(fd, 0, 0, DIR_INGRESS, 0, a1);
+    case NR_sendmmsg:
+        return enter_dgram(fd, 0, 0, DIR_EGRESS, 0, a1);
+    case NR_read:
         return enter_data(fd, a1, 0, DIR_INGRESS);
     case NR_write:
-    case NR_sendto:
         return enter_data(fd, a1, 0, DIR_EGRESS);
     case NR_readv:
         return enter_data(fd, a1, (u32)a2, DIR_INGRESS);
     case NR_writev:
         return enter_data(fd, a1, (u32)a2, DIR_EGRESS);
     case NR_sendmsg:
-        return enter_msg(fd, (const struct user_msghdr *)a1, DIR_EGRESS);
+        return enter_msg_dgram(fd, (const struct user_msghdr *)a1, DIR_EGRESS);
     case NR_recvmsg:
-        return enter_msg(fd, (const struct user_msghdr *)a1, DIR_INGRESS);
+        return enter_msg_dgram(fd, (const struct user_msghdr *)a1, DIR_INGRESS);
     case NR_sendfile:
         return enter_data(fd, 0, 0, DIR_EGRESS);
     case NR_connect:
@@ -752,14 +842,18 @@ TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return enter_data(args->fd, (u64)
 TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return exit_data(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return enter_data(args->fd, (u64)args->vec, args->vlen, DIR_INGRESS); }
 TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return exit_data(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return enter_data(args->fd, (u64)args->buff, 0, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return enter_dgram(args->fd, (u64)args->buff, 0, DIR_EGRESS, (u64)args->addr, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return exit_data(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return enter_data(args->fd, (u64)args->ubuf, 0, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return enter_dgram(args->fd, (u64)args->ubuf, 0, DIR_INGRESS, (u64)args->addr, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return exit_data(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return enter_msg(args->fd, args->msg, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return enter_msg_dgram(args->fd, args->msg, DIR_EGRESS); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return exit_data(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return enter_msg(args->fd, args->msg, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return enter_msg_dgram(args->fd, args->msg, DIR_INGRESS); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return exit_data(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return enter_dgram(args->fd, 0, 0, DIR_EGRESS, 0, (u64)args->mmsg); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return exit_data(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return enter_dgram(args->fd, 0, 0, DIR_INGRESS, 0, (u64)args->mmsg); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return exit_data(args, args->ret); }
 
 /* sendfile: bytes cross the socket without passing through a user buffer.  Count them and
  * tell user space how many, so stream parsing skips them (nginx serves static bodies so). */

@@ -172,24 +172,31 @@ static __always_inline u32 detect_rocketmq(const u8 *b, u32 count) {
     return 0;
 }
 
-static __always_inline u32 detect_dns(const u8 *b, u32 count) {
-    /* DNS over TCP: uint16 length (the rest of this syscall, or of this syscall joined with
-       a short read before it), id, flags: opcode 0-2 or 4-5, Z bit clear, one question,
-       and in a query no answer or authority records */
-    if (count < 14)
+/* A DNS message (the whole datagram over UDP): id, flags with opcode 0-2 or 4-5 and the Z
+ * bit clear, exactly one question; a query has no answer or authority records and rcode 0. */
+static __always_inline u32 detect_dns_msg(const u8 *b, u32 count) {
+    if (count < 17 || count > 65535)
         return 0;
-    u32 len = ((u32)b[0] << 8) | b[1];
-    if (len + 2 != count || len < 17)
-        return 0;
-    u8 f1 = b[4], f2 = b[5];
+    u8 f1 = b[2], f2 = b[3];
     u8 opcode = (f1 >> 3) & 0xf;
-    if (opcode > 5 || opcode == 3 || (f2 & 0x40) || b[6] != 0 || b[7] != 1)
+    if (opcode > 5 || opcode == 3 || (f2 & 0x40) || b[4] != 0 || b[5] != 1)
         return 0;
     if (f1 & 0x80)
         RET(PROTO_DNS, MSG_RESPONSE);
-    if (b[8] || b[9] || b[10] || b[11] || (f2 & 0x0f))
+    if (b[6] || b[7] || b[8] || b[9] || (f2 & 0x0f))
         return 0;
     RET(PROTO_DNS, MSG_REQUEST);
+}
+
+static __always_inline u32 detect_dns(const u8 *b, u32 count) {
+    /* DNS over TCP: uint16 length = the rest of this syscall (or of this syscall joined with
+       the short read before it), then a message */
+    if (count < 19)
+        return 0;
+    u32 len = ((u32)b[0] << 8) | b[1];
+    if (len + 2 != count)
+        return 0;
+    return detect_dns_msg(b + 2, len);
 }
 
 static __always_inline u32 l7_detect(const u8 *b, u32 count, u32 flags) {

@@ -16,6 +16,7 @@ from protocol.base import MessageType
 log = logging.getLogger("l7probe")
 
 DIR_EGRESS = 0
+L4_UDP = 0
 L7_CLIENT = 1
 AF_INET = 2
 AF_INET6 = 10
@@ -36,7 +37,7 @@ def ip_text(family, raw):
 class Conn:
     __slots__ = ("conn_id", "tgid", "fd", "link", "proto", "state", "req_stream",
                  "resp_stream", "req_dir", "sent_base", "recv_base", "ssent_base",
-                 "srecv_base", "warned", "skip_said", "ssl")
+                 "srecv_base", "warned", "skip_said", "ssl", "peers")
 
     def __init__(self, conn_id, tgid, fd, link, proto, l7_role):
         self.conn_id = conn_id
@@ -54,6 +55,7 @@ class Conn:
         # its bytes come from the TLS uprobes; kept apart from link.ssl, which stays 0 when
         # the switch finds the link table full (see switch_to_tls)
         self.ssl = link.ssl
+        self.peers = None                  # UDP socket: peer -> Conn (pipeline/udp.py)
 
 
 class Tracker:
@@ -71,6 +73,8 @@ class Tracker:
         """ev: dict from layout evt_open."""
         proto_id = ev["proto"]
         name = registry.NAME_OF_ID.get(proto_id, "unknown")
+        if ev["l4_role"] == L4_UDP:
+            return udp.on_open(self, ev, name)
         family = ev["family"]
         key = (ev["tgid"], ip_text(family, ev["client_ip"]), ip_text(family, ev["server_ip"]),
                ev["server_port"], ev["l4_role"], ev["l7_role"], name, ev["ssl"])
@@ -95,6 +99,9 @@ class Tracker:
         proto = conn.proto
         if proto is None:
             return                          # byte-counted only (no parser yet)
+        if conn.peers is not None:
+            udp.on_data(self, conn, direction, ts, data, true_len)
+            return
         if direction == conn.req_dir:
             stream = conn.req_stream
         else:
@@ -201,6 +208,8 @@ class Tracker:
                     sink(link, rec)
 
     def _finish(self, conn):
+        if conn.peers:
+            udp.finish(self, conn)
         conn.link.conns -= 1
         conn.link.last_active = self.now
         if conn.req_stream is not None:
@@ -229,6 +238,8 @@ class Tracker:
     # -- counters -----------------------------------------------------------------------
     def add_counters(self, conn, sent, recv, ssent, srecv):
         """Cumulative kernel counters -> this period's deltas on the link."""
+        if conn.peers is not None:
+            return                          # UDP: counted per peer (pipeline/udp.py)
         link = conn.link
         if sent > conn.sent_base or recv > conn.recv_base:
             link.last_active = self.now
@@ -244,3 +255,6 @@ class Tracker:
         for conn in [c for c in self.conns.values() if pred(c)]:
             del self.conns[conn.conn_id]
             self._finish(conn)
+
+
+from pipeline import udp  # noqa: E402  (it imports Conn from here)
