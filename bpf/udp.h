@@ -62,7 +62,7 @@ static __always_inline void udp_one(void *ctx, struct conn_key *k, u64 buf, u32 
         n->conn_id = new_conn_id();
         n->l4_role = L4_UDP;
         if (conns.update(k, n) != 0) {
-            stat_add(2, 1);
+            stat_add(STAT_CONNS_DROPPED, 1);
             return;
         }
         c = conns.lookup(k);
@@ -131,7 +131,7 @@ static __always_inline void udp_one(void *ctx, struct conn_key *k, u64 buf, u32 
         o->proto = c->proto;
         __builtin_memcpy(o->server_ip, c->server_ip, 16);
         if (output(ctx, o, sizeof(*o), 0) != 0) {
-            stat_add(0, 1);
+            stat_add(STAT_RECORDS_DROPPED, 1);
             c->proto = PROTO_UNKNOWN;
             return;
         }
@@ -145,14 +145,16 @@ static __always_inline void udp_one(void *ctx, struct conn_key *k, u64 buf, u32 
     ev->hdr.true_len = len + UDP_HDR;
     ev->hdr.cap_len = n + UDP_HDR;
     ev->hdr.lost = 0;
+    ev->hdr.lost_msgs = 0;
+    ev->hdr.flags = 0;
     ev->hdr.direction = dir;
     ev->hdr.source = SRC_SYSCALL;
     ev->hdr.proto = c->proto;
     ev->hdr.l7_role = c->l7_role;
     u32 size = sizeof(struct evt_data) + UDP_HDR + n;
     if (output(ctx, ev, size, 0) != 0) {
-        stat_add(0, 1);
-        stat_add(1, len);
+        stat_add(STAT_RECORDS_DROPPED, 1);
+        stat_add(STAT_BYTES_DROPPED, len);
     }
 }
 

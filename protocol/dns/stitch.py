@@ -11,8 +11,12 @@ socket and one peer address (``pipeline/conntrack.py``), so the id is paired per
 """
 from __future__ import annotations
 
-from protocol.base import Protocol, Record
+import struct
+
+from protocol.base import MessageType, Protocol, Record
 from protocol.dns.parse import DnsParser
+
+_HEAD = struct.Struct(">HHHHHH")
 
 MAX_WAITING = 256
 TIMEOUT_NS = 10 * 1000 * 1000 * 1000
@@ -21,6 +25,19 @@ TIMEOUT_NS = 10 * 1000 * 1000 * 1000
 class DnsProtocol(Protocol):
     name = "dns"
     parser_class = DnsParser
+
+    def detect(self, data, msg_type):
+        """The kernel's rule (detect_dns_msg) on a DNS/TCP segment's start: the length, one
+        question, flags of a query (no answers, rcode 0) or of a response by direction."""
+        if len(data) < 19:
+            return False
+        n, _, f, qd, an, ns = _HEAD.unpack_from(data, 0)
+        opcode = (f >> 11) & 0xF
+        if n + 2 > len(data) or n < 17 or opcode > 5 or opcode == 3 or f & 0x40 or qd != 1:
+            return False
+        if msg_type == MessageType.REQUEST:
+            return not f & 0x8000 and not an and not ns and not f & 0xF
+        return bool(f & 0x8000)
 
     def stitch(self, reqs, resps, state):
         out = []

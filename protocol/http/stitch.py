@@ -35,6 +35,12 @@ class HttpProtocol(Protocol):
         while resps:
             resp = resps.popleft()
             status = resp.status
+            if status == 101 and state.switch_to:
+                # h2c upgrade: the request is answered on the new protocol's stream 1
+                if reqs and reqs[0].ts <= resp.ts:
+                    req = reqs.popleft()
+                    state.upgrade_req = (req.ts, req.method, req.target)
+                continue
             if status < 200 and status != 101:
                 continue          # interim response (100 Continue, 103): not an answer
             text = _STATUS_TEXT.get(status) or str(status)
@@ -54,6 +60,13 @@ class HttpProtocol(Protocol):
                 api = cache[key] = api_name(method, target)
             append(Record(req.ts, resp.ts, api, method, target, text, err))
         return out
+
+    def retire(self, reqs, state, n):
+        out, left = Protocol.retire(self, reqs, state, n)
+        methods = state.methods
+        for _ in range(min(n - left, len(methods))):
+            methods.popleft()        # the response parser will not see their answers
+        return out, left
 
     def unmatched_request(self, frame):
         return Record(frame.ts, 0, api_name(frame.method, frame.target), frame.method,

@@ -10,9 +10,13 @@
 """
 from __future__ import annotations
 
-from protocol.base import Protocol, Record
+import struct
+
+from protocol.base import MessageType, Protocol, Record
 from protocol.kafka.parse import KafkaParser
-from protocol.kafka.types import KafkaState
+from protocol.kafka.types import MAX_API_KEY, KafkaState
+
+_HEAD = struct.Struct(">ihhih")
 
 
 class KafkaProtocol(Protocol):
@@ -21,6 +25,15 @@ class KafkaProtocol(Protocol):
 
     def new_state(self):
         return KafkaState()
+
+    def detect(self, data, msg_type):
+        """The kernel's rule (include/l7.h detect_kafka) on a segment's start: a request
+        header with a plausible API key, version and client id (responses: no)."""
+        if msg_type != MessageType.REQUEST or len(data) < 14:
+            return False
+        size, key, ver, cid, n = _HEAD.unpack_from(data, 0)
+        return (size + 4 <= len(data) and 8 <= size and 0 <= key <= MAX_API_KEY
+                and 0 <= ver <= 20 and cid >= 0 and -1 <= n <= 255 and 14 + max(n, 0) <= len(data))
 
     def stitch(self, reqs, resps, state):
         out = []

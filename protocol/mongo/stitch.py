@@ -12,8 +12,8 @@
 """
 from __future__ import annotations
 
-from protocol.base import Protocol, Record
-from protocol.mongo.parse import MongoParser
+from protocol.base import MessageType, Protocol, Record
+from protocol.mongo.parse import HDR, REQUEST_OPS, RESPONSE_OPS, MongoParser
 from protocol.mongo.types import MongoState
 
 MAX_WAITING = 256
@@ -25,6 +25,15 @@ class MongoProtocol(Protocol):
 
     def new_state(self):
         return MongoState()
+
+    def detect(self, data, msg_type):
+        """The kernel's rule (detect_mongo) on a segment's start: a whole header with a
+        length the segment holds and an opcode of this direction."""
+        if len(data) < 16:
+            return False
+        n, _, _, op = HDR.unpack_from(data, 0)
+        ops = REQUEST_OPS if msg_type == MessageType.REQUEST else RESPONSE_OPS
+        return 16 <= n <= len(data) and op in ops
 
     def stitch(self, reqs, resps, state):
         out = []

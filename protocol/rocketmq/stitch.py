@@ -7,8 +7,12 @@
 """
 from __future__ import annotations
 
+import struct
+
 from protocol.base import Protocol, Record
 from protocol.rocketmq.parse import RmqParser
+
+_HEAD = struct.Struct(">iI")
 
 MAX_WAITING = 1024
 
@@ -16,6 +20,19 @@ MAX_WAITING = 1024
 class RmqProtocol(Protocol):
     name = "rocketmq"
     parser_class = RmqParser
+
+    def detect(self, data, msg_type):
+        """A remoting frame at a segment's start: its length in the segment, serialize type
+        JSON with a header starting '{"code"' (the kernel's detect_rocketmq) or ROCKETMQ."""
+        if len(data) < 16:
+            return False
+        n, word = _HEAD.unpack_from(data, 0)
+        hlen = word & 0xFFFFFF
+        if n + 4 > len(data) or hlen + 4 > n:
+            return False
+        if word >> 24 == 0:
+            return data[8:15] == b'{"code"'
+        return word >> 24 == 1 and hlen >= 17
 
     def stitch(self, reqs, resps, state):
         out = []
