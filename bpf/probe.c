@@ -48,6 +48,7 @@ struct active_op {
     u8 pad[2];
     u64 name;         /* datagram syscalls: user sockaddr (peer), or 0 */
     u64 msgs;         /* sendmmsg/recvmmsg: the struct mmsghdr array (buf unused), or 0 */
+    s64 ret;          /* the syscall's result, for udp.h's tail-called program */
 };
 
 struct sk_addr {
@@ -78,6 +79,9 @@ BPF_PERCPU_ARRAY(stats, u64, NSTATS);
    entries of connections user space never reads cannot fill it */
 BPF_TABLE("lru_hash", u64, struct conn_acct, kacct, 65536);
 BPF_PERCPU_ARRAY(sampler, struct sampler_state, 1);
+#if HAVE_SOCK_LEN_TP
+BPF_PROG_ARRAY(udp_tail, 1);    /* [0]: udp_exit_tail (udp.h), set by bpf/loader.py */
+#endif
 /* short first reads awaiting the next read, for detection (see detect_joined) */
 #define SHORT_MAX 16
 struct short_read {
@@ -878,7 +882,10 @@ static __always_inline int exit_data(void *ctx, long ret) {
     struct conn_key k = {.tgid = id >> 32, .fd = op->fd};
 #if HAVE_SOCK_LEN_TP
     if (op->l4proto == IPPROTO_UDP_) {
-        exit_udp(ctx, op, ret, &k);     /* udp.h: datagrams, one record each, with the peer */
+        /* udp.h's datagrams, in a program of their own (tail call): inlined here they
+           would not fit the 512-byte BPF stack */
+        op->ret = ret;
+        udp_tail.call(ctx, 0);
         goto out;
     }
 #endif

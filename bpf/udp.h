@@ -12,6 +12,10 @@
  */
 #define MAX_MMSG 2        /* datagrams of one sendmmsg/recvmmsg looked at (glibc: A + AAAA) */
 #define UDP_HDR 20
+/* scratch offsets beyond CAP_MAX in the per-CPU buffer (0-63: sockaddr / open record,
+   64-255: a new conn_val) */
+#define UDP_SCRATCH_MSG 256
+#define UDP_SCRATCH_IOV 320
 
 struct mmsghdr_ {
     struct user_msghdr msg_hdr;
@@ -47,13 +51,10 @@ static __always_inline void udp_peer(struct data_evt_buf *ev, struct conn_val *c
 
 /* One datagram of `len` bytes in buffer `buf` (an iovec array if iovcnt: its first element,
  * where resolvers put the whole message). */
-static __always_inline void udp_one(void *ctx, struct conn_key *k, u64 buf, u32 iovcnt,
-                                    u64 name, u32 len, u8 dir, struct probe_config *cfg) {
+static __always_inline void udp_one(void *ctx, struct data_evt_buf *ev, struct conn_key *k,
+                                    u64 buf, u32 iovcnt, u64 name, u32 len, u8 dir,
+                                    struct probe_config *cfg) {
     if (len == 0)
-        return;
-    int cpu = bpf_get_smp_processor_id();
-    struct data_evt_buf *ev = scratch.lookup(&cpu);
-    if (!ev)
         return;
     struct conn_val *c = conns.lookup(k);
     if (!c) {
@@ -83,11 +84,11 @@ static __always_inline void udp_one(void *ctx, struct conn_key *k, u64 buf, u32 
     u64 src = buf;
     u32 avail = len;
     if (iovcnt) {
-        struct iovec iov = {};
-        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)buf) != 0)
+        struct iovec *iov = (struct iovec *)(ev->data + CAP_MAX + UDP_SCRATCH_IOV);
+        if (bpf_probe_read_user(iov, sizeof(*iov), (void *)buf) != 0)
             return;
-        src = (u64)iov.iov_base;
-        avail = iov.iov_len < len ? iov.iov_len : len;
+        src = (u64)iov->iov_base;
+        avail = iov->iov_len < len ? iov->iov_len : len;
     }
     u32 cap = cfg->cap_bytes;
     if (cap > CAP_MAX - UDP_HDR)
@@ -158,25 +159,47 @@ static __always_inline void udp_one(void *ctx, struct conn_key *k, u64 buf, u32 
     }
 }
 
+/* The datagrams of one syscall: one, or the first MAX_MMSG of a sendmmsg/recvmmsg (one
+ * loop, not unrolled: udp_one is inlined once, the stack is short). */
 static __always_inline void exit_udp(void *ctx, struct active_op *op, long ret,
                                      struct conn_key *k) {
     struct probe_config *cfg = get_config();
     if (!cfg || !(cfg->proto_flags & FLAG_DNS) || ret <= 0)
         return;
-    if (!op->msgs) {
-        udp_one(ctx, k, op->buf, op->iovcnt, op->name, ret, op->dir, cfg);
+    int cpu = bpf_get_smp_processor_id();
+    struct data_evt_buf *ev = scratch.lookup(&cpu);
+    if (!ev)
         return;
-    }
     u64 msgs = op->msgs;
-    u8 dir = op->dir;
-#pragma unroll
-    for (int i = 0; i < MAX_MMSG; i++) {
-        if (i >= ret)
+    u32 cnt = msgs ? (ret < MAX_MMSG ? (u32)ret : MAX_MMSG) : 1;
+    struct mmsghdr_ *m = (struct mmsghdr_ *)(ev->data + CAP_MAX + UDP_SCRATCH_MSG);
+#pragma nounroll
+    for (u32 i = 0; i < MAX_MMSG; i++) {
+        if (i >= cnt)
             break;
-        struct mmsghdr_ m = {};
-        if (bpf_probe_read_user(&m, sizeof(m), (void *)(msgs + i * sizeof(m))) != 0)
-            break;
-        udp_one(ctx, k, (u64)m.msg_hdr.msg_iov, m.msg_hdr.msg_iovlen, (u64)m.msg_hdr.msg_name,
-                m.msg_len, dir, cfg);
+        u64 buf = op->buf, name = op->name;
+        u32 iovcnt = op->iovcnt, len = ret;
+        if (msgs) {
+            if (bpf_probe_read_user(m, sizeof(*m), (void *)(msgs + i * sizeof(*m))) != 0)
+                break;
+            buf = (u64)m->msg_hdr.msg_iov;
+            iovcnt = m->msg_hdr.msg_iovlen;
+            name = (u64)m->msg_hdr.msg_name;
+            len = m->msg_len;
+        }
+        udp_one(ctx, ev, k, buf, iovcnt, name, len, op->dir, cfg);
     }
+}
+
+/* Tail-called from exit_data for a UDP socket (bpf/loader.py loads it with the syscall
+ * programs' type); the syscall's op is still in map `active`. */
+int udp_exit_tail(void *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct active_op *op = active.lookup(&id);
+    if (!op)
+        return 0;
+    struct conn_key k = {.tgid = id >> 32, .fd = op->fd};
+    exit_udp(ctx, op, op->ret, &k);
+    active.delete(&id);
+    return 0;
 }

@@ -32,7 +32,7 @@ print("done")
 @pytest.fixture(scope="module")
 def dns_run():
     with dnsmasq(sys.executable) as d:
-        probe = ProbeRun(["--proto", "dns", "-P", "60", "--no-ssl"])
+        probe = ProbeRun(["--proto", "dns", "-P", "60", "--no-ssl"], ready_timeout=240)
         res = {"dns": d, "probe": probe, "pids": {}, "log": {}}
         try:
             def phase(name, cmds):

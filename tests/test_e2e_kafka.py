@@ -91,7 +91,7 @@ def kafka_run():
                               start_new_session=True)
     try:
         time.sleep(1.5)
-        probe = ProbeRun(["--proto", "kafka", "-P", "60"])
+        probe = ProbeRun(["--proto", "kafka", "-P", "60", "--no-ssl"], ready_timeout=240)
         try:
             c = subprocess.run([sys.executable, "-c", CLIENT, str(port)], capture_output=True,
                                text=True, timeout=90)
@@ -152,10 +152,18 @@ def test_server_side_counts_per_api(kafka_run):
     # and keeps that connection open after the client left: the broker's side still waits
     # for the answer when the run ends, so it is not counted there yet.
     client = [r for r in rows if r["server_port"] == port and r["l4_role"] == "tcp_client"]
-    unanswered = {r["api"]: int(r["req_count"]) - int(r["resp_count"]) for r in client
-                  if int(r["req_count"]) > int(r["resp_count"])}
-    assert set(unanswered) <= {"SyncGroup"}
-    want = {api: n - unanswered.get(api, 0) for api, n in kafka_run["sent"].items()}
-    assert _per_api(server) == {api: n for api, n in want.items() if n}
+    # Under load kafka-python may also give up on a request (timeout) and close: the broker
+    # may still have answered it.  Such APIs are between sent - unanswered and sent.
+    unanswered = {}
+    for r in client:
+        unanswered[r["api"]] = unanswered.get(r["api"], 0) + int(r["req_count"]) - int(
+            r["resp_count"])
+    got = _per_api(server)
+    for api, n in kafka_run["sent"].items():
+        if api == "SyncGroup":
+            assert got.get(api, 0) == n - unanswered.get(api, 0)
+        else:
+            assert n - unanswered.get(api, 0) <= got.get(api, 0) <= n, api
+    assert set(got) <= set(kafka_run["sent"])
     assert total(server, "resp_count") == total(server, "req_count")
     _check_errors(server, kafka_run)
