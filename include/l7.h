@@ -178,9 +178,14 @@ static __always_inline u32 detect_mongo(const u8 *b, u32 count) {
     u32 op = le32(b + 12);
     if (len != count || (s32)le32(b + 4) < 0)
         return 0;
-    if (!(op == 2013 || op == 2012 || op == 2004 || op == 1 || (op >= 2001 && op <= 2007)))
+    if (!(op == 2013 || op == 2012 || op == 2004 || op == 1 || (op >= 2001 && op <= 2007) ||
+          op == 2010 || op == 2011))
         return 0;
-    if (le32(b + 8) == 0)
+    /* the opcode tells legacy requests and replies apart (an OP_QUERY may carry responseTo
+       -1); OP_MSG and OP_COMPRESSED go both ways: a request answers nothing */
+    if (op == 1 || op == 2011)
+        RET(PROTO_MONGO, MSG_RESPONSE);
+    if ((op != 2013 && op != 2012) || le32(b + 8) == 0)
         RET(PROTO_MONGO, MSG_REQUEST);
     RET(PROTO_MONGO, MSG_RESPONSE);
 }
@@ -232,12 +237,13 @@ static __always_inline u32 detect_dns_msg(const u8 *b, u32 count) {
 }
 
 static __always_inline u32 detect_dns(const u8 *b, u32 count) {
-    /* DNS over TCP: uint16 length = the rest of this syscall (or of this syscall joined with
-       the short read before it), then a message */
+    /* DNS over TCP: uint16 length within this syscall's bytes (or this syscall's joined
+       with the short read before it: a client may send several queries in one write),
+       then a message */
     if (count < 19)
         return 0;
     u32 len = ((u32)b[0] << 8) | b[1];
-    if (len + 2 != count)
+    if (len + 2 > count)
         return 0;
     return detect_dns_msg(b + 2, len);
 }
