@@ -184,8 +184,8 @@ def _ipv6(b):
     return socket.inet_ntop(socket.AF_INET6, bytes(b))
 
 
-def read_packets(path):
-    """Yield (ts_ns, src, sport, dst, dport, seq, flags, payload) for every TCP segment."""
+def _transport(path, proto):
+    """(ts, src, dst, transport bytes) of each packet of ``proto`` (6 TCP, 17 UDP)."""
     with open(path, "rb") as f:
         data = f.read()
     gen = _packets_pcapng(data) if data[:4] == b"\x0a\x0d\x0d\x0a" else _packets_pcap(data)
@@ -193,10 +193,14 @@ def read_packets(path):
         ipx = _ip_of_link(linktype, pkt)
         if ipx is None:
             continue
-        seg = _tcp_of_ip(*ipx)
-        if seg is None:
-            continue
-        src, dst, tcp = seg
+        seg = _tcp_of_ip(ipx[0], ipx[1], proto)
+        if seg is not None:
+            yield (ts,) + seg
+
+
+def read_packets(path):
+    """Yield (ts_ns, src, sport, dst, dport, seq, flags, payload) for every TCP segment."""
+    for ts, src, dst, tcp in _transport(path, 6):
         if len(tcp) < 20:
             continue
         sport, dport, seq, _ack, off, flags = struct.unpack_from("!HHIIBB", tcp, 0)
@@ -287,17 +291,9 @@ def _deliver(c, ep, d, seq, ts, payload):
 def read_udp_datagrams(path):
     """Yield (ts_ns, src, sport, dst, dport, payload, true_len) for every UDP datagram (its
     first IP fragment: ``true_len`` is the datagram's length from the UDP header)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    gen = _packets_pcapng(data) if data[:4] == b"\x0a\x0d\x0d\x0a" else _packets_pcap(data)
-    for ts, linktype, pkt in gen:
-        ipx = _ip_of_link(linktype, pkt)
-        if ipx is None:
+    for ts, src, dst, udp in _transport(path, 17):
+        if len(udp) < 8:
             continue
-        seg = _tcp_of_ip(ipx[0], ipx[1], 17)
-        if seg is None or len(seg[2]) < 8:
-            continue
-        src, dst, udp = seg
         sport, dport, ulen = struct.unpack_from("!HHH", udp, 0)
         payload = bytes(udp[8:ulen]) if ulen >= 8 else bytes(udp[8:])
         yield ts, src, sport, dst, dport, payload, max(ulen - 8, len(payload))

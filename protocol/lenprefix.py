@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 
-from protocol.base import MessageType, ParseState, Parser
+from protocol.base import MessageType, ParseState, Parser, Protocol, Record
 
 SUCCESS = ParseState.SUCCESS
 NEEDS_MORE_DATA = ParseState.NEEDS_MORE_DATA
@@ -155,3 +155,24 @@ class LengthPrefixedParser(Parser):
         if frame is True:               # valid, but nothing to report
             return IGNORE, None, end
         return SUCCESS, frame, end
+
+
+def answer(reqs, r, match, out):
+    """Pair response ``r`` with the first waiting request ``match(q)`` accepts (removed from
+    ``reqs``), appending the record to ``out``; a response nothing waits for is a record
+    with ``req_ts == 0``.  Returns the request, or None.  (Protocols that pair by an id.)"""
+    for i, q in enumerate(reqs):
+        if match(q):
+            del reqs[i]
+            out.append(Record(q.ts, r.ts, q.api, q.api, q.path, r.status, r.err))
+            return q
+    out.append(Record(0, r.ts, None, "", "", r.status, r.err))
+    return None
+
+
+class IdProtocol(Protocol):
+    """A protocol pairing by an id (Kafka, MongoDB, RocketMQ, DNS): a request left without
+    response keeps its api and path."""
+
+    def unmatched_request(self, frame):
+        return Record(frame.ts, 0, frame.api, frame.api, frame.path)

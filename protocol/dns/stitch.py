@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import struct
 
-from protocol.base import MessageType, Protocol, Record
+from protocol.base import MessageType
+from protocol.lenprefix import IdProtocol, answer
 from protocol.dns.parse import DnsParser
 
 _HEAD = struct.Struct(">HHHHHH")
@@ -22,7 +23,7 @@ MAX_WAITING = 256
 TIMEOUT_NS = 10 * 1000 * 1000 * 1000
 
 
-class DnsProtocol(Protocol):
+class DnsProtocol(IdProtocol):
     name = "dns"
     parser_class = DnsParser
 
@@ -45,25 +46,15 @@ class DnsProtocol(Protocol):
         while resps:
             r = resps.popleft()
             newest = r.ts
-            idx = -1
-            for i, q in enumerate(reqs):
-                if q.qid == r.qid and (r.qkey is None or q.qkey is None or q.qkey == r.qkey):
-                    idx = i
-                    break
-            if idx < 0:
-                out.append(Record(0, r.ts, None, "", "", r.status, r.err))
-                continue
-            q = reqs[idx]
-            del reqs[idx]
-            out.append(Record(q.ts, r.ts, q.api, q.api, q.path, r.status, r.err))
+            qid, qkey = r.qid, r.qkey
+            answer(reqs, r, lambda q: q.qid == qid and (qkey is None or q.qkey is None
+                                                         or q.qkey == qkey), out)
         if reqs:
             newest = max(newest, reqs[-1].ts)
             while reqs and (len(reqs) > MAX_WAITING or reqs[0].ts + TIMEOUT_NS < newest):
                 out.append(self.unmatched_request(reqs.popleft()))
         return out
 
-    def unmatched_request(self, frame):
-        return Record(frame.ts, 0, frame.api, frame.api, frame.path)
 
 
 PROTOCOL = DnsProtocol()

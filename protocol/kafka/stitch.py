@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import struct
 
-from protocol.base import MessageType, Protocol, Record
+from protocol.base import MessageType, Record
 from protocol.kafka.parse import KafkaParser
+from protocol.lenprefix import IdProtocol
 from protocol.kafka.types import MAX_API_KEY, KafkaState
 
 _HEAD = struct.Struct(">ihhih")
 
 
-class KafkaProtocol(Protocol):
+class KafkaProtocol(IdProtocol):
     name = "kafka"
     parser_class = KafkaParser
 
@@ -57,8 +58,6 @@ class KafkaProtocol(Protocol):
             out.append(self.unmatched_request(reqs.popleft()))
         return out
 
-    def unmatched_request(self, frame):
-        return Record(frame.ts, 0, frame.api, frame.api, frame.path)
 
 
 PROTOCOL = KafkaProtocol()

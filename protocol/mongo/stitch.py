@@ -12,14 +12,15 @@
 """
 from __future__ import annotations
 
-from protocol.base import MessageType, Protocol, Record
+from protocol.base import MessageType
+from protocol.lenprefix import IdProtocol, answer
 from protocol.mongo.parse import HDR, REQUEST_OPS, RESPONSE_OPS, MongoParser
 from protocol.mongo.types import MongoState
 
 MAX_WAITING = 256
 
 
-class MongoProtocol(Protocol):
+class MongoProtocol(IdProtocol):
     name = "mongo"
     parser_class = MongoParser
 
@@ -47,17 +48,9 @@ class MongoProtocol(Protocol):
                 if r.more:
                     exhaust[r.rid] = 1
                 continue
-            idx = -1
-            for i, q in enumerate(reqs):
-                if q.rid == r.resp_to and not q.noreply:
-                    idx = i
-                    break
-            if idx < 0:
-                out.append(Record(0, r.ts, None, "", "", r.status, r.err))
+            to = r.resp_to
+            if answer(reqs, r, lambda q: q.rid == to and not q.noreply, out) is None:
                 continue
-            q = reqs[idx]
-            del reqs[idx]
-            out.append(Record(q.ts, r.ts, q.api, q.api, q.path, r.status, r.err))
             if r.more:
                 if len(exhaust) > MAX_WAITING:
                     exhaust.clear()
@@ -71,8 +64,6 @@ class MongoProtocol(Protocol):
             out.append(self.unmatched_request(q))
         return out
 
-    def unmatched_request(self, frame):
-        return Record(frame.ts, 0, frame.api, frame.api, frame.path)
 
 
 PROTOCOL = MongoProtocol()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from protocol.base import Protocol, Record
+from protocol.lenprefix import IdProtocol, answer
 from protocol.rocketmq.parse import RmqParser
 
 _HEAD = struct.Struct(">iI")
@@ -17,7 +17,7 @@ _HEAD = struct.Struct(">iI")
 MAX_WAITING = 1024
 
 
-class RmqProtocol(Protocol):
+class RmqProtocol(IdProtocol):
     name = "rocketmq"
     parser_class = RmqParser
 
@@ -38,17 +38,8 @@ class RmqProtocol(Protocol):
         out = []
         while resps:
             r = resps.popleft()
-            idx = -1
-            for i, q in enumerate(reqs):
-                if q.opaque == r.opaque and not q.oneway:
-                    idx = i
-                    break
-            if idx < 0:
-                out.append(Record(0, r.ts, None, "", "", r.status, r.err))
-                continue
-            q = reqs[idx]
-            del reqs[idx]
-            out.append(Record(q.ts, r.ts, q.api, q.api, q.path, r.status, r.err))
+            opaque = r.opaque
+            answer(reqs, r, lambda q: q.opaque == opaque and not q.oneway, out)
         if reqs:
             keep = []
             for q in list(reqs):
@@ -62,8 +53,6 @@ class RmqProtocol(Protocol):
             reqs.extend(keep)
         return out
 
-    def unmatched_request(self, frame):
-        return Record(frame.ts, 0, frame.api, frame.api, frame.path)
 
 
 PROTOCOL = RmqProtocol()
