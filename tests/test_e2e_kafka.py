@@ -38,10 +38,23 @@ def codes(d):
     elif isinstance(d, (list, tuple)):
         for v in d:
             yield from codes(v)
+# counted when the request's bytes are handed to the socket (send_bytes), not when queued:
+# a request queued on a connection closed before it was written never crosses the wire
+names = {}
 orig_send = KafkaProtocol.send_request
 def send_request(self, request, correlation_id=None):
-    sent[name(request)] += 1
+    names[request.API_KEY] = name(request)
     return orig_send(self, request, correlation_id)
+orig_bytes = KafkaProtocol.send_bytes
+def send_bytes(self):
+    data = orig_bytes(self)
+    i = 0
+    while i + 6 <= len(data):
+        size = int.from_bytes(data[i:i + 4], "big")
+        sent[names.get(int.from_bytes(data[i + 4:i + 6], "big"), "?")] += 1
+        i += 4 + size
+    return data
+KafkaProtocol.send_bytes = send_bytes
 orig_proc = KafkaProtocol._process_response
 def process(self, buf):
     cid, resp = orig_proc(self, buf)
