@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Parse rate of the Redis, PostgreSQL and MySQL parsers on recorded traffic.
+"""Parse rate of the Redis, PostgreSQL, MySQL, Kafka, MongoDB, RocketMQ and DNS parsers on
+recorded traffic.
 
-Replays the TCP conversations of the fixture captures (fixtures/{redis,postgresql,mysql})
+Replays the TCP conversations of the fixture captures (fixtures/{redis,postgresql,mysql,
+kafka,mongodb,rocketmq,dns}; DNS's UDP datagrams framed with their length, as
+pipeline/udp.py feeds them)
 through pipeline.stream.DataStream (one per direction) and the protocol's stitcher, as the
 probe does, many times over, and prints one line per protocol:
 
@@ -23,15 +26,25 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import struct  # noqa: E402
+
+from protocol.dns import PROTOCOL as DNS  # noqa: E402
+from protocol.kafka import PROTOCOL as KAFKA  # noqa: E402
+from protocol.mongo import PROTOCOL as MONGO  # noqa: E402
 from protocol.mysql import PROTOCOL as MYSQL  # noqa: E402
+from protocol.rocketmq import PROTOCOL as ROCKETMQ  # noqa: E402
 from protocol.pgsql import PROTOCOL as PGSQL  # noqa: E402
 from protocol.redis import PROTOCOL as REDIS  # noqa: E402
 from tests.support import feed  # noqa: E402
-from tests.support.pcap import read_tcp_connections  # noqa: E402
+from tests.support.pcap import read_tcp_connections, read_udp_datagrams  # noqa: E402
 
 CASES = (("redis", REDIS, "redis", (6379, 6380)),
          ("pgsql", PGSQL, "postgresql", (5432, 8000)),
-         ("mysql", MYSQL, "mysql", (3306, 30130)))
+         ("mysql", MYSQL, "mysql", (3306, 30130)),
+         ("kafka", KAFKA, "kafka", (9092, 36333)),
+         ("mongo", MONGO, "mongodb", (27017, 3717)),
+         ("rocketmq", ROCKETMQ, "rocketmq", (10911, 10909, 9876)),
+         ("dns", DNS, "dns", (53,)))
 
 
 def load(fixtures, subdir, ports):
@@ -40,6 +53,13 @@ def load(fixtures, subdir, ports):
         if path.endswith(".tsv"):
             continue
         convs.extend(c.chunks for c in read_tcp_connections(path, server_ports=ports))
+        if subdir == "dns":
+            flows = {}
+            for ts, src, sport, dst, dport, payload, _ in read_udp_datagrams(path):
+                d, key = ("s2c", (dst, dport)) if sport == 53 else ("c2s", (src, sport))
+                flows.setdefault(key, []).append(
+                    (d, ts, struct.pack(">H", len(payload)) + payload))
+            convs.extend(flows.values())
     return convs
 
 

@@ -105,10 +105,21 @@ class Capture:
         # splice in the parts that use maps
         with open(os.path.join(HERE, "tls.h")) as f:
             text = text.replace('#include "tls.h"', f.read())
+        with open(os.path.join(HERE, "udp.h")) as f:
+            text = text.replace('#include "udp.h"', f.read())
         try:
             self.bpf = BPF(text=text, cflags=cflags, debug=int(os.environ.get('L7PROBE_BCC_DEBUG', '0')))
         except Exception as exc:  # BCC raises bare Exception on compile/load errors
             raise ProbeError("failed to load the BPF program: %s" % str(exc).splitlines()[0])
+        if have_sock_len:
+            # UDP datagrams (bpf/udp.h) run as a tail call of the syscall exit programs
+            try:
+                fn = self.bpf.load_func("udp_exit_tail",
+                                        BPF.RAW_TRACEPOINT if raw else BPF.TRACEPOINT)
+                self.bpf["udp_tail"][ctypes.c_int(0)] = ctypes.c_int(fn.fd)
+            except Exception as exc:
+                log.warning("UDP capture (DNS over UDP) unavailable: %s",
+                            str(exc).splitlines()[0])
         how = ("sock:sock_send_length/sock_recv_length tracepoints" if have_sock_len else
                "connection map only (no sock_*_length tracepoints; kprobes %s)"
                % ("present but unused" if self.features["kprobes"] else "absent"))

@@ -26,6 +26,7 @@
 #define MAX_IOV 8
 #define AF_INET_ 2
 #define AF_INET6_ 10
+#define IPPROTO_UDP_ 17
 
 struct data_evt_buf {
     struct evt_data hdr;
@@ -43,7 +44,11 @@ struct active_op {
     u8 is_accept;
     u8 is_connect;
     u8 adopt;         /* fd not tracked yet, in a forked process: adopt it if a TCP socket */
-    u8 pad[3];
+    u8 l4proto;       /* IPPROTO_* of the socket, from sock_*_length (17: UDP, see udp.h) */
+    u8 pad[2];
+    u64 name;         /* datagram syscalls: user sockaddr (peer), or 0 */
+    u64 msgs;         /* sendmmsg/recvmmsg: the struct mmsghdr array (buf unused), or 0 */
+    s64 ret;          /* the syscall's result, for udp.h's tail-called program */
 };
 
 struct sk_addr {
@@ -90,14 +95,23 @@ struct pending_data {
     u32 len;
     u8 dir;
     u8 source;
-    u8 hidden;
-    u8 pad;
+    u8 pad[2];
 };
 BPF_PERCPU_ARRAY(pending, struct pending_data, 1);
 /* one program array per caller type (the kernel wants one program type per array): the
    syscall hooks' (tracepoint or raw tracepoint) and the TLS uprobes' */
 BPF_PROG_ARRAY(data_tail_sys, 1);
 BPF_PROG_ARRAY(data_tail_up, 1);
+#if HAVE_SOCK_LEN_TP
+BPF_PROG_ARRAY(udp_tail, 1);    /* [0]: udp_exit_tail (udp.h), set by bpf/loader.py */
+#endif
+/* short first reads awaiting the next read, for detection (see detect_joined) */
+#define SHORT_MAX 16
+struct short_read {
+    u32 len;
+    u8 data[SHORT_MAX];
+};
+BPF_TABLE("lru_hash", struct conn_key, struct short_read, short_reads, 4096);
 
 #if RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -252,9 +266,27 @@ static __always_inline int enter_conn_op(int fd, int is_accept, int is_connect,
     op.fd = fd;
     op.is_accept = is_accept;
     op.is_connect = is_connect;
+    op.name = (u64)uaddr;
     active.update(&id, &op);
     return 0;
 }
+
+#if HAVE_SOCK_LEN_TP
+/* connect(): the peer address, which is a UDP socket's only one (TCP connections get theirs
+ * from sock:inet_sock_set_state, which overrides these, CONN_F_ADDR not being set). */
+static __always_inline void udp_connect_addr(struct conn_val *c, u64 uaddr) {
+    u8 sa[24] = {};
+    if (!uaddr || bpf_probe_read_user(sa, sizeof(sa), (void *)uaddr) != 0)
+        return;
+    u16 family = sa[0] | (sa[1] << 8);
+    c->family = family;
+    c->server_port = (sa[2] << 8) | sa[3];
+    if (family == AF_INET_)
+        __builtin_memcpy(c->server_ip, sa + 4, 4);
+    else if (family == AF_INET6_)
+        __builtin_memcpy(c->server_ip, sa + 8, 16);
+}
+#endif
 
 static __always_inline int exit_conn_op(long ret) {
     u64 id = bpf_get_current_pid_tgid();
@@ -275,6 +307,10 @@ static __always_inline int exit_conn_op(long ret) {
         c.l4_role = L4_SERVER;
     }
     c.conn_id = new_conn_id();
+#if HAVE_SOCK_LEN_TP
+    if (op->is_connect)
+        udp_connect_addr(&c, op->name);     /* udp.h: a UDP socket's only peer address */
+#endif
     if (conns.update(&k, &c) != 0)
         stat_add(STAT_CONNS_DROPPED, 1);
 out:
@@ -363,6 +399,7 @@ static __always_inline int do_close(void *ctx, int fd) {
         if (output(ctx, &e, sizeof(e), 0) != 0)
             stat_add(STAT_RECORDS_DROPPED, 1);
     }
+    short_reads.delete(&k);
     conns.delete(&k);
     return 0;
 }
@@ -403,17 +440,18 @@ static __always_inline int enter_data(int fd, u64 buf, u32 iovcnt, u8 dir) {
 }
 
 #if HAVE_SOCK_LEN_TP
-static __always_inline int mark_sock(u64 sk) {
+static __always_inline int mark_sock(u64 sk, u16 proto) {
     u64 id = bpf_get_current_pid_tgid();
     struct active_op *op = active.lookup(&id);
     if (op) {
         op->sock_seen = 1;
         op->sk = sk;
+        op->l4proto = proto;
     }
     return 0;
 }
-TRACEPOINT_PROBE(sock, sock_send_length) { return mark_sock((u64)args->sk); }
-TRACEPOINT_PROBE(sock, sock_recv_length) { return mark_sock((u64)args->sk); }
+TRACEPOINT_PROBE(sock, sock_send_length) { return mark_sock((u64)args->sk, args->protocol); }
+TRACEPOINT_PROBE(sock, sock_recv_length) { return mark_sock((u64)args->sk, args->protocol); }
 #endif
 
 /* Copy up to `len` bytes of the syscall's data into ev->data; returns bytes copied. */
@@ -482,6 +520,85 @@ static __always_inline u32 copy_head(struct data_evt_buf *ev, struct active_op *
     return len;
 }
 
+/* Short reads before detection.  A server that reads a message's length prefix alone
+ * (Kafka brokers read the 4-byte size, mongod the 16-byte header, dnsmasq the 2-byte DNS/TCP
+ * length) gives detection a body without its prefix, and its first detectable bytes would be
+ * its own response, often taken for a request: the side's role would come from the wrong
+ * message.  So a short first read is kept here and joined with the next read of that
+ * direction; when the joined bytes are detected, they are what decides the role (ingress
+ * request: server), and the kept prefix goes to user space before the body. */
+
+/* ev->data[0..DETECT_LEN) holds the first bytes of this read.  If a short read is kept for
+ * this connection, builds kept prefix + these bytes in the scratch buffer and returns the
+ * prefix length (*b, *count: what to detect on), else 0.  One l7_detect call site either
+ * way: a second inlined copy does not fit the BPF stack. */
+static __always_inline u32 join_short_read(struct data_evt_buf *ev, struct conn_key *k,
+                                           u32 len, u8 **b, u32 *count) {
+    struct short_read *sr = short_reads.lookup(k);
+    if (!sr)
+        return 0;
+    u32 pl = sr->len;
+    if (pl < 1 || pl > SHORT_MAX)
+        return 0;
+    u8 *zone = ev->data + CAP_MAX;              /* scratch beyond the detection bytes */
+    __builtin_memset(zone, 0, 2 * SHORT_MAX + DETECT_LEN);
+    u32 off = SHORT_MAX - pl;
+    asm volatile("" : "+r"(off));
+    off &= (SHORT_MAX - 1);
+    bpf_probe_read_kernel(zone + off, SHORT_MAX, sr->data);
+    __builtin_memcpy(zone + SHORT_MAX, ev->data, DETECT_LEN);
+    *b = zone + off;
+    *count = len + pl;
+    return pl;
+}
+
+/* Detection failed on this read (n of len bytes in ev->data; b: these bytes after the kept
+ * prefix of plen bytes, if any): keep what was read so far if it is still short (dnsmasq
+ * reads the 2-byte DNS/TCP length one byte at a time), else forget it. */
+static __always_inline void keep_short_read(struct data_evt_buf *ev, struct conn_key *k,
+                                            u32 n, u32 len, u32 plen, u8 *b) {
+    u32 total = len + plen;
+    if (n >= len && total <= SHORT_MAX) {       /* n: DETECT_LEN bytes were read */
+        /* built in the scratch buffer: the stack is full here */
+        struct short_read *s = (struct short_read *)(ev->data + CAP_MAX + 64);
+        s->len = total;
+        bpf_probe_read_kernel(s->data, SHORT_MAX, b);
+        short_reads.update(k, s);
+    } else if (plen) {
+        short_reads.delete(k);
+    }
+}
+
+/* The kept prefix of a connection just detected on a joined read, as its first data record. */
+static __always_inline void send_short_read(void *ctx, struct conn_val *c, struct conn_key *k,
+                                            struct data_evt_buf *ev, struct probe_config *cfg) {
+    struct short_read *sr = short_reads.lookup(k);
+    if (!sr)
+        return;
+    u32 pl = sr->len;
+    if (pl > SHORT_MAX)
+        pl = SHORT_MAX;
+    __builtin_memcpy(ev->data, sr->data, SHORT_MAX);
+    short_reads.delete(k);
+    if (!cfg->emit_data)
+        return;
+    ev->hdr.type = EVT_DATA;
+    ev->hdr.tgid = k->tgid;
+    ev->hdr.conn_id = c->conn_id;
+    ev->hdr.ts = bpf_ktime_get_ns();
+    ev->hdr.true_len = pl;
+    ev->hdr.cap_len = pl;
+    ev->hdr.lost = 0;
+    ev->hdr.lost_msgs = 0;
+    ev->hdr.flags = 0;
+    ev->hdr.direction = DIR_INGRESS;
+    ev->hdr.source = SRC_SYSCALL;
+    ev->hdr.proto = c->proto;
+    ev->hdr.l7_role = c->l7_role;
+    if (output(ctx, ev, sizeof(struct evt_data) + pl, 0) != 0)
+        stat_add(STAT_RECORDS_DROPPED, 1);
+}
+
 /* First data of a connection: detect its protocol on buffer `op`.  Returns 1 if the
  * connection now has a protocol (announced or not, see announce()). */
 static __always_inline int detect_proto(void *ctx, struct conn_val *c, struct conn_key *k,
@@ -491,7 +608,12 @@ static __always_inline int detect_proto(void *ctx, struct conn_val *c, struct co
         return 0;
     __builtin_memset(ev->data, 0, DETECT_LEN);
     u32 n = copy_data(ev, op, DETECT_LEN);
-    u32 r = n ? l7_detect(ev->data, len, cfg->proto_flags) : 0;
+    u8 *b = ev->data;
+    u32 count = len;
+    u32 plen = (n && dir == DIR_INGRESS) ? join_short_read(ev, k, len, &b, &count) : 0;
+    u32 r = n ? l7_detect(b, count, cfg->proto_flags) : 0;
+    if (r == 0 && n && dir == DIR_INGRESS)
+        keep_short_read(ev, k, n, len, plen, b);
     if (r == 0) {
         /* TLS records before the TLS uprobes claim the connection are no attempt */
         u8 b0 = ev->data[0];
@@ -508,6 +630,8 @@ static __always_inline int detect_proto(void *ctx, struct conn_val *c, struct co
     if (c->l4_role == L4_UDP && !(c->flags & CONN_F_SEEDED))
         c->l4_role = c->l7_role == L7_CLIENT ? L4_CLIENT : L4_SERVER;
     announce(ctx, c, k);
+    if (plen)
+        send_short_read(ctx, c, k, ev, cfg);
     return 1;
 }
 
@@ -749,46 +873,24 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
 }
 
 /* Bytes of a tracked connection: detect, then send.  `op` says where they are. */
+/* `active_id`: the thread whose syscall's `active` entry `op` is (0: none); the entry is
+ * deleted before the tail call, which never returns to the caller's clean-up. */
 static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct conn_key *k,
                                          struct active_op *op, u32 len, u8 dir, u8 source,
-                                         int from_uprobe) {
-    struct probe_config *cfg = get_config();
-    if (!cfg)
-        return;
-    int cpu = bpf_get_smp_processor_id();
-    struct data_evt_buf *ev = scratch.lookup(&cpu);
-    if (!ev)
-        return;
-    if (c->proto == PROTO_UNKNOWN) {
-        if (!detect_proto(ctx, c, k, ev, op, len, dir, cfg))
-            return;
-    } else if (c->flags & CONN_F_UNANNOUNCED) {
-        announce(ctx, c, k);
-    }
-    if (!cfg->emit_data)
-        return;
-    int hidden = (c->flags & CONN_F_UNANNOUNCED) != 0;
-    if (op->buf == 0) {
-        /* sendfile: no bytes to show; the next record of this direction carries the
-           count so the parser skips them (one record less per static response) */
-        if (dir == DIR_EGRESS)
-            c->lost_sent += len;
-        else
-            c->lost_recv += len;
-        return;
-    }
-    /* The rest runs as a program of its own (a tail call): verified once, not once per
-     * path of every hook that gets here, which would exceed the verifier's budget. */
+                                         int from_uprobe, u64 active_id) {
+    /* Detection and the data path run as a program of their own (a tail call): verified
+     * once, not once per path of every hook that gets here, and with a stack of its own. */
     int zero = 0;
     struct pending_data *p = pending.lookup(&zero);
     if (!p)
         return;
     p->k = *k;
     p->op = *op;
+    if (active_id)
+        active.delete(&active_id);
     p->len = len;
     p->dir = dir;
     p->source = source;
-    p->hidden = hidden;
     /* `from_uprobe` (the caller's program type) is a constant at each inlined call site: a
        program references only the array of its own type */
     if (from_uprobe)
@@ -798,7 +900,8 @@ static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct c
     stat_add(STAT_RECORDS_DROPPED, 1);      /* the tail call failed (not set up) */
 }
 
-/* The data path proper, after handle_bytes: deliver or count the bytes. */
+/* Bytes of a tracked connection (handle_bytes, then a tail call): detect, then deliver or
+ * count them. */
 static __always_inline int data_body(void *ctx) {
     int zero = 0;
     struct pending_data *p = pending.lookup(&zero);
@@ -813,18 +916,37 @@ static __always_inline int data_body(void *ctx) {
         return 0;
     u32 len = p->len;
     u8 dir = p->dir;
-    if (c->proto == PROTO_HTTP) {
-        http_bytes(ctx, c, &k, ev, &p->op, len, dir, p->source, cfg, p->hidden);
-        return 0;
+    struct active_op *op = &p->op;
+    if (c->proto == PROTO_UNKNOWN) {
+        if (!detect_proto(ctx, c, &k, ev, op, len, dir, cfg))
+            return 0;
+    } else if (c->flags & CONN_F_UNANNOUNCED) {
+        announce(ctx, c, &k);
     }
-    if (p->hidden) {
+    if (!cfg->emit_data)
+        return 0;
+    int hidden = (c->flags & CONN_F_UNANNOUNCED) != 0;
+    if (op->buf == 0) {
+        /* sendfile: no bytes to show; the next record of this direction carries the
+           count so the parser skips them (one record less per static response) */
         if (dir == DIR_EGRESS)
             c->lost_sent += len;
         else
             c->lost_recv += len;
         return 0;
     }
-    send_data(ctx, c, &k, ev, &p->op, len, dir, p->source, cfg, 0);
+    if (c->proto == PROTO_HTTP) {
+        http_bytes(ctx, c, &k, ev, op, len, dir, p->source, cfg, hidden);
+        return 0;
+    }
+    if (hidden) {
+        if (dir == DIR_EGRESS)
+            c->lost_sent += len;
+        else
+            c->lost_recv += len;
+        return 0;
+    }
+    send_data(ctx, c, &k, ev, op, len, dir, p->source, cfg, 0);
     return 0;
 }
 
@@ -837,6 +959,10 @@ int l7_data_raw(struct bpf_raw_tracepoint_args *ctx) { return data_body(ctx); }
 
 #if TLS
 #include "tls.h"        /* spliced in by bpf/loader.py (BCC rewrites map calls only here) */
+#endif
+
+#if HAVE_SOCK_LEN_TP
+#include "udp.h"        /* spliced in by bpf/loader.py, like tls.h */
 #endif
 
 #if HAVE_SOCK_LEN_TP
@@ -866,25 +992,33 @@ static __always_inline int exit_data(void *ctx, long ret) {
     struct active_op *p = active.lookup(&id);
     if (!p)
         return 0;
-    /* A copy, and the entry goes now: handle_bytes ends in a tail call, which never
-       returns here (a stale entry would lend this syscall's fd to the next syscall). */
-    struct active_op o = *p;
-    struct active_op *op = &o;
-    active.delete(&id);
-    if (ret <= 0)
+#if HAVE_SOCK_LEN_TP
+    if (p->l4proto == IPPROTO_UDP_ && ret > 0 && p->sock_seen) {
+        /* udp.h's datagrams, in a program of their own (tail call): inlined here they
+           would not fit the 512-byte BPF stack.  It reads and deletes the entry. */
+        p->ret = ret;
+        udp_tail.call(ctx, 0);
+        active.delete(&id);         /* the tail call failed */
         return 0;
+    }
+#endif
+    /* handle_bytes ends in a tail call, which never returns here: it deletes the entry
+       (a stale one would lend this syscall's fd to the next syscall) */
+    struct active_op *op = p;
+    if (ret <= 0)
+        goto out;
 #if HAVE_SOCK_LEN_TP
     if (!op->sock_seen)
-        return 0;           /* not a socket (the fd was reused by a file, ...) */
+        goto out;           /* not a socket (the fd was reused by a file, ...) */
 #endif
     struct conn_key k = {.tgid = id >> 32, .fd = op->fd};
     struct conn_val *c = conns.lookup(&k);
     if (!c) {
 #if HAVE_SOCK_LEN_TP
         if (!op->adopt || !(c = adopt_conn(&k, op->sk)))
-            return 0;
+            goto out;
 #else
-        return 0;
+        goto out;
 #endif
     }
     u32 len = ret;
@@ -900,10 +1034,12 @@ static __always_inline int exit_data(void *ctx, long ret) {
 #if TLS
     /* may end in a tail call (the plaintext of an SSL_write whose socket shows now):
        the syscall's own bytes are ciphertext then, nothing more to do */
-    tls_nested_syscall(ctx, id, c, &k, dir);
+    tls_nested_syscall(ctx, id, c, &k, dir);     /* may end in a tail call, see there */
 #endif
     if (!c->ssl)            /* else ciphertext: the plaintext comes from the TLS uprobes */
-        handle_bytes(ctx, c, &k, op, len, dir, SRC_SYSCALL, 0);
+        handle_bytes(ctx, c, &k, op, len, dir, SRC_SYSCALL, 0, id);
+out:
+    active.delete(&id);
     return 0;
 }
 
@@ -912,6 +1048,47 @@ static __always_inline int enter_msg(int fd, const struct user_msghdr *umsg, u8 
     if (bpf_probe_read_user(&m, sizeof(m), umsg) != 0)
         return 0;
     return enter_data(fd, (u64)m.msg_iov, m.msg_iovlen, dir);
+}
+
+/* Syscalls that may carry a datagram's peer address (sendto/recvfrom/sendmsg/recvmsg) or
+ * several datagrams (sendmmsg/recvmmsg): as enter_data, plus the address; on a socket not
+ * tracked yet, when DNS is enabled, the syscall is watched too: at exit, a UDP socket
+ * becomes a connection (udp.h), anything else is dropped. */
+static __always_inline int enter_dgram(int fd, u64 buf, u32 iovcnt, u8 dir, u64 name,
+                                       u64 msgs) {
+    if (!msgs)
+        enter_data(fd, buf, iovcnt, dir);
+    u64 id = bpf_get_current_pid_tgid();
+    struct active_op *op = msgs ? 0 : active.lookup(&id);
+    if (op && op->fd == fd && !op->is_accept && !op->is_connect) {
+        op->name = name;
+        return 0;
+    }
+    struct probe_config *cfg = get_config();
+    if (!cfg || !(cfg->proto_flags & FLAG_DNS) || !pid_wanted(id >> 32, cfg))
+        return 0;
+    struct conn_key k = {.tgid = id >> 32, .fd = fd};
+    struct conn_val *c = conns.lookup(&k);
+    if (c && (c->flags & CONN_F_IGNORED))
+        return 0;
+    if (!msgs && !name && !c)
+        return 0;               /* no address, not tracked: not a datagram we can place */
+    struct active_op o = {};
+    o.fd = fd;
+    o.buf = buf;
+    o.iovcnt = iovcnt;
+    o.dir = dir;
+    o.name = name;
+    o.msgs = msgs;
+    active.update(&id, &o);
+    return 0;
+}
+
+static __always_inline int enter_msg_dgram(int fd, const struct user_msghdr *umsg, u8 dir) {
+    struct user_msghdr m = {};
+    if (bpf_probe_read_user(&m, sizeof(m), umsg) != 0)
+        return 0;
+    return enter_dgram(fd, (u64)m.msg_iov, m.msg_iovlen, dir, (u64)m.msg_name, 0);
 }
 
 #if RAW_SYSCALLS
@@ -932,13 +1109,15 @@ static __always_inline int enter_msg(int fd, const struct user_msghdr *umsg, u8 
 #define NR_sendmsg 46
 #define NR_recvmsg 47
 #define NR_accept4 288
+#define NR_recvmmsg 299
+#define NR_sendmmsg 307
 
 RAW_TRACEPOINT_PROBE(sys_enter) {
     long nr = ctx->args[1];
     switch (nr) {
     case NR_read: case NR_write: case NR_close: case NR_readv: case NR_writev:
     case NR_sendfile: case NR_connect: case NR_accept: case NR_sendto: case NR_recvfrom:
-    case NR_sendmsg: case NR_recvmsg: case NR_accept4:
+    case NR_sendmsg: case NR_recvmsg: case NR_accept4: case NR_recvmmsg: case NR_sendmmsg:
         break;
     default:
         return 0;
@@ -950,20 +1129,28 @@ RAW_TRACEPOINT_PROBE(sys_enter) {
     bpf_probe_read_kernel(&a2, sizeof(a2), &regs->dx);
     int fd = (int)a0;
     switch (nr) {
-    case NR_read:
     case NR_recvfrom:
+    case NR_sendto: {
+        u64 a4 = 0;
+        bpf_probe_read_kernel(&a4, sizeof(a4), &regs->r8);
+        return enter_dgram(fd, a1, 0, nr == NR_sendto ? DIR_EGRESS : DIR_INGRESS, a4, 0);
+    }
+    case NR_recvmmsg:
+        return enter_dgram(fd, 0, 0, DIR_INGRESS, 0, a1);
+    case NR_sendmmsg:
+        return enter_dgram(fd, 0, 0, DIR_EGRESS, 0, a1);
+    case NR_read:
         return enter_data(fd, a1, 0, DIR_INGRESS);
     case NR_write:
-    case NR_sendto:
         return enter_data(fd, a1, 0, DIR_EGRESS);
     case NR_readv:
         return enter_data(fd, a1, (u32)a2, DIR_INGRESS);
     case NR_writev:
         return enter_data(fd, a1, (u32)a2, DIR_EGRESS);
     case NR_sendmsg:
-        return enter_msg(fd, (const struct user_msghdr *)a1, DIR_EGRESS);
+        return enter_msg_dgram(fd, (const struct user_msghdr *)a1, DIR_EGRESS);
     case NR_recvmsg:
-        return enter_msg(fd, (const struct user_msghdr *)a1, DIR_INGRESS);
+        return enter_msg_dgram(fd, (const struct user_msghdr *)a1, DIR_INGRESS);
     case NR_sendfile:
         return enter_data(fd, 0, 0, DIR_EGRESS);
     case NR_connect:
@@ -997,14 +1184,18 @@ TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return enter_data(args->fd, (u64)
 TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return exit_data(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return enter_data(args->fd, (u64)args->vec, args->vlen, DIR_INGRESS); }
 TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return exit_data(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return enter_data(args->fd, (u64)args->buff, 0, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return enter_dgram(args->fd, (u64)args->buff, 0, DIR_EGRESS, (u64)args->addr, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return exit_data(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return enter_data(args->fd, (u64)args->ubuf, 0, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return enter_dgram(args->fd, (u64)args->ubuf, 0, DIR_INGRESS, (u64)args->addr, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return exit_data(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return enter_msg(args->fd, args->msg, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return enter_msg_dgram(args->fd, args->msg, DIR_EGRESS); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return exit_data(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return enter_msg(args->fd, args->msg, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return enter_msg_dgram(args->fd, args->msg, DIR_INGRESS); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return exit_data(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return enter_dgram(args->fd, 0, 0, DIR_EGRESS, 0, (u64)args->mmsg); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return exit_data(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return enter_dgram(args->fd, 0, 0, DIR_INGRESS, 0, (u64)args->mmsg); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return exit_data(args, args->ret); }
 
 /* sendfile: bytes cross the socket without passing through a user buffer.  Count them and
  * tell user space how many, so stream parsing skips them (nginx serves static bodies so). */

@@ -62,7 +62,7 @@ BPF_TABLE("lru_hash", struct ssl_key, struct ssl_call, go_reads, 16384);  /* by 
 /* Plaintext of a TLS call on (tgid, fd). */
 /* Ends in a tail call (handle_bytes): nothing after it runs; clean up before calling it. */
 static __always_inline void tls_plaintext(void *ctx, u32 tgid, s32 fd, u64 buf, u32 len,
-                                          u8 dir, int from_uprobe) {
+                                          u8 dir, int from_uprobe, u64 active_id) {
     if (len == 0)
         return;
     struct conn_key k = {.tgid = tgid, .fd = fd};
@@ -72,7 +72,7 @@ static __always_inline void tls_plaintext(void *ctx, u32 tgid, s32 fd, u64 buf, 
     c->ssl = 1;
     struct active_op op = {};
     op.buf = buf;
-    handle_bytes(ctx, c, &k, &op, len, dir, SRC_SSL, from_uprobe);
+    handle_bytes(ctx, c, &k, &op, len, dir, SRC_SSL, from_uprobe, active_id);
 }
 
 /* Called at every data syscall exit on a tracked connection. */
@@ -95,7 +95,8 @@ static __always_inline void tls_nested_syscall(void *ctx, u64 id, struct conn_va
         u64 buf = call->buf;
         u32 num = call->num;
         ssl_calls.delete(&id);
-        tls_plaintext(ctx, k->tgid, k->fd, buf, num, DIR_EGRESS, 0);   /* in a syscall hook */
+        /* in a syscall hook: the syscall's `active` entry goes before the tail call */
+        tls_plaintext(ctx, k->tgid, k->fd, buf, num, DIR_EGRESS, 0, id);
     }
 }
 
@@ -116,7 +117,7 @@ static __always_inline int ssl_write_common(struct pt_regs *ctx, s64 num) {
     struct ssl_key sk = {.tgid = id >> 32, .ptr = ssl};
     s32 *fd = ssl_fds.lookup(&sk);
     if (fd) {
-        tls_plaintext(ctx, id >> 32, *fd, buf, (u32)num, DIR_EGRESS, 1);
+        tls_plaintext(ctx, id >> 32, *fd, buf, (u32)num, DIR_EGRESS, 1, 0);
         return 0;
     }
     struct ssl_call call = {};
@@ -193,7 +194,7 @@ int ssl_read_return(struct pt_regs *ctx) {
     s32 fd = call->fd;
     u64 buf = call->buf;
     ssl_calls.delete(&id);          /* first: tls_plaintext ends in a tail call */
-    tls_plaintext(ctx, id >> 32, fd, buf, (u32)n, DIR_INGRESS, 1);
+    tls_plaintext(ctx, id >> 32, fd, buf, (u32)n, DIR_INGRESS, 1, 0);
     return 0;
 out:
     ssl_calls.delete(&id);
@@ -235,7 +236,7 @@ static __always_inline int go_tls_write_common(struct pt_regs *ctx) {
         stat_add(STAT_TLS_NO_SOCKET, 1);
         return 0;
     }
-    tls_plaintext(ctx, id >> 32, fd, ctx->bx, (u32)len, DIR_EGRESS, 1);
+    tls_plaintext(ctx, id >> 32, fd, ctx->bx, (u32)len, DIR_EGRESS, 1, 0);
     return 0;
 }
 
@@ -279,7 +280,7 @@ static __always_inline int go_read_done(struct pt_regs *ctx, int at_copy) {
     s32 fd = call->fd;
     go_reads.delete(&gk);           /* first: tls_plaintext ends in a tail call */
     if (ok)
-        tls_plaintext(ctx, id >> 32, fd, src, (u32)n, DIR_INGRESS, 1);
+        tls_plaintext(ctx, id >> 32, fd, src, (u32)n, DIR_INGRESS, 1, 0);
     return 0;
 }
 

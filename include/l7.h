@@ -203,9 +203,14 @@ static __always_inline u32 detect_mongo(const u8 *b, u32 count) {
     u32 op = le32(b + 12);
     if (len != count || (s32)le32(b + 4) < 0)
         return 0;
-    if (!(op == 2013 || op == 2012 || op == 2004 || op == 1 || (op >= 2001 && op <= 2007)))
+    if (!(op == 2013 || op == 2012 || op == 2004 || op == 1 || (op >= 2001 && op <= 2007) ||
+          op == 2010 || op == 2011))
         return 0;
-    if (le32(b + 8) == 0)
+    /* the opcode tells legacy requests and replies apart (an OP_QUERY may carry responseTo
+       -1); OP_MSG and OP_COMPRESSED go both ways: a request answers nothing */
+    if (op == 1 || op == 2011)
+        RET(PROTO_MONGO, MSG_RESPONSE);
+    if ((op != 2013 && op != 2012) || le32(b + 8) == 0)
         RET(PROTO_MONGO, MSG_REQUEST);
     RET(PROTO_MONGO, MSG_RESPONSE);
 }
@@ -240,6 +245,34 @@ static __always_inline u32 detect_rocketmq(const u8 *b, u32 count) {
     return 0;
 }
 
+/* A DNS message (the whole datagram over UDP): id, flags with opcode 0-2 or 4-5 and the Z
+ * bit clear, exactly one question; a query has no answer or authority records and rcode 0. */
+static __always_inline u32 detect_dns_msg(const u8 *b, u32 count) {
+    if (count < 17 || count > 65535)
+        return 0;
+    u8 f1 = b[2], f2 = b[3];
+    u8 opcode = (f1 >> 3) & 0xf;
+    if (opcode > 5 || opcode == 3 || (f2 & 0x40) || b[4] != 0 || b[5] != 1)
+        return 0;
+    if (f1 & 0x80)
+        RET(PROTO_DNS, MSG_RESPONSE);
+    if (b[6] || b[7] || b[8] || b[9] || (f2 & 0x0f))
+        return 0;
+    RET(PROTO_DNS, MSG_REQUEST);
+}
+
+static __always_inline u32 detect_dns(const u8 *b, u32 count) {
+    /* DNS over TCP: uint16 length within this syscall's bytes (or this syscall's joined
+       with the short read before it: a client may send several queries in one write),
+       then a message */
+    if (count < 19)
+        return 0;
+    u32 len = ((u32)b[0] << 8) | b[1];
+    if (len + 2 > count)
+        return 0;
+    return detect_dns_msg(b + 2, len);
+}
+
 static __always_inline u32 l7_detect(const u8 *b, u32 count, u32 flags) {
     u32 r;
     if (flags & FLAG_HTTP) { r = detect_http(b, count); if (r) return r; }
@@ -250,6 +283,7 @@ static __always_inline u32 l7_detect(const u8 *b, u32 count, u32 flags) {
     if (flags & FLAG_ROCKETMQ) { r = detect_rocketmq(b, count); if (r) return r; }
     if (flags & FLAG_KAFKA) { r = detect_kafka(b, count); if (r) return r; }
     if (flags & FLAG_MYSQL) { r = detect_mysql(b, count); if (r) return r; }
+    if (flags & FLAG_DNS) { r = detect_dns(b, count); if (r) return r; }
     return 0;
 }
 

@@ -18,6 +18,7 @@ from protocol.base import MessageType
 log = logging.getLogger("l7probe")
 
 DIR_EGRESS = 0
+L4_UDP = 0
 L7_CLIENT = 1
 AF_INET = 2
 AF_INET6 = 10
@@ -51,7 +52,7 @@ def ip_text(family, raw):
 class Conn:
     __slots__ = ("conn_id", "tgid", "fd", "link", "proto", "state", "req_stream",
                  "resp_stream", "req_dir", "sent_base", "recv_base", "ssent_base",
-                 "srecv_base", "warned", "skip_said", "ssl", "retire")
+                 "srecv_base", "warned", "skip_said", "ssl", "retire", "peers")
 
     def __init__(self, conn_id, tgid, fd, link, proto, l7_role):
         self.conn_id = conn_id
@@ -70,6 +71,7 @@ class Conn:
         # the switch finds the link table full (see switch_to_tls)
         self.ssl = link.ssl
         self.retire = 0                    # requests answered by responses the kernel counted
+        self.peers = None                  # UDP socket: peer -> Conn (pipeline/udp.py)
 
 
 class Tracker:
@@ -98,6 +100,8 @@ class Tracker:
         """ev: dict from layout evt_open."""
         proto_id = ev["proto"]
         name = registry.NAME_OF_ID.get(proto_id, "unknown")
+        if ev["l4_role"] == L4_UDP:
+            return udp.on_open(self, ev, name)
         family = ev["family"]
         key = (ev["tgid"], ip_text(family, ev["client_ip"]), ip_text(family, ev["server_ip"]),
                ev["server_port"], ev["l4_role"], ev["l7_role"], name, ev["ssl"])
@@ -141,6 +145,9 @@ class Tracker:
                 self.switch_to_tls(conn)     # TLS negotiated inside the protocol
             if conn.proto is None:
                 continue                     # byte-counted only (no parser yet)
+            if conn.peers is not None:       # a UDP socket: per peer (pipeline/udp.py)
+                udp.on_data(self, conn, direction, ts, raw[h:h + cap_len], true_len)
+                continue
             if lost_msgs:
                 self._retire(conn, lost_msgs)
             stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
@@ -415,6 +422,8 @@ class Tracker:
                 self.new_apis.append(h)
 
     def _finish(self, conn):
+        if conn.peers:
+            udp.finish(self, conn)
         conn.link.conns -= 1
         conn.link.last_active = self.now
         if conn.req_stream is not None:
@@ -450,6 +459,8 @@ class Tracker:
     # -- counters -----------------------------------------------------------------------
     def add_counters(self, conn, sent, recv, ssent, srecv):
         """Cumulative kernel counters -> this period's deltas on the link."""
+        if conn.peers is not None:
+            return                          # UDP: counted per peer (pipeline/udp.py)
         link = conn.link
         if sent > conn.sent_base or recv > conn.recv_base:
             link.last_active = self.now
@@ -465,3 +476,6 @@ class Tracker:
         for conn in [c for c in self.conns.values() if pred(c)]:
             del self.conns[conn.conn_id]
             self._finish(conn)
+
+
+from pipeline import udp  # noqa: E402  (it imports Conn from here)

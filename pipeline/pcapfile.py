@@ -147,13 +147,13 @@ def _ip_of_link(linktype, pkt):
     return None
 
 
-def _tcp_of_ip(etype, ip):
-    """-> (src, dst, tcp segment bytes) or None."""
+def _tcp_of_ip(etype, ip, proto=6):
+    """-> (src, dst, tcp segment bytes) or None (``proto`` 17: the UDP datagram)."""
     if etype == 0x0800 and len(ip) >= 20 and ip[0] >> 4 == 4:
         ihl = (ip[0] & 0x0F) * 4
         total = struct.unpack_from("!H", ip, 2)[0]
         frag = struct.unpack_from("!H", ip, 6)[0]
-        if ip[9] != 6 or frag & 0x1FFF:
+        if ip[9] != proto or frag & 0x1FFF:
             return None
         if total >= ihl:
             ip = ip[:total]
@@ -170,7 +170,7 @@ def _tcp_of_ip(etype, ip):
                 nxt, rest = rest[0], rest[8:]
             else:
                 nxt, rest = rest[0], rest[(rest[1] + 1) * 8:]
-        if nxt != 6:
+        if nxt != proto:
             return None
         return src, dst, rest
     return None
@@ -184,8 +184,8 @@ def _ipv6(b):
     return socket.inet_ntop(socket.AF_INET6, bytes(b))
 
 
-def read_packets(path):
-    """Yield (ts_ns, src, sport, dst, dport, seq, flags, payload) for every TCP segment."""
+def _transport(path, proto):
+    """(ts, src, dst, transport bytes) of each packet of ``proto`` (6 TCP, 17 UDP)."""
     with open(path, "rb") as f:
         data = f.read()
     gen = _packets_pcapng(data) if data[:4] == b"\x0a\x0d\x0d\x0a" else _packets_pcap(data)
@@ -193,10 +193,14 @@ def read_packets(path):
         ipx = _ip_of_link(linktype, pkt)
         if ipx is None:
             continue
-        seg = _tcp_of_ip(*ipx)
-        if seg is None:
-            continue
-        src, dst, tcp = seg
+        seg = _tcp_of_ip(ipx[0], ipx[1], proto)
+        if seg is not None:
+            yield (ts,) + seg
+
+
+def read_packets(path):
+    """Yield (ts_ns, src, sport, dst, dport, seq, flags, payload) for every TCP segment."""
+    for ts, src, dst, tcp in _transport(path, 6):
         if len(tcp) < 20:
             continue
         sport, dport, seq, _ack, off, flags = struct.unpack_from("!HHIIBB", tcp, 0)
@@ -282,3 +286,14 @@ def _deliver(c, ep, d, seq, ts, payload):
                 pdata = pdata[d.next - k:]
                 c.chunks.append((ep, pts, pdata))
                 d.next += len(pdata)
+
+
+def read_udp_datagrams(path):
+    """Yield (ts_ns, src, sport, dst, dport, payload, true_len) for every UDP datagram (its
+    first IP fragment: ``true_len`` is the datagram's length from the UDP header)."""
+    for ts, src, dst, udp in _transport(path, 17):
+        if len(udp) < 8:
+            continue
+        sport, dport, ulen = struct.unpack_from("!HHH", udp, 0)
+        payload = bytes(udp[8:ulen]) if ulen >= 8 else bytes(udp[8:])
+        yield ts, src, sport, dst, dport, payload, max(ulen - 8, len(payload))

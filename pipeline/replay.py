@@ -34,7 +34,7 @@ import sys
 from bpf.layout import DEFINES, LAYOUTS
 from pipeline.aggregate import Links
 from pipeline.conntrack import AF_INET, AF_INET6, Tracker
-from pipeline.pcapfile import C2S, read_tcp_connections
+from pipeline.pcapfile import C2S, S2C, read_tcp_connections
 from pipeline.report import TraceWriter, Writer, report_links
 from protocol import registry
 from protocol.base import MessageType, ParseState
@@ -77,6 +77,28 @@ def guess_protocol(chunks, protos):
                 if _takes(proto, mt, data):
                     return info
     return None
+
+
+def orient(c, proto):
+    """A connection captured without its handshake is oriented by its ports (the higher one
+    the client's), which a server on a high port (a Kafka broker on 36333) gets wrong: when
+    the protocol's ``detect`` sees a request in the first "s2c" chunk and none in the first
+    "c2s" one, the two sides are swapped.  Returns True if they were."""
+    detect = getattr(proto, "detect", None)
+    if detect is None:
+        return False
+    first = {}
+    for d, _, data in c.chunks:
+        first.setdefault(d, data)
+    try:
+        swap = (S2C in first and detect(first[S2C], MessageType.REQUEST)
+                and not (C2S in first and detect(first[C2S], MessageType.REQUEST)))
+    except Exception:       # a detect bug is no reason to swap
+        return False
+    if swap:
+        c.client, c.server = c.server, c.client
+        c.chunks = [(S2C if d == C2S else C2S, ts, data) for d, ts, data in c.chunks]
+    return bool(swap)
 
 
 def _takes(proto, mt, data):
@@ -125,6 +147,7 @@ class _Replay:
                 log.info("replay: %s -> %s: no protocol of %s recognised, skipped",
                          c.client, c.server, ",".join(p.name for p in self.protos))
                 continue
+            orient(c, registry.protocol_for_id(info.proto_id))
             for side in self.sides:
                 cid = self.next_id
                 self.next_id += 1

@@ -26,11 +26,11 @@ PROTOCOLS = (
     ProtoInfo("http2", 2, 0x0400, "protocol.http2"),
     ProtoInfo("mysql", 3, 0x0008, "protocol.mysql"),
     ProtoInfo("pgsql", 4, 0x0010, "protocol.pgsql"),
-    ProtoInfo("dns", 5, 0x0002, None),
+    ProtoInfo("dns", 5, 0x0002, "protocol.dns"),
     ProtoInfo("redis", 6, 0x0004, "protocol.redis"),
-    ProtoInfo("kafka", 10, 0x0020, None),
-    ProtoInfo("mongo", 9, 0x0040, None),
-    ProtoInfo("rocketmq", 12, 0x0800, None),
+    ProtoInfo("kafka", 10, 0x0020, "protocol.kafka"),
+    ProtoInfo("mongo", 9, 0x0040, "protocol.mongo"),
+    ProtoInfo("rocketmq", 12, 0x0800, "protocol.rocketmq"),
 )
 
 # Upstream's name vector (compat §2.5) for ids we never detect, so a stray id still prints.

@@ -747,3 +747,115 @@ def mariadb(user: str = "test", password: str = "test",
             yield db
         finally:
             proc.stop()
+
+
+# --------------------------------------------------------------------------
+# dnsmasq (DNS), in a network + mount namespace of its own
+
+
+SERVFAIL_RESPONDER = r"""
+import socket, sys
+import dns.message, dns.rcode
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(4096)
+    try:
+        r = dns.message.make_response(dns.message.from_wire(data))
+    except Exception:
+        continue
+    r.set_rcode(dns.rcode.SERVFAIL)
+    s.sendto(r.to_wire(), peer)
+"""
+
+
+@dataclass
+class Dnsmasq:
+    """dnsmasq on 127.0.0.1:53 of a network namespace the fixture made (so that glibc's
+    resolver, which only knows port 53, reaches it), with /etc/resolv.conf bound to
+    ``nameserver 127.0.0.1`` in that namespace's mount namespace.  Names: ``ok.test`` (A and
+    AAAA), ``two.test`` (A); any other ``*.test`` is NXDOMAIN (``--local=/test/``);
+    ``*.fail.example`` is forwarded to a responder that answers SERVFAIL."""
+    tmpdir: str
+    log_path: str
+    holder_pid: int           # a process in the namespaces: nsenter -t it
+    pid: int                  # dnsmasq's
+    responder_pid: int
+    upstream_port: int
+    _procs: list = field(repr=False, default_factory=list)
+
+    def ns(self, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` run inside the namespaces."""
+        return ["nsenter", "-t", str(self.holder_pid), "-n", "-m", *cmd]
+
+    def log_queries(self) -> list[tuple[str, str]]:
+        """(type, name) of each query dnsmasq logged receiving."""
+        out = []
+        with open(self.log_path) as f:
+            for line in f:
+                m = re.search(r" query\[(\w+)\] (\S+) from ", line)
+                if m:
+                    out.append((m.group(1), m.group(2)))
+        return out
+
+    def log_lines(self, needle: str) -> int:
+        with open(self.log_path) as f:
+            return sum(1 for line in f if needle in line)
+
+
+@contextlib.contextmanager
+def dnsmasq(python: str) -> Iterator[Dnsmasq]:
+    with _tmpdir("dnsmasq") as d:
+        hosts = os.path.join(d, "hosts")
+        with open(hosts, "w") as f:
+            f.write("127.0.0.9 ok.test\n::9 ok.test\n127.0.0.10 two.test\n")
+        resolv = os.path.join(d, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write("nameserver 127.0.0.1\noptions timeout:2 attempts:1\n")
+        log = os.path.join(d, "dnsmasq.log")
+        upstream = 5300
+        holder = _spawn(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
+                         f"ip link set lo up && mount --bind {resolv} /etc/resolv.conf && "
+                         "exec sleep 3600"], os.path.join(d, "holder.log"), cwd=d,
+                        name="netns holder")
+        procs = [holder]
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                try:
+                    with open(f"/proc/{holder.pid}/cmdline", "rb") as f:
+                        if f.read().startswith(b"sleep"):
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            ns = ["nsenter", "-t", str(holder.pid), "-n", "-m"]
+            resp = _spawn(ns + [python, "-c", SERVFAIL_RESPONDER, str(upstream)],
+                          os.path.join(d, "responder.log"), cwd=d, name="SERVFAIL responder")
+            procs.append(resp)
+            dm = _spawn(ns + [_which("dnsmasq", "/usr/sbin"), "--no-daemon",
+                              "--conf-file=/dev/null", "--port=53",
+                              "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+                              "--no-hosts", f"--addn-hosts={hosts}", "--local=/test/",
+                              f"--server=/fail.example/127.0.0.1#{upstream}", "--log-queries",
+                              f"--log-facility={log}", "--user=root", "--pid-file="],
+                        os.path.join(d, "stdout.log"), cwd=d, name="dnsmasq")
+            procs.append(dm)
+            while time.monotonic() < deadline:
+                if os.path.exists(log) and "read " + hosts in open(log).read():
+                    break
+                if not dm.alive():
+                    raise ServerError("dnsmasq exited:\n" + _tail(os.path.join(d, "stdout.log"))
+                                      + _tail(log))
+                time.sleep(0.05)
+            time.sleep(0.3)
+            dpid = next((p for p in _tree_pids(dm.pid)
+                         if psutil.Process(p).name() == "dnsmasq"), dm.pid)
+            rpid = next((p for p in _tree_pids(resp.pid)
+                         if psutil.Process(p).name().startswith("python")), resp.pid)
+            yield Dnsmasq(tmpdir=d, log_path=log, holder_pid=holder.pid, pid=dpid,
+                          responder_pid=rpid, upstream_port=upstream, _procs=procs)
+        finally:
+            for p in reversed(procs):
+                p.stop()
