@@ -14,8 +14,8 @@ import struct
 
 from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER, MessageType, ParseState, Parser
 from protocol.pgsql.types import (COMPLETE, ERROR, EXEC, FUNC, MAX_STATEMENTS, QUERY, READY,
-                                  SYNC, PgRequest, PgResponse, sql_path, sql_verb,
-                                  split_statements)
+                                  MAX_QUERY_STATEMENTS, SYNC, PgRequest, PgResponse, name_key,
+                                  sql_path, sql_verb, split_statements)
 
 SUCCESS = ParseState.SUCCESS
 NEEDS_MORE_DATA = ParseState.NEEDS_MORE_DATA
@@ -133,33 +133,40 @@ class PgParser(Parser):
             body = start + 5
             if tag == 0x51:       # Q
                 text, _ = _cstr(buf, body, limit)
-                stmts = split_statements(text)
+                stmts = split_statements(text, MAX_QUERY_STATEMENTS + 1)
+                if len(stmts) > MAX_QUERY_STATEMENTS:
+                    del stmts[MAX_QUERY_STATEMENTS:]
+                    self.count_truncated()
                 first = stmts[0] if stmts else ("EMPTY", "")
                 return SUCCESS, PgRequest(ts, QUERY, first[0], first[1], stmts), end
             if tag == 0x50:       # P
                 name, p = _cstr(buf, body, limit)
+                name = name_key(name)
                 text, _ = _cstr(buf, p, limit)
                 info = (sql_verb(text), sql_path(text))
                 stmts = state.stmts
                 if len(stmts) >= MAX_STATEMENTS and name not in stmts:
                     stmts.clear()
+                    self.count_truncated()
                 stmts[name] = info
                 self.parsed_since_sync = info
                 return IGNORE, None, end
             if tag == 0x42:       # B
                 portal, p = _cstr(buf, body, limit)
+                portal = name_key(portal)
                 name, _ = _cstr(buf, p, limit)
-                info = state.stmts.get(name)
+                info = state.stmts.get(name_key(name))
                 if info is None:
-                    info = ("EXECUTE", sql_path("EXECUTE " + name) if name else "EXECUTE")
+                    info = ("EXECUTE", sql_path("EXECUTE " + name[:128]) if name else "EXECUTE")
                 portals = state.portals
                 if len(portals) >= MAX_STATEMENTS and portal not in portals:
                     portals.clear()
+                    self.count_truncated()
                 portals[portal] = info
                 return IGNORE, None, end
             if tag == 0x45:       # E
                 portal, _ = _cstr(buf, body, limit)
-                info = state.portals.get(portal) or ("EXECUTE", "EXECUTE")
+                info = state.portals.get(name_key(portal)) or ("EXECUTE", "EXECUTE")
                 self.parsed_since_sync = None
                 return SUCCESS, PgRequest(ts, EXEC, info[0], info[1]), end
             return SUCCESS, PgRequest(ts, FUNC, "FUNCTION CALL", "FUNCTION CALL"), end
@@ -173,7 +180,7 @@ class PgParser(Parser):
             kind = buf[start + 5]
             name, _ = _cstr(buf, start + 6, min(end - 1, n))
             if kind == 0x53:
-                state.stmts.pop(name, None)
+                state.stmts.pop(name_key(name), None)
         return IGNORE, None, end
 
     def _untagged(self, buf, start):
