@@ -214,6 +214,10 @@ class MySQLParser(Parser):
             return INVALID, None, 0
         if n - start < 5:
             return NEEDS_MORE_DATA, None, start + 5
+        if state.in_auth:
+            # a command (sequence 0) comes only after the authentication's final OK: that
+            # OK was lost (a gap), authentication is over all the same
+            state.in_auth = False
         cmd = buf[start + 4]
         if cmd in REPLICATION:
             state.skip_reason = "mysql: replication stream"

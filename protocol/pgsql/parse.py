@@ -28,6 +28,7 @@ CANCEL_REQUEST = 80877102
 MAX_MSG = 256 * 1024 * 1024
 HEAD = 160        # body bytes wanted before a frame is built from a long message
 TEXT_MAX = 64 * 1024
+CHAIN = 8         # well-formed messages in a row that make a resynchronisation point sure
 
 _U32 = struct.Struct(">I")
 _U32_U32 = struct.Struct(">II")
@@ -75,24 +76,45 @@ class PgParser(Parser):
 
     # -- boundaries --------------------------------------------------------------------
     def find_boundary(self, buf, start):
+        """The first candidate whose chain of following messages is well-formed up to the
+        end of the buffer (or for CHAIN messages); failing that, the first candidate whose
+        message runs past the buffer.  A candidate that merely runs past the buffer is taken
+        last: its length would make the stream skip bytes, and a wrong one skips requests."""
         req = self.msg_type == MessageType.REQUEST
         rx, mins, fixed = ((RE_REQ_TAG, REQ_MIN, FIXED) if req
                            else (RE_RESP_TAG, RESP_MIN, RESP_FIXED))
         n = len(buf)
+        far = -1
+        unpack = _U32.unpack_from
         for m in rx.finditer(buf, start):
             pos = m.start()
             if pos + 5 > n:
-                return -1
-            tag = buf[pos]
-            length = _U32.unpack_from(buf, pos + 1)[0]
-            if length < mins[tag] or length > MAX_MSG or fixed.get(tag, length) != length:
-                continue
-            nxt = pos + 1 + length
-            if nxt == n or (nxt > n and length < 65536):
-                return pos
-            if nxt < n and buf[nxt] in mins and (nxt + 1 >= n or buf[nxt + 1] == 0):
-                return pos
-        return -1
+                break
+            p = pos
+            steps = 0
+            while True:
+                length = unpack(buf, p + 1)[0]
+                tag = buf[p]
+                lo = mins.get(tag)
+                if (lo is None or length < lo or length > MAX_MSG
+                        or fixed.get(tag, length) != length):
+                    break
+                nxt = p + 1 + length
+                if nxt == n or steps >= CHAIN:
+                    return pos
+                if nxt > n:
+                    if far < 0 and (steps or length < 65536):
+                        if steps:
+                            return pos
+                        far = pos
+                    break
+                if nxt + 5 > n:
+                    if buf[nxt] in mins and (nxt + 1 >= n or buf[nxt + 1] == 0):
+                        return pos
+                    break
+                p = nxt
+                steps += 1
+        return far
 
     def parse(self, buf, start, ts):
         state = self.state
