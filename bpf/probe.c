@@ -404,12 +404,15 @@ static __always_inline int detect_open(void *ctx, struct conn_val *c, struct con
     __builtin_memset(ev->data, 0, DETECT_LEN);
     u32 n = copy_data(ev, op, DETECT_LEN);
     u32 r = n ? l7_detect(ev->data, len, cfg->proto_flags) : 0;
+    if (r != 0 && !detect_pairable(r, dir == DIR_EGRESS, c->flags))
+        r = 0;      /* an answer to a request that was not detected: not counted either */
     if (r == 0) {
         /* TLS records before the TLS uprobes claim the connection are no attempt */
         u8 b0 = ev->data[0];
         if (cfg->tls && b0 >= 0x14 && b0 <= 0x17 && ev->data[1] == 0x03)
             return 0;
         c->tries += 1;
+        c->flags |= detect_missed_flag(dir == DIR_EGRESS);
         if (c->tries >= DETECT_TRIES)
             c->flags |= CONN_F_IGNORED;
         return 0;

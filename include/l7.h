@@ -5,8 +5,10 @@
  * whose FLAG_* bit is in `flags` are tried.  The PROTO_* and FLAG_* macros come from
  * protocol/registry.py (bpf/loader.py passes them as -D options).
  *
- * Rules are deliberately strict (a false positive costs a connection's worth of user-space
- * work; a miss costs only a retry on the next syscall, up to DETECT_TRIES times).
+ * Rules are strict about the shape of a protocol (a false positive costs a connection's worth
+ * of user-space work; a miss costs only a retry on the next syscall, up to DETECT_TRIES
+ * times) but never stricter than the servers: what a server answers must be detected, or
+ * its answer must not be either (detect_pairable).
  * Adding a protocol: one rule below, in the order of the cheapest, most specific test first.
  */
 #ifndef L7_H
@@ -38,7 +40,9 @@ static __always_inline u32 detect_http(const u8 *b, u32 count) {
     if (b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' &&
         b[5] == '1' && b[6] == '.' && b[8] == ' ' && is_digit(b[9]))
         RET(PROTO_HTTP, MSG_RESPONSE);
-    /* requests: METHOD SP '/' or '*' or an absolute URI, the method upper-case letters */
+    /* requests: METHOD SP, then anything: the servers answer a request whose target is
+       malformed (nginx: 400 to "GET abc HTTP/1.1", 414, 505), so it must be seen too (a
+       rule stricter than the server would let its answer through without it) */
     u32 sp = 0;
 #pragma unroll
     for (int i = 3; i < 9; i++) {
@@ -46,8 +50,6 @@ static __always_inline u32 detect_http(const u8 *b, u32 count) {
             sp = i;
     }
     if (sp == 0)
-        return 0;
-    if (!(b[sp + 1] == '/' || b[sp + 1] == '*' || b[sp + 1] == 'h'))
         return 0;
     if (b[0] == 'G' && b[1] == 'E' && b[2] == 'T' && sp == 3) RET(PROTO_HTTP, MSG_REQUEST);
     if (b[0] == 'P' && b[1] == 'U' && b[2] == 'T' && sp == 3) RET(PROTO_HTTP, MSG_REQUEST);
@@ -170,6 +172,24 @@ static __always_inline u32 detect_rocketmq(const u8 *b, u32 count) {
     if (b[10] == 'c' && b[11] == 'o' && b[12] == 'd' && b[13] == 'e')
         RET(PROTO_ROCKETMQ, MSG_UNKNOWN);
     return 0;
+}
+
+/* Per-connection flags (struct conn_val.flags, beside CONN_F_* of l7_events.h): data of this
+ * direction failed detection.  A response detected on the other direction afterwards would
+ * answer a request that was never sent to user space (resp_count > req_count): the
+ * connection is not started on it, but on the next request that passes. */
+#define CONN_F_MISSED_EGRESS  0x40
+#define CONN_F_MISSED_INGRESS 0x80
+
+static __always_inline u8 detect_missed_flag(u8 egress) {
+    return egress ? CONN_F_MISSED_EGRESS : CONN_F_MISSED_INGRESS;
+}
+
+/* May a detection result `r` on direction `egress` start the connection? */
+static __always_inline int detect_pairable(u32 r, u8 egress, u8 conn_flags) {
+    if ((r & 0xff) != MSG_RESPONSE)
+        return 1;
+    return !(conn_flags & detect_missed_flag(!egress));
 }
 
 static __always_inline u32 l7_detect(const u8 *b, u32 count, u32 flags) {
