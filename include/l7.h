@@ -71,7 +71,23 @@ static __always_inline u32 detect_http2(const u8 *b, u32 count) {
     return 0;
 }
 
+static __always_inline int is_letter(u8 c) { return is_upper(c) || (c >= 'a' && c <= 'z'); }
+
 static __always_inline u32 detect_redis(const u8 *b, u32 count) {
+    /* an inline command without arguments, "PING\r\n" (redis-benchmark's PING_INLINE,
+       telnet users): 4 to 8 letters then CRLF.  (With arguments an inline line could be
+       any text protocol's, HTTP's "GET /" among them: not taken.) */
+    if (count >= 6 && is_letter(b[0]) && is_letter(b[1]) && is_letter(b[2]) &&
+        is_letter(b[3])) {
+        u32 e = 0;
+#pragma unroll
+        for (int i = 4; i < 10; i++) {
+            if (e == 0 && !is_letter(b[i]))
+                e = i;
+        }
+        if (e >= 4 && e <= 8 && b[e] == '\r' && b[e + 1] == '\n')
+            RET(PROTO_REDIS, MSG_REQUEST);
+    }
     /* a command: "*<n>\r\n$<len>\r\n" */
     if (count < 8 || b[0] != '*' || !is_digit(b[1]))
         return 0;
