@@ -206,6 +206,8 @@ def bench_rss(n=10000):
 def main():
     from bench import parsers
     parsers.main()
+    from bench import parser_worstcase    # worst-case cost per byte per parser (issue 14)
+    parser_worstcase.main([])
     if os.geteuid() != 0:
         print("== load benchmarks need root (BPF): skipped")
         return
