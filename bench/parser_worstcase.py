@@ -74,6 +74,10 @@ SHAPES = {
             lambda n: pieces(C2S, repeat_to(b"GET / HTTP/1.1\r\n", n), 4096),
         "unanswered pipeline, 1-byte chunks":
             lambda n: pieces(C2S, repeat_to(b"GET / HTTP/1.1\r\n\r\n", n), 1),
+        "chunked trailer without end, 1-byte chunks":
+            lambda n: [(C2S, b"GET / HTTP/1.1\r\n\r\n")]
+            + pieces(S2C, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"1\r\nx\r\n0\r\nX-T: " + b"a" * n, 1),
         "tiny responses":
             lambda n: pieces(S2C, repeat_to(b"HTTP/1.1 200 OK\r\n\r\n", n), 1500),
     },

@@ -283,6 +283,8 @@ class HttpParser(Parser):
         """Consume chunk framing from pos; IGNORE with the end of what was consumed."""
         n = len(buf)
         start = pos
+        scanned = self.scanned      # how far a trailer section at `start` was searched
+        self.scanned = 0
         match = _CHUNK_SIZE.match
         while True:
             m = match(buf, pos)
@@ -301,14 +303,17 @@ class HttpParser(Parser):
                 if buf.startswith(b"\r\n", pos):
                     self.chunked = False
                     return IGNORE, None, pos + 2
-                t = buf.find(b"\r\n\r\n", pos)
+                t = buf.find(b"\r\n\r\n", start + scanned if m.start() == start and scanned
+                             else pos)
                 if t < 0:
                     if n - pos > MAX_HEADER:
                         self.chunked = False
                         return INVALID, None, pos
                     # keep the size line so we come back here
-                    return (IGNORE, None, m.start()) if m.start() > start else \
-                        (NEEDS_MORE_DATA, None, 0)
+                    if m.start() > start:
+                        return IGNORE, None, m.start()
+                    self.scanned = n - start - 3 if n - start > 3 else 0
+                    return NEEDS_MORE_DATA, None, 0
                 self.chunked = False
                 return IGNORE, None, t + 4
             pos += size + 2          # data and its CRLF; may lie beyond the buffer
