@@ -74,6 +74,8 @@ SHAPES = {
             lambda n: pieces(C2S, repeat_to(b"GET / HTTP/1.1\r\n", n), 4096),
         "unanswered pipeline, 1-byte chunks":
             lambda n: pieces(C2S, repeat_to(b"GET / HTTP/1.1\r\n\r\n", n), 1),
+        "refused request line of spaces":
+            lambda n: pieces(C2S, b"GET " + b" " * n + b"x  HTTP/9.9 \r\n\r\n", 4096),
         "chunked trailer without end, 1-byte chunks":
             lambda n: [(C2S, b"GET / HTTP/1.1\r\n\r\n")]
             + pieces(S2C, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -30,7 +30,8 @@ _REQ_LINE = re.compile(rb"([A-Z]{3,16}) ([^ \r\n]+) HTTP/1\.([01])\r\n")
 # A request line the server will refuse (nginx answers 400 / 414 / 505) but answers all the
 # same: a method-like token, then anything up to the end of the line.  It is a request, so
 # that its answer is paired with it and req_count == resp_count.
-_REQ_LOOSE = re.compile(rb"([A-Z_-]{1,32}) +([^\r\n]*?)(?: +HTTP/(\d)\.\d+)? *\r?\n")
+_REQ_LOOSE = re.compile(rb"([A-Z_-]{1,32}) ([^\r\n]*)\r?\n")     # no backtracking: linear
+_LOOSE_VERSION = re.compile(rb" HTTP/(\d)\.\d+$")
 _RESP_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9]\d\d)(?:[ \t][^\r\n]*)?\r\n")
 _CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:[ \t]*([^\r\n]*)", re.I)
 _CHUNKED = re.compile(rb"\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.I)
@@ -220,7 +221,13 @@ class HttpParser(Parser):
         m = _REQ_LOOSE.match(buf, start, hend + 2)
         if m is None:
             return INVALID, None, start
-        mb, target, major = m.groups()
+        mb, target = m.groups()
+        target = target.rstrip(b"\r").strip(b" ")
+        major = None
+        v = _LOOSE_VERSION.search(target)
+        if v is not None:
+            major = v.group(1)
+            target = target[:v.start()].rstrip(b" ")
         method = _METHOD_TEXT.get(mb) or mb.decode("latin-1")
         methods = self.state.methods
         methods.append(method)
