@@ -93,6 +93,8 @@ SHAPES = {
             + pieces(S2C, b"*3\r\n*%d\r\n" % (n // 7) + b"$1\r\nx\r\n" * (n // 7), 7),
         "deep nesting":
             lambda n: pieces(S2C, b"*1\r\n" * (n // 4), 64),
+        "deep nesting, one read":
+            lambda n: [(S2C, b"*1\r\n" * (n // 4))],
         "status line without end, 1-byte chunks":
             lambda n: pieces(S2C, b"+" + b"a" * n, 1),
         "inline command without end, 1-byte chunks":

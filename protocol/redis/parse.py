@@ -272,7 +272,7 @@ def walk(buf, pos, n, stack, info, scan=0):
 
 
 class RedisParser(Parser):
-    __slots__ = ("cont", "cont_args", "resynced", "scanned")
+    __slots__ = ("cont", "cont_args", "resynced", "scanned", "skip_to")
 
     def __init__(self, msg_type, state):
         super().__init__(msg_type, state)
@@ -280,6 +280,10 @@ class RedisParser(Parser):
         # element where a reply was cut) already searched for its end: a long line arriving
         # in small pieces is searched once.  Set with NEEDS_MORE_DATA, reset otherwise.
         self.scanned = 0
+        # after a reply that went bad deep inside (garbage, nesting past MAX_DEPTH): the
+        # buffer index where it went bad; the next find_boundary starts there, so that the
+        # well-formed part before it is not walked again from each of its element starts
+        self.skip_to = -1
         self.cont = None        # replies: open levels of the value being walked
         self.cont_args = 0      # requests: bulk strings still to skip
         self.resynced = False   # replies: bytes were lost; distrust replies nobody waits for
@@ -287,6 +291,9 @@ class RedisParser(Parser):
     # -- boundaries --------------------------------------------------------------------
     def find_boundary(self, buf, start):
         self.scanned = 0
+        if self.skip_to > start:
+            start = self.skip_to
+        self.skip_to = -1
         self.cont = None
         self.cont_args = 0
         self.resynced = True
@@ -508,6 +515,7 @@ class RedisParser(Parser):
             info = []
             code, pos = walk(buf, start, n, stack, info)
             if code == _BAD:
+                self.skip_to = pos
                 return INVALID, None, 0
             count = 0
             if t == 42 or t == 62:
