@@ -118,7 +118,7 @@ def seed_corpus(name, directory):
             blob = encode(c.chunks)
             if blob:
                 with open(os.path.join(directory, "seed-%04d" % k), "wb") as out:
-                    out.write(blob[:1 << 20])
+                    out.write(blob[:65536])      # = -max_len: fast executions
                 k += 1
     return k
 
