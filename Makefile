@@ -8,7 +8,7 @@ DESTDIR   ?=
 ARGS      ?=
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv run test bench install uninstall clean
+.PHONY: all deps venv run test bench fuzz install uninstall clean
 
 all: venv
 
@@ -30,6 +30,12 @@ test: venv
 
 bench: venv
 	$(VPY) bench/run.py
+
+# Coverage-guided fuzzing of every parser through the stream/stitch path (tests/fuzz/);
+# FUZZ_SECONDS per parser; non-zero exit on a finding.
+FUZZ_SECONDS ?= 120
+fuzz: venv
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(VPY) tests/fuzz/run.py
 
 # Installs the probe where gala-gopher looks for it: the executable as
 # $(PREFIX)/extend_probes/l7probe (a Python script that finds its libraries in

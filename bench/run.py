@@ -250,6 +250,8 @@ def main():
     from bench.bench_http2 import streams_per_second
     print("HTTP/2 parser (fixtures, recorded events): %.0f streams/s per core"
           % streams_per_second())
+    from bench import parser_worstcase    # worst-case cost per byte per parser (issue 14)
+    parser_worstcase.main([])
     if os.geteuid() != 0:
         print("== load benchmarks need root (BPF): skipped")
         return

@@ -614,12 +614,15 @@ static __always_inline int detect_proto(void *ctx, struct conn_val *c, struct co
     u32 r = n ? l7_detect(b, count, cfg->proto_flags) : 0;
     if (r == 0 && n && dir == DIR_INGRESS)
         keep_short_read(ev, k, n, len, plen, b);
+    if (r != 0 && !detect_pairable(r, dir == DIR_EGRESS, c->flags))
+        r = 0;      /* an answer to a request that was not detected: not counted either */
     if (r == 0) {
         /* TLS records before the TLS uprobes claim the connection are no attempt */
         u8 b0 = ev->data[0];
         if (cfg->tls && b0 >= 0x14 && b0 <= 0x17 && ev->data[1] == 0x03)
             return 0;
         c->tries += 1;
+        c->flags |= detect_missed_flag(dir == DIR_EGRESS);
         if (c->tries >= DETECT_TRIES)
             c->flags |= CONN_F_IGNORED;
         return 0;

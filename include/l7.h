@@ -5,8 +5,10 @@
  * whose FLAG_* bit is in `flags` are tried.  The PROTO_* and FLAG_* macros come from
  * protocol/registry.py (bpf/loader.py passes them as -D options).
  *
- * Rules are deliberately strict (a false positive costs a connection's worth of user-space
- * work; a miss costs only a retry on the next syscall, up to DETECT_TRIES times).
+ * Rules are strict about the shape of a protocol (a false positive costs a connection's worth
+ * of user-space work; a miss costs only a retry on the next syscall, up to DETECT_TRIES
+ * times) but never stricter than the servers: what a server answers must be detected, or
+ * its answer must not be either (detect_pairable).
  * Adding a protocol: one rule below, in the order of the cheapest, most specific test first.
  */
 #ifndef L7_H
@@ -38,7 +40,9 @@ static __always_inline u32 detect_http(const u8 *b, u32 count) {
     if (b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' &&
         b[5] == '1' && b[6] == '.' && b[8] == ' ' && is_digit(b[9]))
         RET(PROTO_HTTP, MSG_RESPONSE);
-    /* requests: METHOD SP '/' or '*' or an absolute URI, the method upper-case letters */
+    /* requests: METHOD SP, then anything: the servers answer a request whose target is
+       malformed (nginx: 400 to "GET abc HTTP/1.1", 414, 505), so it must be seen too (a
+       rule stricter than the server would let its answer through without it) */
     u32 sp = 0;
 #pragma unroll
     for (int i = 3; i < 9; i++) {
@@ -46,8 +50,6 @@ static __always_inline u32 detect_http(const u8 *b, u32 count) {
             sp = i;
     }
     if (sp == 0)
-        return 0;
-    if (!(b[sp + 1] == '/' || b[sp + 1] == '*' || b[sp + 1] == 'h'))
         return 0;
     if (b[0] == 'G' && b[1] == 'E' && b[2] == 'T' && sp == 3) RET(PROTO_HTTP, MSG_REQUEST);
     if (b[0] == 'P' && b[1] == 'U' && b[2] == 'T' && sp == 3) RET(PROTO_HTTP, MSG_REQUEST);
@@ -137,7 +139,23 @@ static __always_inline u32 detect_http2(const u8 *b, u32 count) {
     return detect_http2_frames(b, count);
 }
 
+static __always_inline int is_letter(u8 c) { return is_upper(c) || (c >= 'a' && c <= 'z'); }
+
 static __always_inline u32 detect_redis(const u8 *b, u32 count) {
+    /* an inline command without arguments, "PING\r\n" (redis-benchmark's PING_INLINE,
+       telnet users): 4 to 8 letters then CRLF.  (With arguments an inline line could be
+       any text protocol's, HTTP's "GET /" among them: not taken.) */
+    if (count >= 6 && is_letter(b[0]) && is_letter(b[1]) && is_letter(b[2]) &&
+        is_letter(b[3])) {
+        u32 e = 0;
+#pragma unroll
+        for (int i = 4; i < 10; i++) {
+            if (e == 0 && !is_letter(b[i]))
+                e = i;
+        }
+        if (e >= 4 && e <= 8 && b[e] == '\r' && b[e + 1] == '\n')
+            RET(PROTO_REDIS, MSG_REQUEST);
+    }
     /* a command: "*<n>\r\n$<len>\r\n" */
     if (count < 8 || b[0] != '*' || !is_digit(b[1]))
         return 0;
@@ -271,6 +289,22 @@ static __always_inline u32 detect_dns(const u8 *b, u32 count) {
     if (len + 2 > count)
         return 0;
     return detect_dns_msg(b + 2, len);
+}
+
+/* CONN_F_MISSED_EGRESS / _INGRESS (l7_events.h): data of this direction failed detection.
+ * A response detected on the other direction afterwards would answer a request that was
+ * never sent to user space (resp_count > req_count): the connection is not started on it,
+ * but on the next request that passes. */
+
+static __always_inline u8 detect_missed_flag(u8 egress) {
+    return egress ? CONN_F_MISSED_EGRESS : CONN_F_MISSED_INGRESS;
+}
+
+/* May a detection result `r` on direction `egress` start the connection? */
+static __always_inline int detect_pairable(u32 r, u8 egress, u8 conn_flags) {
+    if ((r & 0xff) != MSG_RESPONSE)
+        return 1;
+    return !(conn_flags & detect_missed_flag(!egress));
 }
 
 static __always_inline u32 l7_detect(const u8 *b, u32 count, u32 flags) {

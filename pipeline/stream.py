@@ -23,12 +23,13 @@ MAX_FRAMES = 4096           # frames waiting for the stitcher
 
 class StreamStats:
     __slots__ = ("invalid", "resyncs", "gaps", "dropped_bytes", "dropped_frames", "exceptions",
-                 "last_error")
+                 "last_error", "truncated")
 
     def __init__(self):
         self.invalid = self.resyncs = self.gaps = 0
         self.dropped_bytes = self.dropped_frames = self.exceptions = 0
         self.last_error = None      # the last exception a parser raised (a bug to report)
+        self.truncated = 0          # per-connection state a parser cut to stay bounded
 
     def report(self, proto_name: str) -> None:
         """Log what went wrong in this protocol's streams since the last call, then reset.
@@ -43,10 +44,14 @@ class StreamStats:
                      "uncaptured bytes that no message claimed; %d byte(s) skipped; parsing "
                      "resumed at a message boundary %d time(s)", proto_name, self.invalid,
                      self.gaps, self.dropped_bytes, self.resyncs)
+        if self.truncated:
+            log.info("%s: %d item(s) of per-connection parser state dropped or cut this "
+                     "period to keep it bounded (statements of a query string, prepared "
+                     "names, nesting levels, pending commands)", proto_name, self.truncated)
         if self.dropped_frames:
             log.warning("%s: %d parsed message(s) dropped: more than %d waited for pairing on "
                         "one connection", proto_name, self.dropped_frames, MAX_FRAMES)
-        self.invalid = self.resyncs = self.gaps = 0
+        self.invalid = self.resyncs = self.gaps = self.truncated = 0
         self.dropped_bytes = self.dropped_frames = self.exceptions = 0
 
 
@@ -64,6 +69,7 @@ class DataStream:
         self.resync = False     # the next bytes must be searched for a frame boundary
         self.stats = stats if stats is not None else StreamStats()
         self.last_error = None
+        parser.stats = self.stats   # where the parser counts the state it had to cut
 
     # -- input -------------------------------------------------------------------------
     def append(self, data, true_len: int, ts: int, lost: int = 0) -> None:
@@ -117,6 +123,10 @@ class DataStream:
         missing = true_len - cap
         if data:
             if self.buf:
+                # a bytearray grows in place: bytes += bytes copies the whole buffer on
+                # every append (quadratic for a frame arriving in small pieces)
+                if type(self.buf) is not bytearray:
+                    self.buf = bytearray(self.buf)
                 self.buf += data
             else:
                 self.buf = data

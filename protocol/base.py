@@ -108,11 +108,19 @@ class Parser:
     """Per-direction parser.  Subclasses set nothing global; all state lives on self or on
     the shared per-connection ``state`` object."""
 
-    __slots__ = ("msg_type", "state")
+    __slots__ = ("msg_type", "state", "stats")
 
     def __init__(self, msg_type: MessageType, state):
         self.msg_type = msg_type
         self.state = state
+        # the stream's StreamStats (set by pipeline.stream.DataStream): a parser that cuts
+        # per-connection state to keep it bounded adds to ``stats.truncated``
+        self.stats = None
+
+    def count_truncated(self, n: int = 1) -> None:
+        st = self.stats
+        if st is not None:
+            st.truncated += n
 
     def find_boundary(self, buf, start: int) -> int:  # pragma: no cover - interface
         raise NotImplementedError

@@ -17,11 +17,21 @@ NEEDS_MORE_DATA = ParseState.NEEDS_MORE_DATA
 INVALID = ParseState.INVALID
 IGNORE = ParseState.IGNORE
 
-MAX_HEADER = 64 * 1024
+# A request or response head may be this long (request line and headers).  nginx accepts
+# 1 kB + large_client_header_buffers (default 4 x 8 kB, often raised to 32 kB or more),
+# Apache 8 kB per line, Node.js 16 kB: 256 kB is far above all of them, and the same bound
+# as the bytes a stream buffers for one frame (pipeline.stream.MAX_BUFFERED).
+MAX_HEADER = 256 * 1024
 
 METHODS = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH", b"OPTIONS", b"CONNECT",
            b"TRACE")
-_REQ_LINE = re.compile(rb"([A-Z]{3,16}) ([^ \r\n]{1,8192}) HTTP/1\.([01])\r\n")
+# A request target has no length limit of its own here: the head's bound (MAX_HEADER) is it.
+_REQ_LINE = re.compile(rb"([A-Z]{3,16}) ([^ \r\n]+) HTTP/1\.([01])\r\n")
+# A request line the server will refuse (nginx answers 400 / 414 / 505) but answers all the
+# same: a method-like token, then anything up to the end of the line.  It is a request, so
+# that its answer is paired with it and req_count == resp_count.
+_REQ_LOOSE = re.compile(rb"([A-Z_-]{1,32}) ([^\r\n]*)\r?\n")     # no backtracking: linear
+_LOOSE_VERSION = re.compile(rb" HTTP/(\d)\.\d+$")
 _RESP_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9]\d\d)(?:[ \t][^\r\n]*)?\r\n")
 _CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:[ \t]*([^\r\n]*)", re.I)
 _CHUNKED = re.compile(rb"\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.I)
@@ -29,6 +39,7 @@ _REQ_START = re.compile(rb"(?:GET|POST|PUT|DELETE|HEAD|PATCH|OPTIONS|CONNECT|TRA
 _RESP_START = re.compile(rb"HTTP/1\.[01] [1-9]\d\d")
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?\r\n")
 _PREFIXES_REQ = tuple(m + b" " for m in METHODS)
+_LOOSE_START = re.compile(rb"[A-Z_-]{1,8}(?: |\Z)")
 # the first of either header (_CONTENT_LENGTH's pattern in group 2), and any TE header
 _BODY_HDR = re.compile(rb"\n(?:(content-length)|transfer-encoding)[ \t]*:[ \t]*([^\r\n]*)",
                        re.I)
@@ -79,15 +90,28 @@ def _body_end_re(buf, hstart, hend):
 
 
 class HttpParser(Parser):
-    __slots__ = ("chunked", "is_request")
+    __slots__ = ("chunked", "is_request", "scanned", "skip_to")
 
     def __init__(self, msg_type, state):
         super().__init__(msg_type, state)
         self.chunked = False     # inside a chunked body: parse chunk framing next
         self.is_request = msg_type == MessageType.REQUEST
+        # Bytes from the start of the head in progress already searched for its end (minus
+        # 3, the terminator may straddle): a head arriving in small pieces is searched once,
+        # not once per piece.  Only valid while parse() keeps answering NEEDS_MORE_DATA for
+        # the same frame; reset by any other answer and by find_boundary.
+        self.scanned = 0
+        # After a head with no end within MAX_HEADER: the buffer index up to which no head
+        # can end, so that the next find_boundary does not restart inside that stretch
+        # (one search per stretch, not one per request start in it).
+        self.skip_to = -1
 
     # -- boundary -----------------------------------------------------------------------
     def find_boundary(self, buf, start):
+        self.scanned = 0
+        if self.skip_to > start:
+            start = self.skip_to
+        self.skip_to = -1
         if self.state.upgraded:
             return -1
         self.chunked = False
@@ -112,13 +136,14 @@ class HttpParser(Parser):
             return IGNORE, None, len(buf)
         if self.chunked:
             return self._parse_chunks(buf, start)
-        hend = buf.find(b"\r\n\r\n", start, start + MAX_HEADER)
+        hend = buf.find(b"\r\n\r\n", start + self.scanned, start + MAX_HEADER)
         if hend < 0:
             return self._incomplete(buf, start)
+        self.scanned = 0
         if self.is_request:
             m = _REQ_LINE.match(buf, start, hend + 2)
             if m is None:
-                return INVALID, None, start
+                return self._loose_request(buf, start, hend, ts)
             hs = m.end() - 2
             b = _BODY_HDR.search(buf, hs, hend + 2)
             if b is None:
@@ -136,6 +161,7 @@ class HttpParser(Parser):
             methods.append(method)
             if len(methods) > MAX_PENDING:
                 del methods[0]
+                self.count_truncated()
             self.chunked = chunked
             return SUCCESS, HttpRequest(ts, method, target.decode("latin-1"),
                                         minor[0] - 48), end
@@ -175,13 +201,45 @@ class HttpParser(Parser):
     def _incomplete(self, buf, start):
         n = len(buf) - start
         if n >= MAX_HEADER:
+            self.scanned = 0
+            self.skip_to = start + MAX_HEADER - 3
             return INVALID, None, start
-        head = bytes(buf[start:start + 8])
-        if self.msg_type == MessageType.REQUEST:
-            ok = any(p.startswith(head[:len(p)]) or head.startswith(p) for p in _PREFIXES_REQ)
-        else:
-            ok = b"HTTP/1."[:len(head)] == head[:7]
-        return (NEEDS_MORE_DATA if ok else INVALID), None, 0
+        if self.scanned == 0:
+            head = bytes(buf[start:start + 8])
+            if self.msg_type == MessageType.REQUEST:
+                ok = (any(p.startswith(head[:len(p)]) or head.startswith(p)
+                          for p in _PREFIXES_REQ)
+                      or _LOOSE_START.match(head) is not None)
+            else:
+                ok = b"HTTP/1."[:len(head)] == head[:7]
+            if not ok:
+                return INVALID, None, 0
+        self.scanned = n - 3 if n > 3 else 0
+        return NEEDS_MORE_DATA, None, 0
+
+    def _loose_request(self, buf, start, hend, ts):
+        """A head that ends but whose request line is not well-formed HTTP/1.0 or 1.1
+        (a target with spaces, another version, a method nginx does not know): the server
+        answers it (400, 405, 414, 505), so it is a request all the same."""
+        m = _REQ_LOOSE.match(buf, start, hend + 2)
+        if m is None:
+            return INVALID, None, start
+        mb, target = m.groups()
+        target = target.rstrip(b"\r").strip(b" ")
+        major = None
+        v = _LOOSE_VERSION.search(target)
+        if v is not None:
+            major = v.group(1)
+            target = target[:v.start()].rstrip(b" ")
+        method = _METHOD_TEXT.get(mb) or mb.decode("latin-1")
+        methods = self.state.methods
+        methods.append(method)
+        if len(methods) > MAX_PENDING:
+            del methods[0]
+            self.count_truncated()
+        # a refused request's body is not read by the server as a body: none is assumed
+        return SUCCESS, HttpRequest(ts, method, target.decode("latin-1"),
+                                    1 if major is None else major[0] - 48), hend + 4
 
     def _body_end(self, buf, hstart, hend):
         return _body_end(buf, hstart, hend)
@@ -199,6 +257,7 @@ class HttpParser(Parser):
         methods.append(method)
         if len(methods) > MAX_PENDING:
             del methods[0]
+            self.count_truncated()
         self.chunked = chunked
         return SUCCESS, frame, end
 
@@ -236,6 +295,8 @@ class HttpParser(Parser):
         """Consume chunk framing from pos; IGNORE with the end of what was consumed."""
         n = len(buf)
         start = pos
+        scanned = self.scanned      # how far a trailer section at `start` was searched
+        self.scanned = 0
         match = _CHUNK_SIZE.match
         while True:
             m = match(buf, pos)
@@ -254,14 +315,17 @@ class HttpParser(Parser):
                 if buf.startswith(b"\r\n", pos):
                     self.chunked = False
                     return IGNORE, None, pos + 2
-                t = buf.find(b"\r\n\r\n", pos)
+                t = buf.find(b"\r\n\r\n", start + scanned if m.start() == start and scanned
+                             else pos)
                 if t < 0:
                     if n - pos > MAX_HEADER:
                         self.chunked = False
                         return INVALID, None, pos
                     # keep the size line so we come back here
-                    return (IGNORE, None, m.start()) if m.start() > start else \
-                        (NEEDS_MORE_DATA, None, 0)
+                    if m.start() > start:
+                        return IGNORE, None, m.start()
+                    self.scanned = n - start - 3 if n - start > 3 else 0
+                    return NEEDS_MORE_DATA, None, 0
                 self.chunked = False
                 return IGNORE, None, t + 4
             pos += size + 2          # data and its CRLF; may lie beyond the buffer

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from bpf.layout import DEFINES
 from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER, Protocol, Record
-from protocol.http.parse import HttpParser
+from protocol.base import MessageType
+from protocol.http.parse import _PREFIXES_REQ, HttpParser
 from protocol.http.types import HttpState
 
 API_MAX = DEFINES["HTTP_API_LEN"]      # the kernel cuts API names at the same length
@@ -41,6 +42,14 @@ class HttpProtocol(Protocol):
     name = "http"
     parser_class = HttpParser
     api_hash = staticmethod(api_hash)
+
+    def detect(self, data, msg_type):
+        """The kernel's rule (include/l7.h detect_http): a known method and a blank, or a
+        status line; never HTTP/2's preface ("PRI * HTTP/2.0"), which HTTP/1.x parsing
+        would take for a request it refuses (used by --replay to guess the protocol)."""
+        if msg_type == MessageType.REQUEST:
+            return data.startswith(_PREFIXES_REQ)
+        return data.startswith(b"HTTP/1.")
 
     def new_state(self):
         return HttpState()

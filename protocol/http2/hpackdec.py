@@ -89,7 +89,7 @@ class HpackDecoder:
         n, pos = _int(b, pos, end, 7)
         if pos < 0 or pos + n > end:
             return None, -1
-        raw = b[pos:pos + n]
+        raw = bytes(b[pos:pos + n])      # the stream may hand a bytearray (pipeline/stream.py)
         pos += n
         if first & 0x80:
             cache = _HUFF

@@ -132,7 +132,22 @@ class MySQLParser(Parser):
             pos = m.start() - 3
             if self._plausible(buf, pos, n, start):
                 return pos
+        # A lone packet header at the end: mariadbd reads the 4-byte header and the payload
+        # in separate syscalls, so after lost bytes a header read is where the next packet
+        # starts (the search above wants a byte of payload, a header read never has it).
+        pos = n - 4
+        if pos >= start and self._header_only(buf, pos):
+            return pos
         return -1
+
+    def _header_only(self, buf, pos):
+        length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
+        if length == 0:
+            return False
+        seq = buf[pos + 3]
+        if self.msg_type == MessageType.REQUEST:
+            return seq == 0
+        return seq == 1
 
     def _plausible(self, buf, pos, n, start):
         """A packet header at pos whose successor (if in the buffer) continues the
@@ -199,6 +214,10 @@ class MySQLParser(Parser):
             return INVALID, None, 0
         if n - start < 5:
             return NEEDS_MORE_DATA, None, start + 5
+        if state.in_auth:
+            # a command (sequence 0) comes only after the authentication's final OK: that
+            # OK was lost (a gap), authentication is over all the same
+            state.in_auth = False
         cmd = buf[start + 4]
         if cmd in REPLICATION:
             state.skip_reason = "mysql: replication stream"

@@ -6,7 +6,9 @@ command: commands whose responses were lost in a capture gap become records with
 response (instead of shifting every later pair), and commands that get no response at all
 (STMT_CLOSE, STMT_SEND_LONG_DATA, QUIT) become records without a response as soon as the
 commands before them are settled.  A response whose command was not seen (capture started
-mid-stream) is a record with ``req_ts == 0``.
+mid-stream) is a record with ``req_ts == 0``.  A command whose timestamp is later than
+its response's is not paired with it (both are counted, unpaired): a latency is never
+negative.
 """
 from __future__ import annotations
 
@@ -34,7 +36,14 @@ class MySQLProtocol(Protocol):
                 out.append(self.unmatched_request(reqs.popleft()))
             if reqs and reqs[0].id == rid:
                 q = reqs.popleft()
-                out.append(Record(q.ts, r.ts, q.api, q.api, q.path, r.status, r.err))
+                if q.ts > r.ts:
+                    # seen after its "response": the events came out of order, or the
+                    # response parser took a lost command's answer for this one; both
+                    # counted, neither paired (no negative latency)
+                    out.append(self.unmatched_request(q))
+                    out.append(Record(0, r.ts, None, "", "", r.status, r.err))
+                else:
+                    out.append(Record(q.ts, r.ts, q.api, q.api, q.path, r.status, r.err))
             else:
                 out.append(Record(0, r.ts, None, "", "", r.status, r.err))
         while reqs and reqs[0].noresp:

@@ -14,8 +14,8 @@ import struct
 
 from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER, MessageType, ParseState, Parser
 from protocol.pgsql.types import (COMPLETE, ERROR, EXEC, FUNC, MAX_STATEMENTS, QUERY, READY,
-                                  SYNC, PgRequest, PgResponse, sql_path, sql_verb,
-                                  split_statements)
+                                  MAX_QUERY_STATEMENTS, SYNC, PgRequest, PgResponse, name_key,
+                                  sql_path, sql_verb, split_statements)
 
 SUCCESS = ParseState.SUCCESS
 NEEDS_MORE_DATA = ParseState.NEEDS_MORE_DATA
@@ -28,6 +28,7 @@ CANCEL_REQUEST = 80877102
 MAX_MSG = 256 * 1024 * 1024
 HEAD = 160        # body bytes wanted before a frame is built from a long message
 TEXT_MAX = 64 * 1024
+CHAIN = 8         # well-formed messages in a row that make a resynchronisation point sure
 
 _U32 = struct.Struct(">I")
 _U32_U32 = struct.Struct(">II")
@@ -75,24 +76,45 @@ class PgParser(Parser):
 
     # -- boundaries --------------------------------------------------------------------
     def find_boundary(self, buf, start):
+        """The first candidate whose chain of following messages is well-formed up to the
+        end of the buffer (or for CHAIN messages); failing that, the first candidate whose
+        message runs past the buffer.  A candidate that merely runs past the buffer is taken
+        last: its length would make the stream skip bytes, and a wrong one skips requests."""
         req = self.msg_type == MessageType.REQUEST
         rx, mins, fixed = ((RE_REQ_TAG, REQ_MIN, FIXED) if req
                            else (RE_RESP_TAG, RESP_MIN, RESP_FIXED))
         n = len(buf)
+        far = -1
+        unpack = _U32.unpack_from
         for m in rx.finditer(buf, start):
             pos = m.start()
             if pos + 5 > n:
-                return -1
-            tag = buf[pos]
-            length = _U32.unpack_from(buf, pos + 1)[0]
-            if length < mins[tag] or length > MAX_MSG or fixed.get(tag, length) != length:
-                continue
-            nxt = pos + 1 + length
-            if nxt == n or (nxt > n and length < 65536):
-                return pos
-            if nxt < n and buf[nxt] in mins and (nxt + 1 >= n or buf[nxt + 1] == 0):
-                return pos
-        return -1
+                break
+            p = pos
+            steps = 0
+            while True:
+                length = unpack(buf, p + 1)[0]
+                tag = buf[p]
+                lo = mins.get(tag)
+                if (lo is None or length < lo or length > MAX_MSG
+                        or fixed.get(tag, length) != length):
+                    break
+                nxt = p + 1 + length
+                if nxt == n or steps >= CHAIN:
+                    return pos
+                if nxt > n:
+                    if far < 0 and (steps or length < 65536):
+                        if steps:
+                            return pos
+                        far = pos
+                    break
+                if nxt + 5 > n:
+                    if buf[nxt] in mins and (nxt + 1 >= n or buf[nxt + 1] == 0):
+                        return pos
+                    break
+                p = nxt
+                steps += 1
+        return far
 
     def parse(self, buf, start, ts):
         state = self.state
@@ -133,33 +155,40 @@ class PgParser(Parser):
             body = start + 5
             if tag == 0x51:       # Q
                 text, _ = _cstr(buf, body, limit)
-                stmts = split_statements(text)
+                stmts = split_statements(text, MAX_QUERY_STATEMENTS + 1)
+                if len(stmts) > MAX_QUERY_STATEMENTS:
+                    del stmts[MAX_QUERY_STATEMENTS:]
+                    self.count_truncated()
                 first = stmts[0] if stmts else ("EMPTY", "")
                 return SUCCESS, PgRequest(ts, QUERY, first[0], first[1], stmts), end
             if tag == 0x50:       # P
                 name, p = _cstr(buf, body, limit)
+                name = name_key(name)
                 text, _ = _cstr(buf, p, limit)
                 info = (sql_verb(text), sql_path(text))
                 stmts = state.stmts
                 if len(stmts) >= MAX_STATEMENTS and name not in stmts:
                     stmts.clear()
+                    self.count_truncated()
                 stmts[name] = info
                 self.parsed_since_sync = info
                 return IGNORE, None, end
             if tag == 0x42:       # B
                 portal, p = _cstr(buf, body, limit)
+                portal = name_key(portal)
                 name, _ = _cstr(buf, p, limit)
-                info = state.stmts.get(name)
+                info = state.stmts.get(name_key(name))
                 if info is None:
-                    info = ("EXECUTE", sql_path("EXECUTE " + name) if name else "EXECUTE")
+                    info = ("EXECUTE", sql_path("EXECUTE " + name[:128]) if name else "EXECUTE")
                 portals = state.portals
                 if len(portals) >= MAX_STATEMENTS and portal not in portals:
                     portals.clear()
+                    self.count_truncated()
                 portals[portal] = info
                 return IGNORE, None, end
             if tag == 0x45:       # E
                 portal, _ = _cstr(buf, body, limit)
-                info = state.portals.get(portal) or ("EXECUTE", "EXECUTE")
+                info = state.portals.get(name_key(portal)) or ("EXECUTE", "EXECUTE")
                 self.parsed_since_sync = None
                 return SUCCESS, PgRequest(ts, EXEC, info[0], info[1]), end
             return SUCCESS, PgRequest(ts, FUNC, "FUNCTION CALL", "FUNCTION CALL"), end
@@ -173,7 +202,7 @@ class PgParser(Parser):
             kind = buf[start + 5]
             name, _ = _cstr(buf, start + 6, min(end - 1, n))
             if kind == 0x53:
-                state.stmts.pop(name, None)
+                state.stmts.pop(name_key(name), None)
         return IGNORE, None, end
 
     def _untagged(self, buf, start):

@@ -17,6 +17,17 @@ ERROR = 1      # 'E' ErrorResponse
 READY = 2      # 'Z' ReadyForQuery
 
 MAX_STATEMENTS = 4096    # prepared statements / portals remembered per connection
+MAX_QUERY_STATEMENTS = 8  # statements of one simple-query string named from its text
+NAME_KEEP = 64           # characters of a statement / portal name kept as they are
+
+
+def name_key(name):
+    """The key a statement or portal name is remembered by: the name itself when short,
+    else a bounded form of it (its head, length and hash), so that a long name costs no
+    more memory than a short one."""
+    if len(name) <= NAME_KEEP:
+        return name
+    return "%s\x00%d:%x" % (name[:NAME_KEEP], len(name), hash(name) & 0xFFFFFFFFFFFF)
 
 
 class PgRequest:
@@ -68,14 +79,21 @@ sql_verb = verb_finder(_RE_LEAD)
 
 
 
-def split_statements(text):
-    """Statements of a query string, split at ';' outside quotes and comments."""
+def split_statements(text, limit=MAX_QUERY_STATEMENTS):
+    """Statements of a query string, split at ';' outside quotes and comments: at most
+    ``limit`` (verb, path) pairs; the results of the statements after those are named by
+    their CommandComplete tag (see stitch)."""
     out = []
     begin = 0
     for m in _RE_SPLIT.finditer(text):
         if m.group(0) == ";":
-            out.append(text[begin:m.start()])
+            st = text[begin:m.start()]
             begin = m.end()
-    out.append(text[begin:])
-    return [(sql_verb(s), sql_path(s)) for s in out if s.strip() and s.strip() != ";"
-            and _RE_LEAD.match(s).end() < len(s)]
+            if st.strip() and _RE_LEAD.match(st).end() < len(st):
+                out.append((sql_verb(st), sql_path(st)))
+                if len(out) >= limit:
+                    return out
+    st = text[begin:]
+    if st.strip() and st.strip() != ";" and _RE_LEAD.match(st).end() < len(st):
+        out.append((sql_verb(st), sql_path(st)))
+    return out

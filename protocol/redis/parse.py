@@ -26,6 +26,9 @@ MAX_LINE = 64 * 1024             # simple strings, errors, inline commands
 HEAD_WAIT = 64                   # wait for a head element this short rather than cut it
 PATH_MAX = 64
 KEEP = 128                       # bytes kept of a collected argument / reply element
+MAX_DEPTH = 512                  # nesting levels of a reply followed (one int each)
+HEAD_WAIT_BYTES = 256            # a reply whose head is not complete within this is
+                                 # reported without waiting for it (no re-walk per piece)
 
 RE_ARRAY = re.compile(rb"\*(-?[0-9]{1,10})\r\n")
 RE_BULK = re.compile(rb"\$([0-9]{1,10})\r\n")
@@ -126,13 +129,15 @@ def _partial(buf, pos, n):
     return _BAD
 
 
-def walk(buf, pos, n, stack, info):
+def walk(buf, pos, n, stack, info, scan=0):
     """Read RESP elements from ``pos`` while ``stack`` has levels open.
 
     Returns (code, pos): _DONE (stack empty), _MORE (out of data at ``pos``, an element
     boundary), _BODY (``pos`` is past the end of a bulk body beyond the buffer), _BAD.
-    ``info``, if a list, receives (type, value) of the first scalars of level 1."""
+    ``info``, if a list, receives (type, value) of the first scalars of level 1.
+    ``scan``: bytes of a line element at ``pos`` already searched for its end."""
     find = buf.find
+    first = pos
     while stack:
         if pos >= n:
             return _MORE, pos
@@ -154,6 +159,22 @@ def walk(buf, pos, n, stack, info):
                         digits = digits[:left]
                         k = left
                         e = pos + sum(map(int, digits)) + sum(map(len, digits)) + 5 * k
+                    pos = e
+                    stack[-1] = left - k + 1
+                    _consume(stack)
+                    continue
+                # A body with CR or LF in it (a value with newlines): the elements before
+                # it are still good.  Take them now, so that the run is not searched again
+                # from here for each element after (quadratic in the array's length).
+                k = 0
+                e = pos
+                for mm in RE_BULK_DIGITS.finditer(buf, pos, m.end()):
+                    g = mm.group(1)
+                    if mm.start() != e or mm.end() - e != len(g) + 5 + int(g) or k >= left:
+                        break
+                    e = mm.end()
+                    k += 1
+                if k:
                     pos = e
                     stack[-1] = left - k + 1
                     _consume(stack)
@@ -190,7 +211,7 @@ def walk(buf, pos, n, stack, info):
                     return _BAD, pos
                 pos = end
         elif t in _LINE_T:
-            e = find(b"\r\n", pos + 1)
+            e = find(b"\r\n", pos + 1 + scan if pos == first else pos + 1)
             if e < 0:
                 return (_MORE if n - pos <= MAX_LINE else _BAD), pos
             if e - pos > MAX_LINE:
@@ -217,6 +238,8 @@ def walk(buf, pos, n, stack, info):
                 count *= _AGG_MULT[t]
                 if count > MAX_ARGS:
                     return _BAD, pos
+                if len(stack) >= MAX_DEPTH:
+                    return _BAD, pos          # deeper than any server nests: not followed
                 stack.append(_ATTR_BASE - count if t == 124 else count)
                 continue
             elif t == 124:
@@ -249,16 +272,28 @@ def walk(buf, pos, n, stack, info):
 
 
 class RedisParser(Parser):
-    __slots__ = ("cont", "cont_args", "resynced")
+    __slots__ = ("cont", "cont_args", "resynced", "scanned", "skip_to")
 
     def __init__(self, msg_type, state):
         super().__init__(msg_type, state)
+        # bytes of the line at the frame start (a status line, an inline command, a line
+        # element where a reply was cut) already searched for its end: a long line arriving
+        # in small pieces is searched once.  Set with NEEDS_MORE_DATA, reset otherwise.
+        self.scanned = 0
+        # after a reply that went bad deep inside (garbage, nesting past MAX_DEPTH): the
+        # buffer index where it went bad; the next find_boundary starts there, so that the
+        # well-formed part before it is not walked again from each of its element starts
+        self.skip_to = -1
         self.cont = None        # replies: open levels of the value being walked
         self.cont_args = 0      # requests: bulk strings still to skip
         self.resynced = False   # replies: bytes were lost; distrust replies nobody waits for
 
     # -- boundaries --------------------------------------------------------------------
     def find_boundary(self, buf, start):
+        self.scanned = 0
+        if self.skip_to > start:
+            start = self.skip_to
+        self.skip_to = -1
         self.cont = None
         self.cont_args = 0
         self.resynced = True
@@ -351,10 +386,14 @@ class RedisParser(Parser):
 
     def _parse_inline(self, buf, start, ts):
         n = len(buf)
-        e = buf.find(b"\n", start, start + MAX_LINE)
+        e = buf.find(b"\n", start + self.scanned, start + MAX_LINE)
         if e < 0:
             if n - start >= MAX_LINE:
+                self.scanned = 0
                 return INVALID, None, 0
+            if self.scanned:
+                self.scanned = n - start
+                return NEEDS_MORE_DATA, None, 0
             # a partial line must already look like a known command
             part = bytes(buf[start:start + 40]).lstrip()
             words = RE_SPACE.split(part, 1)
@@ -363,7 +402,9 @@ class RedisParser(Parser):
                     return INVALID, None, 0
             elif part and RE_CMD.match(part.rstrip(b"\r")) is None:
                 return INVALID, None, 0
+            self.scanned = n - start
             return NEEDS_MORE_DATA, None, 0
+        self.scanned = 0
         line = bytes(buf[start:e]).rstrip(b"\r")
         if not line.strip():
             return IGNORE, None, e + 1        # empty lines are skipped by the server
@@ -423,11 +464,14 @@ class RedisParser(Parser):
         n = len(buf)
         t = buf[start]
         if t in _LINE_T:
-            e = buf.find(b"\r\n", start + 1)
+            e = buf.find(b"\r\n", start + 1 + self.scanned)
             if e < 0:
                 if n - start > MAX_LINE:
+                    self.scanned = 0
                     return INVALID, None, 0
+                self.scanned = n - start - 2 if n - start > 2 else 0
                 return NEEDS_MORE_DATA, None, 0
+            self.scanned = 0
             text = buf[start + 1:min(e, start + 1 + KEEP)]
             if t == 45:
                 return self._emit(self._error(text, ts), e + 2)
@@ -471,6 +515,7 @@ class RedisParser(Parser):
             info = []
             code, pos = walk(buf, start, n, stack, info)
             if code == _BAD:
+                self.skip_to = pos
                 return INVALID, None, 0
             count = 0
             if t == 42 or t == 62:
@@ -486,7 +531,10 @@ class RedisParser(Parser):
                 elif t == 42 and count in (3, 4):
                     need = 3
                 got = count - stack[1] if len(stack) > 1 and stack[1] > 0 else 0
-                if pos == start or (need and got < need):
+                if pos == start or (need and got < need and len(stack) == 2
+                                    and n - start <= HEAD_WAIT_BYTES):
+                    # (bounded: a head that is long or nested cannot be a pub/sub message;
+                    # waiting for it would walk the reply again on every piece)
                     return NEEDS_MORE_DATA, None, 0
             self.cont = stack or None
             return self._emit(self._classify(t, count, info, ts), pos)
@@ -494,11 +542,18 @@ class RedisParser(Parser):
 
     def _continue_reply(self, buf, start):
         stack = self.cont
-        code, pos = walk(buf, start, len(buf), stack, None)
+        n = len(buf)
+        code, pos = walk(buf, start, n, stack, None, self.scanned)
+        self.scanned = 0
         if code == _BAD:
             self.cont = None
             return INVALID, None, 0
         self.cont = stack or None
+        if code == _MORE and pos < n and buf[pos] in _LINE_T:
+            # cut inside a line element: consume up to it, remember how far it was searched
+            if pos == start:
+                self.scanned = n - pos - 2 if n - pos > 2 else 0
+                return NEEDS_MORE_DATA, None, 0
         if pos == start:
             return NEEDS_MORE_DATA, None, 0
         return IGNORE, None, pos

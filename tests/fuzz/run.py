@@ -1,0 +1,48 @@
+"""`make fuzz`: fuzz every parser for FUZZ_SECONDS each (default 120), print the executions
+per parser, exit non-zero on any finding (the crashing input is kept in the work directory
+and named on stderr; turn it into a unit test in tests/test_fuzz_findings.py)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PARSERS = ("http", "redis", "pgsql", "mysql")
+
+
+def main():
+    seconds = int(os.environ.get("FUZZ_SECONDS", "120"))
+    names = sys.argv[1:] or list(PARSERS)
+    work = os.environ.get("FUZZ_DIR") or tempfile.mkdtemp(prefix="l7probe-fuzz-")
+    failed = []
+    print("fuzzing %s, %d s each (work directory %s)" % (", ".join(names), seconds, work),
+          flush=True)
+    for name in names:
+        corpus = os.path.join(work, name, "corpus")
+        os.makedirs(corpus, exist_ok=True)
+        p = subprocess.run([sys.executable, os.path.join(HERE, "fuzz_parsers.py"), name,
+                            str(seconds), corpus], cwd=os.path.join(work, name),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=seconds + 300)
+        runs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", p.stdout)
+        if not runs:
+            runs = re.findall(r"Done (\d+) runs", p.stdout)
+        n = int(runs[-1]) if runs else 0
+        print("%-6s %10d executions in %d s%s" % (name, n, seconds,
+                                                   "" if p.returncode == 0 else
+                                                   "  FINDING (exit %d)" % p.returncode),
+              flush=True)
+        if p.returncode != 0 or n == 0:
+            failed.append(name)
+            sys.stderr.write(p.stdout[-6000:])
+    if failed:
+        print("fuzz findings in: %s" % ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
