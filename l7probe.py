@@ -39,6 +39,7 @@ EXAMPLES = """examples:
   sudo ./l7probe.py -p 1234 -P 10        # only pid 1234, 10 s period
   sudo ./l7probe.py --range l7_rpc_metrics --format json
   sudo ./l7probe.py --duration 30        # stop after 30 s, reporting the last period
+  sudo ./l7probe.py --top                # a live table (keys: r e 5 9 b p c s v q)
 Under gala-gopher the probe is started with no arguments and configured over IPC.
 """
 
@@ -83,8 +84,12 @@ def parse_args(argv):
                    "containers (full or short id)")
     p.add_argument("--no-ssl", action="store_true", help="do not attach TLS uprobes")
     p.add_argument("--duration", type=float, help="stop after SEC seconds")
-    p.add_argument("--format", choices=("gopher", "json"), default="gopher",
-                   help="output format (default gopher)")
+    from pipeline.output import FORMAT_HELP, FORMATS
+    p.add_argument("--format", choices=tuple(FORMATS), default="gopher",
+                   help="output format (default gopher): " +
+                   "; ".join("%s: %s" % kv for kv in FORMAT_HELP.items()))
+    p.add_argument("--top", dest="format", action="store_const", const="top",
+                   help="the same as --format top")
     p.add_argument("--ipc", action="store_true", help="force gala-gopher IPC mode")
     p.add_argument("--capture-bytes", type=int, default=None,
                    help="bytes captured per syscall (default 16384, max 32768)")
@@ -112,8 +117,7 @@ class Probe:
         self.settings = None
         self.capture = Capture(args.capture_bytes or DEFAULT_CAP)
         self.links = Links()
-        self.writer = Writer(out, args.format, self._json_labels if args.format == "json"
-                             else None)
+        self.writer = Writer(out, args.format)
         self.traces = TraceWriter(self.writer, max(0, args.trace_limit), mono_to_wall_factory())
         self.tracker = Tracker(self.links, None)
         self.last_report = time.monotonic()
@@ -127,7 +131,6 @@ class Probe:
         self.data_struct = LAYOUTS["evt_data"].struct
         self.data_hdr = LAYOUTS["evt_data"].size
         self._type = struct.Struct("<I")
-        self._comm_cache = {}
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL
         self.tls = None            # bpf.tls_attach.TlsManager while TLS is on
         self.EVT_EXEC = DEFINES["EVT_EXEC"]
@@ -297,6 +300,7 @@ class Probe:
         self.poll()
         self._collect_counters()
         self._sweep()
+        stream_stats = self.tracker.protocol_stats()     # before the links are reset
         report_links(self.writer, self.links, self.settings.tables, elapsed)
         self.links.age(time.time())
         dropped_traces = self.traces.new_period()
@@ -312,7 +316,7 @@ class Probe:
                             "%d connection(s) not tracked, map full", d[0], d[1], d[2])
             if d[3]:
                 log.warning("TLS: %d call(s) on a socket not seen yet were not parsed", d[3])
-        for name, st in sorted(self.tracker.stream_stats.items()):
+        for name, st in sorted(stream_stats.items()):
             st.report(name)
         self.tracker.report_skipped()
 
@@ -343,21 +347,11 @@ class Probe:
             dead = set(dead)
             self.tracker.drop_where(lambda c: c.conn_id in dead)
 
-    def _json_labels(self, tgid):
-        v = self._comm_cache.get(tgid)
-        if v is None:
-            try:
-                with open("/proc/%d/comm" % tgid) as f:
-                    comm = f.read().strip()
-            except OSError:
-                comm = ""
-            from ipc.config import container_of_pid
-            v = self._comm_cache[tgid] = {"comm": comm,
-                                          "container_id": container_of_pid(tgid) or ""}
-        return v
-
     def close(self):
-        self.capture.close()
+        try:
+            self.writer.close()           # gives the terminal back (--top)
+        finally:
+            self.capture.close()
 
 
 def standalone_settings(args):
@@ -427,9 +421,11 @@ def run(args, gopher_mode, no_options=False):
         probe.start()
         deadline = time.monotonic() + args.duration if args.duration else None
         next_ipc = time.monotonic() + IPC_INTERVAL
-        while not stop and not probe.stop_requested:
+        output = probe.writer.output
+        while not stop and not probe.stop_requested and not output.quit:
             time.sleep(POLL_INTERVAL)
             probe.poll()
+            output.tick()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break

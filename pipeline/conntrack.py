@@ -62,7 +62,6 @@ class Tracker:
         self.conns = {}
         self.dirty = set()
         self.record_sink = record_sink     # callable(link, record) for l7_trace
-        self.stream_stats = {}             # protocol name -> StreamStats of its streams
         self.unknown_data = 0
         self.now = 0.0                     # wall seconds, set by the main loop
 
@@ -159,15 +158,23 @@ class Tracker:
     def _make_streams(self, conn):
         proto = conn.proto
         conn.state = proto.new_state()
-        stats = self.stats_of(proto.name)
+        stats = conn.link.stream_stats       # counted per link (l7_link completeness)
         conn.req_stream = DataStream(proto.new_parser(MessageType.REQUEST, conn.state), stats)
         conn.resp_stream = DataStream(proto.new_parser(MessageType.RESPONSE, conn.state), stats)
 
-    def stats_of(self, proto_name):
-        st = self.stream_stats.get(proto_name)
-        if st is None:
-            st = self.stream_stats[proto_name] = StreamStats()
-        return st
+    def protocol_stats(self):
+        """{protocol name: StreamStats}: this period's per-link stream counts summed per
+        protocol (for the log; call before the report resets the links)."""
+        out = {}
+        for link in self.links.links.values():
+            st = link.stream_stats
+            if st.invalid or st.gaps or st.dropped_bytes or st.dropped_frames or \
+                    st.exceptions or st.resyncs:
+                total = out.get(link.protocol)
+                if total is None:
+                    total = out[link.protocol] = StreamStats()
+                st.add_into(total)
+        return out
 
     def stitch_dirty(self):
         if not self.dirty:
@@ -181,13 +188,14 @@ class Tracker:
         try:
             recs = fn(rs.frames, ps.frames, conn.state)
         except Exception as exc:   # a stitcher bug must not stop the probe
-            st = self.stats_of(conn.proto.name)
+            st = conn.link.stream_stats
             st.exceptions += 1
             st.last_error = exc
             if not conn.warned:
                 conn.warned = True
                 log.warning("%s stitcher failed on a connection of pid %d: %r",
                             conn.proto.name, conn.tgid, exc)
+            st.dropped_frames += len(rs.frames) + len(ps.frames)
             rs.frames.clear()
             ps.frames.clear()
             return
