@@ -89,6 +89,9 @@ def fit_labels(vals, names, room):
     used = 0
     for n in names:
         v = vals[n]
+        if not isinstance(v, str):          # a number: counted, never cut
+            used += len(n) + 4 + len(str(v))
+            continue
         if v == "(null)":
             continue
         b = len(v.encode("utf-8", "replace"))
@@ -189,9 +192,10 @@ def rpc_values(st, period):
         "latency_sum": st.lat_sum,
         "err_ratio": fmt_float(st.err / req if req else 0.0),
         "err_count": st.err,
-        "latency_p50": int(round(p50)),
-        "latency_p90": int(round(p90)),
-        "latency_p99": int(round(p99)),
+        # an estimate is never above the exact max (the true percentile is not either)
+        "latency_p50": min(int(round(p50)), st.lat_max),
+        "latency_p90": min(int(round(p90)), st.lat_max),
+        "latency_p99": min(int(round(p99)), st.lat_max),
         "max_latency": st.lat_max,
     }
 
