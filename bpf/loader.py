@@ -25,6 +25,14 @@ RINGBUF_PAGES = 2048         # 8 MiB ring buffer (power of two pages): ~0.25 s o
                              # 60k records/s, drained every 50 ms
 PERF_PAGES = 256             # per-CPU perf buffer pages (fallback)
 
+
+def ring_pages():
+    """RINGBUF_PAGES, or L7PROBE_RING_PAGES (a power of two: tests force overflows with 1)."""
+    v = os.environ.get("L7PROBE_RING_PAGES")
+    if v and v.isdigit() and int(v) > 0 and int(v) & (int(v) - 1) == 0:
+        return int(v)
+    return RINGBUF_PAGES
+
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
@@ -85,7 +93,7 @@ class Capture:
                          "kprobes": bool(self._kprobes_available()), "raw_syscalls": raw,
                          "signal_tracepoint": have_signal}
         defines = {"CAP_MAX": CAP_MAX, "RINGBUF": int(have_ringbuf),
-                   "RINGBUF_PAGES": RINGBUF_PAGES, "HAVE_SOCK_LEN_TP": int(have_sock_len),
+                   "RINGBUF_PAGES": ring_pages(), "HAVE_SOCK_LEN_TP": int(have_sock_len),
                    "HAVE_SIGNAL_TP": int(have_signal),
                    "RAW_SYSCALLS": int(raw),
                    "NR_CPUS_MAX": _possible_cpus(), "TLS": int(os.environ.get("L7PROBE_TLS_BUILD", "1"))}
@@ -127,7 +135,7 @@ class Capture:
         """Start receiving records; poll() returns them in batches."""
         if self._ringbuf:
             from bpf.ringbuf import RingReader
-            self.reader = RingReader(self._events.map_fd, RINGBUF_PAGES * mmap.PAGESIZE)
+            self.reader = RingReader(self._events.map_fd, ring_pages() * mmap.PAGESIZE)
             return
         self._pending = []
         append = self._pending.append
