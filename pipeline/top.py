@@ -84,6 +84,7 @@ class TopOutput(Output):
         self.status = ""
         self.kept = []
         self.dirty = False
+        self.repaint = False
         self.scr = None
         self._curses = None
         self._log_saved = None
@@ -148,6 +149,18 @@ class TopOutput(Output):
             return
         curses = self._curses
         redraw = self.dirty
+        # the size, asked of the terminal itself: ncurses's SIGWINCH handling (KEY_RESIZE)
+        # is not always there (it installs its handler only if none was set)
+        try:
+            size = os.get_terminal_size(self.out.fileno())
+        except (OSError, ValueError, AttributeError):
+            size = None
+        if size is not None and (size.lines, size.columns) != scr.getmaxyx():
+            try:
+                curses.resizeterm(size.lines, size.columns)
+            except curses.error:
+                pass
+            self.repaint = redraw = True
         while True:
             try:
                 ch = scr.getch()
@@ -160,6 +173,7 @@ class TopOutput(Output):
                     curses.update_lines_cols()
                 except AttributeError:
                     pass
+                self.repaint = True       # the terminal's copy of the screen is gone
                 redraw = True
                 continue
             redraw |= self._key(chr(ch) if 0 <= ch < 256 else "")
@@ -278,7 +292,11 @@ class TopOutput(Output):
         try:
             h, w = scr.getmaxyx()
             head, body, n = self._table()
-            scr.erase()
+            if self.repaint:
+                self.repaint = False
+                scr.clear()               # redraw every cell, not only the changes
+            else:
+                scr.erase()
             lines = [self._title(n), head] + body
             for y, line in enumerate(lines[:max(0, h - 1)]):
                 attr = curses.A_REVERSE if y == 1 else 0
