@@ -7,6 +7,7 @@ fit gala-gopher's label buffer together with the labels gala-gopher adds (``fit_
 """
 from __future__ import annotations
 
+import logging
 import re
 import struct
 import time
@@ -233,6 +234,11 @@ def report_links(writer, links, tables, period):
                 row["server_err_count"] = st.server_err
                 writer.emit("l7_rpc_api", row)
         link.reset()
+    if writer.cut:
+        logging.getLogger("l7probe").info(
+            "%d record(s) this period had values cut to fit gala-gopher's %d-byte label "
+            "buffer (the longest values first: paths, API names)", writer.cut, LABELS_BUFFER)
+        writer.cut = 0
     writer.end_period(period)
 
 

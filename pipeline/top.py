@@ -97,10 +97,10 @@ class TopOutput(Output):
 
     # -- the screen ----------------------------------------------------------------------
     def _start_screen(self):
-        import curses
         try:
+            import curses
             scr = curses.initscr()
-        except curses.error:
+        except Exception:       # no curses module or no usable terminal: plain lines
             return
         self._curses = curses
         self.scr = scr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 
@@ -143,6 +144,21 @@ def test_lines_are_cut_to_8191_bytes():
 @pytest.mark.parametrize("container", [False, True])
 @pytest.mark.parametrize("fmt", ["gopher", "json"])
 def test_every_record_fits_the_label_buffer(container, fmt):
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda r: said.append(r.getMessage())
+    log = logging.getLogger("l7probe")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        _fits_the_label_buffer(container, fmt, said)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _fits_the_label_buffer(container, fmt, said):
     long_path = "/" + "p" * 5000
     links = Links()
     link = links.get((4194304, "fe80::1234:5678:9abc:def0:1234", "2001:db8:85a3::8a2e:370:7334",
@@ -176,7 +192,9 @@ def test_every_record_fits_the_label_buffer(container, fmt):
             assert 1024 - 24 <= len(labels) + 1 <= 1024
         if table == "l7_rpc_api":
             assert rec["api"].startswith("GET /ppp")
-    assert w.cut == 2
+    # the trace row and the API row were cut, and the period's log line says so
+    assert w.cut == 0
+    assert any("2 record(s) this period had values cut" in m for m in said), said
 
 
 def test_fit_labels_cuts_the_longest_first():
