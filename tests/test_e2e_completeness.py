@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from tests.support.ingest import check_line
-from tests.support.probe import ProbeRun
+from tests.support.probe import ROOT, ProbeRun
 from tests.support.servers import nginx
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
@@ -21,24 +21,12 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
 # One client = one process = one link (client side: tgid, server ip:port).
 CLIENT = textwrap.dedent(r"""
     import socket, sys, time
+    sys.path.insert(0, "@ROOT@")
+    from tests.support import http_get
     port, kind = int(sys.argv[1]), sys.argv[2]
     s = socket.create_connection(("127.0.0.1", port))
     def get(path):
-        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: c\r\n\r\n")
-        data = b""
-        while b"\r\n\r\n" not in data:
-            d = s.recv(65536)
-            if not d:
-                sys.exit("closed")
-            data += d
-        head, _, body = data.partition(b"\r\n\r\n")
-        n = int([l.split(b":")[1] for l in head.split(b"\r\n")
-                 if l.lower().startswith(b"content-length")][0])
-        while len(body) < n:
-            d = s.recv(65536)
-            if not d:
-                sys.exit("closed")
-            body += d
+        http_get.get(s, path)
     print("ready", flush=True)
     sys.stdin.readline()
     if kind == "big":            # 1 MiB answers in 64 KiB reads: records the ring never fits
@@ -56,7 +44,7 @@ CLIENT = textwrap.dedent(r"""
             time.sleep(0.1)
     print("done", flush=True)
     sys.stdin.readline()
-""")
+""").replace("@ROOT@", ROOT)
 
 
 @pytest.fixture(scope="module")

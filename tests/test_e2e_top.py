@@ -14,33 +14,24 @@ import time
 
 import pytest
 
-from tests.support.probe import PROBE
+from tests.support.probe import ROOT, PROBE
 from tests.support.servers import nginx
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
 
 # fast: GET / every 10 ms, no errors; slow: every 100 ms, half of them 404.
-# Bounded: at most 60 s and 6000 requests, stopped by the test before.
+# Bounded: at most 300 s and 30000 requests; the module stops them before.
 CLIENT = textwrap.dedent(r"""
     import socket, sys, time
+    sys.path.insert(0, "@ROOT@")
+    from tests.support import http_get
     port, kind = int(sys.argv[1]), sys.argv[2]
     s = socket.create_connection(("127.0.0.1", port))
     def get(path):
-        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n")
-        data = b""
-        while b"\r\n\r\n" not in data:
-            d = s.recv(65536)
-            if not d:
-                sys.exit("closed")
-            data += d
-        head, _, body = data.partition(b"\r\n\r\n")
-        n = int([l.split(b":")[1] for l in head.split(b"\r\n")
-                 if l.lower().startswith(b"content-length")][0])
-        while len(body) < n:
-            body += s.recv(65536)
-    end = time.time() + 60
+        http_get.get(s, path)
+    end = time.time() + 300
     i = 0
-    while time.time() < end and i < 6000:
+    while time.time() < end and i < 30000:
         if kind == "fast":
             get("/")
             time.sleep(0.01)
@@ -48,7 +39,7 @@ CLIENT = textwrap.dedent(r"""
             get("/status/404" if i % 2 else "/")
             time.sleep(0.1)
         i += 1
-""")
+""").replace("@ROOT@", ROOT)
 
 
 def tmux(*args, check=True):
