@@ -294,3 +294,31 @@ def test_top_sort_keys_and_views():
     assert top._key("s") and top.sort == "c"
     assert not top._key("x")
     assert not top._key("q") and top.quit
+
+
+def test_fit_labels_property():
+    """Random values and rooms: the result fits whenever cutting to 1 byte each can fit,
+    only cut values change, each stays a prefix, and no uncut value is longer than the
+    cut ones (the longest go first; 3 bytes: a character's width)."""
+    import random
+    rnd = random.Random(3)
+    for _ in range(2000):
+        names = tuple("f%d" % i for i in range(rnd.randint(1, 8)))
+        vals = {n: rnd.choice("aé中") * rnd.randint(1, 400) for n in names}
+        if rnd.random() < 0.2:
+            vals[names[0]] = "(null)"
+        orig = dict(vals)
+        room = rnd.randint(0, 2000)
+        cut = report.fit_labels(vals, names, room)
+        size = lambda v: len(v.encode())               # noqa: E731
+        used = sum(len(n) + 4 + size(v) for n, v in vals.items() if v != "(null)")
+        floor = sum(len(n) + 5 for n, v in orig.items() if v != "(null)")
+        if floor <= room:
+            assert used <= room, (room, used)
+        for n in names:
+            # a prefix (or "?" where not one whole character fits)
+            assert vals[n] and (orig[n].startswith(vals[n]) or vals[n] == "?")
+            assert (vals[n] != orig[n]) == (n in cut)
+        if cut:
+            assert all(size(vals[n]) <= max(size(vals[m]) for m in cut) + 3
+                       for n in names if n not in cut and orig[n] != "(null)")
