@@ -33,6 +33,7 @@ def ring_pages():
         return int(v)
     return RINGBUF_PAGES
 
+
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
