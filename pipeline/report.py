@@ -37,6 +37,8 @@ def clean(value):
     s = value if isinstance(value, str) else str(value)
     if not s:
         return "(null)"
+    if s.isascii() and s.isprintable() and "|" not in s:
+        return s                  # the common case, none of the characters above
     return _BAD.sub(REPLACEMENT, s)
 
 
@@ -95,7 +97,7 @@ def fit_labels(vals, names, room):
             continue
         if v == "(null)":
             continue
-        b = len(v.encode("utf-8", "replace"))
+        b = len(v) if v.isascii() else len(v.encode("utf-8", "replace"))
         sizes[n] = b
         used += len(n) + 4 + b
     excess = used - room
