@@ -30,7 +30,6 @@ if (os.path.exists(_VENV_PY) and os.path.realpath(sys.prefix) !=
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
-import struct  # noqa: E402
 import time  # noqa: E402
 
 EXAMPLES = """examples:
@@ -70,6 +69,7 @@ def setup_logging(gopher, verbose):
 
 
 def parse_args(argv):
+    from bpf.loader import DEFAULT_SAMPLE
     p = argparse.ArgumentParser(
         prog="l7probe", description="eBPF Layer-7 traffic probe (gala-gopher extend probe)",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,6 +93,10 @@ def parse_args(argv):
     p.add_argument("--ipc", action="store_true", help="force gala-gopher IPC mode")
     p.add_argument("--capture-bytes", type=int, default=None,
                    help="bytes captured per syscall (default 16384, max 32768)")
+    p.add_argument("--sample", type=int, default=None, metavar="RATE",
+                   help="parse at most RATE HTTP/1.x transactions per second in user space; "
+                   "the kernel counts the others itself: l7_rpc stays exact, l7_rpc_api and "
+                   "l7_trace cover the parsed ones (0: parse all; default %d)" % DEFAULT_SAMPLE)
     p.add_argument("--trace-limit", type=int, default=1000,
                    help="at most this many l7_trace rows per period (default 1000)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -108,29 +112,22 @@ class Probe:
 
     def __init__(self, args, out):
         from bpf.layout import DEFINES, LAYOUTS
-        from bpf.loader import DEFAULT_CAP, Capture
+        from bpf.loader import DEFAULT_CAP, DEFAULT_SAMPLE, Capture
         from pipeline.aggregate import Links
         from pipeline.conntrack import Tracker
         from pipeline.report import TraceWriter, Writer, mono_to_wall_factory
 
         self.args = args
         self.settings = None
-        self.capture = Capture(args.capture_bytes or DEFAULT_CAP)
+        self.capture = Capture(args.capture_bytes or DEFAULT_CAP,
+                               DEFAULT_SAMPLE if args.sample is None else args.sample)
         self.links = Links()
         self.writer = Writer(out, args.format)
         self.traces = TraceWriter(self.writer, max(0, args.trace_limit), mono_to_wall_factory())
-        self.tracker = Tracker(self.links, None)
+        self.tracker = Tracker(self.links, None, self.on_control)
         self.last_report = time.monotonic()
-        self.dropped_reported = (0, 0, 0, 0)
-        self.EVT_OPEN = DEFINES["EVT_OPEN"]
-        self.EVT_DATA = DEFINES["EVT_DATA"]
-        self.EVT_CLOSE = DEFINES["EVT_CLOSE"]
+        self.dropped_reported = (0, 0, 0, 0, 0)
         self.hdr_layout = LAYOUTS["evt_hdr"]
-        self.open_layout = LAYOUTS["evt_open"]
-        self.close_layout = LAYOUTS["evt_close"]
-        self.data_struct = LAYOUTS["evt_data"].struct
-        self.data_hdr = LAYOUTS["evt_data"].size
-        self._type = struct.Struct("<I")
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL
         self.tls = None            # bpf.tls_attach.TlsManager while TLS is on
         self.EVT_EXEC = DEFINES["EVT_EXEC"]
@@ -217,14 +214,10 @@ class Probe:
         return tgid not in s.exclude_pids
 
     # -- records ------------------------------------------------------------------------
-    def on_record(self, raw):
-        """A control record (open, close, exec); data records take on_records."""
-        t = self._type.unpack_from(raw)[0]
-        if t == self.EVT_OPEN:
-            self.tracker.on_open(self.open_layout.unpack(raw))
-        elif t == self.EVT_CLOSE:
-            self.tracker.on_close(self.close_layout.unpack(raw))
-        elif t == self.EVT_EXEC:
+    def on_control(self, t, raw):
+        """A record other than data, open and close (pipeline.conntrack.Tracker.feed
+        handles those): a process's exec, a stop signal sent to our parent."""
+        if t == self.EVT_EXEC:
             if self.tls is not None:
                 self.tls.on_exec(self.hdr_layout.unpack(raw)["tgid"])
         elif t == self.EVT_PARENT_SIGNAL:
@@ -243,53 +236,11 @@ class Probe:
         self.tracker.now = time.time()
         batch = self.capture.poll(int(POLL_INTERVAL * 1000))
         if batch:
-            self.on_records(batch)
+            self.tracker.feed(batch)
         self.tracker.stitch_dirty()
         self.traces.flush()
         if self.tls is not None and self.tls.pending:
             self.tls.tick(self.wanted)
-
-    def on_records(self, batch):
-        """The hot path: decode a batch of records and feed the tracker.
-
-        Data records of a known connection whose streams exist go straight to the
-        DataStream, as Tracker.on_data would send them (one call layer less per record);
-        anything else takes Tracker.on_data or on_record."""
-        from pipeline.conntrack import STITCH_BACKLOG
-        unpack_data = self.data_struct.unpack_from
-        tracker = self.tracker
-        on_data = tracker.on_data
-        get_conn = tracker.conns.get
-        mark_dirty = tracker.dirty.add
-        EVT_DATA = self.EVT_DATA
-        h = self.data_hdr
-        for raw in batch:
-            # the type is a little-endian u32 and every EVT_* is below 256: its first byte
-            # tells data records apart; the unpacked type confirms it
-            if raw[0] != EVT_DATA:
-                self.on_record(raw)
-                continue
-            (t, _, conn_id, ts, true_len, cap_len, lost, direction, source, _, _) = \
-                unpack_data(raw)
-            if t != EVT_DATA:
-                self.on_record(raw)
-                continue
-            conn = get_conn(conn_id)
-            if source and conn is not None and not conn.ssl:
-                tracker.switch_to_tls(conn)     # TLS negotiated inside the protocol
-            if conn is not None and cap_len:
-                stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
-                if stream is not None:
-                    frames = stream.frames
-                    n = len(frames)
-                    stream.append(raw[h:h + cap_len], true_len, ts, lost)
-                    m = len(frames)
-                    if m != n:
-                        mark_dirty(conn)
-                        if m >= STITCH_BACKLOG:     # as in Tracker.on_data
-                            tracker.stitch_now(conn)
-                    continue
-            on_data(conn_id, direction, ts, raw[h:h + cap_len], true_len, lost)
 
     # -- reporting ----------------------------------------------------------------------
     def report(self, final=False):
@@ -298,6 +249,7 @@ class Probe:
         elapsed = now_mono - self.last_report
         self.last_report = now_mono
         self.poll()
+        self._kernel_counts()
         self._collect_counters()
         self._sweep()
         stream_stats = self.tracker.protocol_stats()     # before the links are reset
@@ -319,6 +271,30 @@ class Probe:
         for name, st in sorted(stream_stats.items()):
             st.report(name)
         self.tracker.report_skipped()
+        tr = self.tracker
+        if tr.kernel_only:
+            log.info("http: %d request(s) this period counted by the kernel alone (%d sampled "
+                     "out by --sample, %d refused by a full ring buffer): in l7_rpc, not in "
+                     "l7_rpc_api nor l7_trace", tr.kernel_only, tr.sampled_out,
+                     tr.kernel_only - tr.sampled_out)
+            tr.kernel_only = tr.sampled_out = 0
+        if tr.unplaced:
+            log.warning("http: %d request(s) counted by the kernel on connections that closed "
+                        "before the ring buffer could announce them: not reported", tr.unplaced)
+            tr.unplaced = 0
+
+    def _kernel_counts(self):
+        """What the kernel counted itself (map kacct) into the links of this period."""
+        add = self.tracker.add_kernel_counts
+        gone = [cid for cid, vals in self.capture.read_acct() if add(cid, vals)]
+        if gone:
+            self.capture.delete_acct(gone)
+        if log.isEnabledFor(logging.DEBUG):
+            for link in self.links.links.values():
+                if link.kernel_only:
+                    log.debug("kernel counts: pid %d %s %s:%d %s: %d request(s), rpc %d/%d",
+                              link.tgid, link.client_ip, link.server_ip, link.server_port,
+                              link.l7_role, link.kernel_only, link.rpc.req, link.rpc.resp)
 
     def _sweep(self):
         """Every SWEEP_INTERVAL: forget kernel-side connections of exited processes."""
@@ -347,6 +323,12 @@ class Probe:
             dead = set(dead)
             self.tracker.drop_where(lambda c: c.conn_id in dead)
 
+    def begin_stop(self):
+        """Start detaching now: the kernel's grace periods overlap the last report (which
+        then attaches nothing new)."""
+        self.tls = None
+        self.capture.start_detach()
+
     def close(self):
         try:
             self.writer.close()           # gives the terminal back (--top)
@@ -356,6 +338,8 @@ class Probe:
 
 def standalone_settings(args):
     from ipc.config import settings_from_options
+    if args.sample is not None and args.sample < 0:
+        raise ArgError("--sample: a rate >= 0 is needed, not %d" % args.sample)
     try:
         return settings_from_options(period=args.period, proto=args.proto,
                                      range_=args.range_, pids=args.pid,
@@ -442,6 +426,7 @@ def run(args, gopher_mode, no_options=False):
                     _check_ipc(probe, queue)
                 else:
                     _refresh_containers(probe)
+        probe.begin_stop()
         probe.report(final=True)
     finally:
         probe.close()
@@ -557,4 +542,13 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    # Everything is detached and flushed by now: leave without the interpreter's teardown
+    # (freeing a large heap object by object, BCC's atexit clean-up a second time), which
+    # would delay the exit gala-gopher waits for.
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    os._exit(rc if isinstance(rc, int) else 1)

@@ -21,18 +21,10 @@ INCLUDE = os.path.join(ROOT, "include")
 
 CAP_MAX = 32768              # hard upper bound of bytes captured per syscall
 DEFAULT_CAP = 16384          # default bytes captured per syscall
+DEFAULT_SAMPLE = 2000        # HTTP transactions per second parsed in user space (--sample)
 RINGBUF_PAGES = 2048         # 8 MiB ring buffer (power of two pages): ~0.25 s of records at
                              # 60k records/s, drained every 50 ms
 PERF_PAGES = 256             # per-CPU perf buffer pages (fallback)
-
-
-def ring_pages():
-    """RINGBUF_PAGES, or L7PROBE_RING_PAGES (a power of two: tests force overflows with 1)."""
-    v = os.environ.get("L7PROBE_RING_PAGES")
-    if v and v.isdigit() and int(v) > 0 and int(v) & (int(v) - 1) == 0:
-        return int(v)
-    return RINGBUF_PAGES
-
 
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -68,10 +60,14 @@ def _tp_exists(category, event):
 class Capture:
     """The loaded BPF object and its maps."""
 
-    def __init__(self, cap_bytes=DEFAULT_CAP):
+    def __init__(self, cap_bytes=DEFAULT_CAP, sample_rate=0):
         from bcc import BPF
         self.BPF = BPF
         self.cap_bytes = max(64, min(int(cap_bytes), CAP_MAX))
+        self.sample_rate = max(0, int(sample_rate))   # HTTP transactions/s delivered; 0: all
+        # L7PROBE_RINGBUF_PAGES: another ring size, a power of two (tests force overflows)
+        pages = int(os.environ.get("L7PROBE_RINGBUF_PAGES") or RINGBUF_PAGES)
+        self.ring_pages = pages if pages > 0 and pages & (pages - 1) == 0 else RINGBUF_PAGES
         self.features = {}
         self.bpf = None
         self._lost = 0
@@ -85,16 +81,18 @@ class Capture:
         have_sock_len = _tp_exists("sock", "sock_send_length") and \
             _tp_exists("sock", "sock_recv_length")
         have_signal = _tp_exists("signal", "signal_generate")
-        # raw_syscalls: 2 attachments instead of 26 (cheaper, fast to detach); the syscall
-        # numbers in probe.c are x86-64's.  L7PROBE_SYSCALL_TRACEPOINTS=1 forces the
-        # per-syscall tracepoints (what older kernels without raw tracepoints get).
+        # Per-syscall tracepoints: the kernel runs them only for the syscalls they name, so
+        # every other syscall of every process costs nothing more (measured here: +7-10 ns
+        # per untraced syscall, against +50 ns for raw_syscalls, whose programs run for every
+        # syscall on the host).  L7PROBE_RAW_SYSCALLS=1 selects the raw_syscalls pair
+        # (x86-64 numbers in probe.c): cheaper per hooked syscall, dearer for the rest.
         raw = (platform.machine() == "x86_64" and BPF.support_raw_tracepoint() and
-               not os.environ.get("L7PROBE_SYSCALL_TRACEPOINTS"))
+               os.environ.get("L7PROBE_RAW_SYSCALLS") == "1")
         self.features = {"ringbuf": have_ringbuf, "sock_length_tracepoints": have_sock_len,
                          "kprobes": bool(self._kprobes_available()), "raw_syscalls": raw,
                          "signal_tracepoint": have_signal}
         defines = {"CAP_MAX": CAP_MAX, "RINGBUF": int(have_ringbuf),
-                   "RINGBUF_PAGES": ring_pages(), "HAVE_SOCK_LEN_TP": int(have_sock_len),
+                   "RINGBUF_PAGES": self.ring_pages, "HAVE_SOCK_LEN_TP": int(have_sock_len),
                    "HAVE_SIGNAL_TP": int(have_signal),
                    "RAW_SYSCALLS": int(raw),
                    "NR_CPUS_MAX": _possible_cpus(), "TLS": int(os.environ.get("L7PROBE_TLS_BUILD", "1"))}
@@ -122,6 +120,7 @@ class Capture:
         self.config = self.bpf["config"]
         self.pids = self.bpf["pids"]
         self.stats = self.bpf["stats"]
+        self.kacct = self.bpf["kacct"]
         self._events = self.bpf["events"]
         self._ringbuf = have_ringbuf
 
@@ -136,7 +135,7 @@ class Capture:
         """Start receiving records; poll() returns them in batches."""
         if self._ringbuf:
             from bpf.ringbuf import RingReader
-            self.reader = RingReader(self._events.map_fd, ring_pages() * mmap.PAGESIZE)
+            self.reader = RingReader(self._events.map_fd, self.ring_pages * mmap.PAGESIZE)
             return
         self._pending = []
         append = self._pending.append
@@ -172,6 +171,13 @@ class Capture:
         cfg.emit_data = 1 if emit_data else 0
         cfg.cap_bytes = self.cap_bytes
         cfg.tls = 1 if tls else 0
+        if self.sample_rate:
+            ncpu = os.cpu_count() or 1      # the credit is per CPU
+            cfg.sample_cost_ns = max(1, int(1e9 * ncpu / self.sample_rate))
+            cfg.sample_burst_ns = min(2**32 - 1, cfg.sample_cost_ns * max(
+                1, self.sample_rate // (10 * ncpu)))     # up to 0.1 s of transactions
+        else:
+            cfg.sample_cost_ns = cfg.sample_burst_ns = 0
         wanted = set(pids if pids is not None else exclude)
         for k in list(self.pids.keys()):
             if k.value not in wanted:
@@ -236,11 +242,36 @@ class Capture:
             lib.bpf_detach_uprobe(name)     # a tracefs event, if BCC had to create one
             bpf._del_uprobe_fd(name)
 
+    def read_acct(self):
+        """[(conn_id, counts)] of map kacct: what the kernel counted itself, cumulative per
+        connection; counts in struct conn_acct's field order (include/l7_events.h)."""
+        out = []
+        names = [f[0] for f in self.kacct.Leaf._fields_]
+        for k, v in self.kacct.items():
+            vals = []
+            for n in names:
+                x = getattr(v, n)
+                if isinstance(x, int):
+                    vals.append(x)
+                else:
+                    vals.extend(x)
+            out.append((k.value, tuple(vals)))
+        return out
+
+    def delete_acct(self, conn_ids):
+        for cid in conn_ids:
+            try:
+                del self.kacct[ctypes.c_ulonglong(cid)]
+            except KeyError:
+                pass
+
     def drop_counts(self):
         """(records dropped, bytes dropped, connections not tracked, TLS calls whose socket
-        was unknown) since start."""
+        was unknown, HTTP transactions sampled out) since start: the STAT_* slots."""
         out = []
-        for i in range(4):
+        for i in (DEFINES["STAT_RECORDS_DROPPED"], DEFINES["STAT_BYTES_DROPPED"],
+                  DEFINES["STAT_CONNS_DROPPED"], DEFINES["STAT_TLS_NO_SOCKET"],
+                  DEFINES["STAT_SAMPLED_OUT"]):
             try:
                 out.append(sum(self.stats[ctypes.c_int(i)]))
             except Exception:
@@ -248,13 +279,28 @@ class Capture:
         out[0] += self._lost
         return tuple(out)
 
+    def start_detach(self):
+        """Begin detaching every program in the background (close() finishes it), so that
+        the final report overlaps the kernel's grace periods."""
+        import threading
+        if self.bpf is None or getattr(self, "_detacher", None) is not None:
+            return
+        self._detacher = threading.Thread(target=self._detach_tracepoints_in_parallel,
+                                          daemon=True)
+        self._detacher.start()
+
     def close(self):
         reader = getattr(self, "reader", None)
         if reader is not None:
             reader.close()
             self.reader = None
         if self.bpf is not None:
-            self._detach_tracepoints_in_parallel()
+            detacher = getattr(self, "_detacher", None)
+            if detacher is not None:
+                detacher.join()
+                self._detacher = None
+            else:
+                self._detach_tracepoints_in_parallel()
             try:
                 self.bpf.cleanup()
             finally:

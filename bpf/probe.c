@@ -68,9 +68,12 @@ BPF_HASH(pids, u32, u8, 16384);
 /* per-CPU scratch as a plain array indexed by CPU: per-CPU maps cap values at 32 KiB */
 BPF_ARRAY(scratch, struct data_evt_buf, NR_CPUS_MAX);
 BPF_PERCPU_ARRAY(seq, u64, 1);
-/* counters user space reports: 0 records dropped (ring full), 1 bytes dropped,
-   2 connections dropped (conns map full) */
-BPF_PERCPU_ARRAY(stats, u64, 4);
+/* counters user space reports, indexed by STAT_* (l7_events.h) */
+BPF_PERCPU_ARRAY(stats, u64, NSTATS);
+/* what the kernel counted itself of a connection's requests (struct conn_acct); LRU so that
+   entries of connections user space never reads cannot fill it */
+BPF_TABLE("lru_hash", u64, struct conn_acct, kacct, 65536);
+BPF_PERCPU_ARRAY(sampler, struct sampler_state, 1);
 
 #if RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -175,6 +178,35 @@ static __always_inline void conn_fill_addr(struct conn_val *c, u64 sk) {
     c->flags |= CONN_F_ADDR;
 }
 
+/* Tell user space about a connection whose protocol is known (EVT_OPEN).  Until that
+ * record is delivered the connection is CONN_F_UNANNOUNCED: its bytes are not sent (user
+ * space could not place them) and its HTTP messages are counted in the kernel; every later
+ * syscall tries again.  Returns 1 once announced. */
+static __always_inline int announce(void *ctx, struct conn_val *c, struct conn_key *k) {
+    struct evt_open o = {};
+    o.type = EVT_OPEN;
+    o.tgid = k->tgid;
+    o.conn_id = c->conn_id;
+    o.ts = bpf_ktime_get_ns();
+    o.fd = k->fd;
+    o.family = c->family;
+    o.server_port = c->server_port;
+    o.client_port = c->client_port;
+    o.l4_role = c->l4_role;
+    o.l7_role = c->l7_role;
+    o.proto = c->proto;
+    o.ssl = c->ssl;
+    __builtin_memcpy(o.client_ip, c->client_ip, 16);
+    __builtin_memcpy(o.server_ip, c->server_ip, 16);
+    if (output(ctx, &o, sizeof(o), 0) != 0) {
+        stat_add(STAT_RECORDS_DROPPED, 1);
+        c->flags |= CONN_F_UNANNOUNCED;
+        return 0;
+    }
+    c->flags &= ~CONN_F_UNANNOUNCED;
+    return 1;
+}
+
 /* ---------------------------------------------------------------- connect / accept --- */
 
 static __always_inline int enter_conn_op(int fd, int is_accept, int is_connect,
@@ -217,7 +249,7 @@ static __always_inline int exit_conn_op(long ret) {
     }
     c.conn_id = new_conn_id();
     if (conns.update(&k, &c) != 0)
-        stat_add(2, 1);
+        stat_add(STAT_CONNS_DROPPED, 1);
 out:
     active.delete(&id);
     return 0;
@@ -288,7 +320,9 @@ static __always_inline int do_close(void *ctx, int fd) {
     struct conn_val *c = conns.lookup(&k);
     if (!c)
         return 0;
-    if (c->proto) {
+    if (c->proto && (c->flags & CONN_F_UNANNOUNCED) && (c->flags & CONN_F_ACCT))
+        announce(ctx, c, &k);       /* so that user space can place the kernel's counts */
+    if (c->proto && !(c->flags & CONN_F_UNANNOUNCED)) {
         struct evt_close e = {};
         e.type = EVT_CLOSE;
         e.tgid = k.tgid;
@@ -298,8 +332,9 @@ static __always_inline int do_close(void *ctx, int fd) {
         e.bytes_recv = c->bytes_recv;
         e.segs_sent = c->segs_sent;
         e.segs_recv = c->segs_recv;
+        e.acct = (c->flags & CONN_F_ACCT) != 0;
         if (output(ctx, &e, sizeof(e), 0) != 0)
-            stat_add(0, 1);
+            stat_add(STAT_RECORDS_DROPPED, 1);
     }
     conns.delete(&k);
     return 0;
@@ -394,11 +429,11 @@ static __always_inline u32 copy_data(struct data_evt_buf *ev, struct active_op *
     return off;
 }
 
-/* First data of a connection: detect its protocol on buffer `op`; on success announce the
- * connection to user space.  Returns 1 if the connection now has a protocol. */
-static __always_inline int detect_open(void *ctx, struct conn_val *c, struct conn_key *k,
-                                       struct data_evt_buf *ev, struct active_op *op, u32 len,
-                                       u8 dir, struct probe_config *cfg) {
+/* First data of a connection: detect its protocol on buffer `op`.  Returns 1 if the
+ * connection now has a protocol (announced or not, see announce()). */
+static __always_inline int detect_proto(void *ctx, struct conn_val *c, struct conn_key *k,
+                                        struct data_evt_buf *ev, struct active_op *op, u32 len,
+                                        u8 dir, struct probe_config *cfg) {
     if (c->flags & CONN_F_IGNORED)
         return 0;
     __builtin_memset(ev->data, 0, DETECT_LEN);
@@ -419,33 +454,15 @@ static __always_inline int detect_open(void *ctx, struct conn_val *c, struct con
     c->l7_role = ((dir == DIR_EGRESS) ^ (msg == MSG_RESPONSE)) ? L7_CLIENT : L7_SERVER;
     if (c->l4_role == L4_UDP && !(c->flags & CONN_F_SEEDED))
         c->l4_role = c->l7_role == L7_CLIENT ? L4_CLIENT : L4_SERVER;
-    struct evt_open o = {};
-    o.type = EVT_OPEN;
-    o.tgid = k->tgid;
-    o.conn_id = c->conn_id;
-    o.ts = bpf_ktime_get_ns();
-    o.fd = k->fd;
-    o.family = c->family;
-    o.server_port = c->server_port;
-    o.client_port = c->client_port;
-    o.l4_role = c->l4_role;
-    o.l7_role = c->l7_role;
-    o.proto = c->proto;
-    o.ssl = c->ssl;
-    __builtin_memcpy(o.client_ip, c->client_ip, 16);
-    __builtin_memcpy(o.server_ip, c->server_ip, 16);
-    if (output(ctx, &o, sizeof(o), 0) != 0) {
-        stat_add(0, 1);
-        c->proto = PROTO_UNKNOWN;   /* try again on the next data */
-        return 0;
-    }
+    announce(ctx, c, k);
     return 1;
 }
 
-/* Send `len` bytes (a bounded prefix of them) of buffer `op` as a data record. */
-static __always_inline void send_data(void *ctx, struct conn_val *c, struct conn_key *k,
-                                      struct data_evt_buf *ev, struct active_op *op, u32 len,
-                                      u8 dir, u8 source, struct probe_config *cfg) {
+/* Send `len` bytes (a bounded prefix of them) of buffer `op` as a data record.  `flags`:
+ * EVF_*.  Returns 1 if the record was delivered; if not, its bytes are a gap for user space. */
+static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_key *k,
+                                     struct data_evt_buf *ev, struct active_op *op, u32 len,
+                                     u8 dir, u8 source, struct probe_config *cfg, u32 flags) {
     u32 cap = cfg->cap_bytes;
     if (cap > CAP_MAX)
         cap = CAP_MAX;
@@ -463,20 +480,195 @@ static __always_inline void send_data(void *ctx, struct conn_val *c, struct conn
     ev->hdr.proto = c->proto;
     ev->hdr.l7_role = c->l7_role;
     ev->hdr.lost = dir == DIR_EGRESS ? c->lost_sent : c->lost_recv;
+    ev->hdr.lost_msgs = c->lost_msgs;
+    ev->hdr.flags = flags;
     u32 size = sizeof(struct evt_data) + n;
     if (output(ctx, ev, size, 0) != 0) {
-        stat_add(0, 1);
-        stat_add(1, len);
+        stat_add(STAT_RECORDS_DROPPED, 1);
+        stat_add(STAT_BYTES_DROPPED, len);
         if (dir == DIR_EGRESS)
             c->lost_sent += len;
         else
             c->lost_recv += len;
-    } else {
-        if (dir == DIR_EGRESS)
-            c->lost_sent = 0;
-        else
-            c->lost_recv = 0;
+        return 0;
     }
+    if (dir == DIR_EGRESS)
+        c->lost_sent = 0;
+    else
+        c->lost_recv = 0;
+    c->lost_msgs = 0;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- HTTP/1.x in the kernel --
+ *
+ * Every HTTP/1.x request and response is counted exactly once: by the user-space parsers
+ * when the syscall holding its first bytes was delivered, else here (map kacct).  A message
+ * starts a syscall that begins with a request line or a status line (include/l7.h's
+ * detect_http, the rule that found the protocol).  The kernel keeps the start times of the
+ * requests awaiting their response (conn_val.fifo_*), so it knows the latency of every pair
+ * whichever side was delivered.
+ *
+ * The sampler decides, at each request start, whether the transaction (the request and its
+ * response, every syscall of them) is delivered: under a rate limit (probe_config
+ * .sample_cost_ns) or when the ring buffer refuses the request, the whole transaction is
+ * counted here instead, so user space sees gaps only at message boundaries (EVF_CLEAN_GAP).
+ * A response the ring buffer refuses although its request was delivered is counted here and
+ * announced to user space (lost_msgs), which then retires the request it answers.
+ *
+ * Known limit: a syscall holding several pipelined requests counts as one here (user space
+ * counts them all when it is delivered). */
+static __always_inline struct conn_acct *acct_of(struct conn_val *c) {
+    struct conn_acct zero = {};
+    c->flags |= CONN_F_ACCT;
+    return kacct.lookup_or_try_init(&c->conn_id, &zero);
+}
+
+static __always_inline void acct_response(struct conn_acct *a, u32 status, u64 lat, int has) {
+    a->resp += 1;
+    if (status >= 500)
+        a->err_server += 1;
+    else if (status >= 400)
+        a->err_client += 1;
+    if (!has)
+        return;
+    a->lat_n += 1;
+    a->lat_sum += lat;
+    if (lat > a->lat_max)
+        a->lat_max = lat;
+    /* the buckets of pipeline/aggregate.py BOUNDS: v lands in i iff bound[i-1] < v <= bound[i] */
+    u32 i = lat <= 10000000ULL ? 0 : lat <= 50000000ULL ? 1 : lat <= 100000000ULL ? 2 :
+            lat <= 500000000ULL ? 3 : lat <= 1000000000ULL ? 4 : lat <= 3000000000ULL ? 5 :
+            lat <= 10000000000ULL ? 6 : 7;
+    if (lat == 0)
+        i = 7;                      /* not a bucket's (as Histogram.add): counted in the sum */
+    if (i < 8)
+        a->bucket[i & 7] += 1;
+}
+
+/* Not an interim (1xx) response, which precedes the answer; 101 Switching Protocols is one. */
+static __always_inline int http_final(u32 status) {
+    return status < 100 || status >= 200 || status == 101;
+}
+
+/* The token bucket: 1 if this transaction is to be delivered. */
+static __always_inline int sample_ok(struct probe_config *cfg, u64 now) {
+    u32 cost = cfg->sample_cost_ns;
+    if (cost == 0)
+        return 1;
+    int zero = 0;
+    struct sampler_state *s = sampler.lookup(&zero);
+    if (!s)
+        return 1;
+    u64 credit = s->credit + (now - s->last);
+    s->last = now;
+    if (credit > cfg->sample_burst_ns)
+        credit = cfg->sample_burst_ns;
+    if (credit < cost) {
+        s->credit = credit;
+        return 0;
+    }
+    s->credit = credit - cost;
+    return 1;
+}
+
+static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct conn_key *k,
+                                       struct data_evt_buf *ev, struct active_op *op, u32 len,
+                                       u8 dir, u8 source, struct probe_config *cfg,
+                                       int hidden) {
+    int req_dir = (dir == DIR_EGRESS) == (c->l7_role == L7_CLIENT);
+    u8 bit = req_dir ? SHED_REQ : SHED_RESP;
+    __builtin_memset(ev->data, 0, 16);
+    u32 n = copy_data(ev, op, 16);
+    u32 r = n >= 12 ? detect_http(ev->data, n) : 0;
+    u32 kind = r >> 8 == PROTO_HTTP ? (r & 0xff) : MSG_UNKNOWN;
+    u64 now = bpf_ktime_get_ns();
+    int start = 0, deliver, has = 0, req_dlv = 1;
+    u32 status = 0;
+    u64 req_ts = 0;
+    u8 slot = 0;
+    if (req_dir && kind == MSG_REQUEST) {
+        start = 1;
+        int sampled_out = !hidden && !sample_ok(cfg, now);
+        deliver = !hidden && !sampled_out;
+        slot = c->fifo_tail & (FIFO_LEN - 1);
+        c->fifo_ts[slot] = now;
+        c->fifo_dlv[slot] = deliver;
+        c->fifo_tail += 1;
+        if ((u8)(c->fifo_tail - c->fifo_head) > FIFO_LEN)
+            c->fifo_head += 1;      /* pipelined past FIFO_LEN: the oldest loses its latency */
+        if (!deliver) {
+            struct conn_acct *a = acct_of(c);
+            if (a)
+                a->req += 1;
+            if (sampled_out) {
+                stat_add(STAT_SAMPLED_OUT, 1);
+                if (a)
+                    a->sampled_out += 1;
+            }
+        }
+    } else if (!req_dir && kind == MSG_RESPONSE) {
+        start = 1;
+        status = (ev->data[9] - '0') * 100 + (ev->data[10] - '0') * 10 + (ev->data[11] - '0');
+        if (ev->data[10] < '0' || ev->data[10] > '9' || ev->data[11] < '0' || ev->data[11] > '9')
+            status = 0;
+        if (c->fifo_head != c->fifo_tail) {
+            slot = c->fifo_head & (FIFO_LEN - 1);
+            req_dlv = c->fifo_dlv[slot];
+            if (http_final(status)) {
+                has = 1;
+                req_ts = c->fifo_ts[slot];
+                c->fifo_head += 1;
+            }
+        }
+        /* a response follows its request: delivered if it was (the interim ones too) */
+        deliver = req_dlv && !hidden;
+        if (!deliver && has) {
+            struct conn_acct *a = acct_of(c);
+            if (a)
+                acct_response(a, status, now - req_ts, 1);
+        }
+    } else {
+        deliver = !(c->shed & bit) && !hidden;  /* the rest of the current message */
+    }
+    if (start) {
+        if (deliver)
+            c->shed &= ~bit;
+        else
+            c->shed |= bit;
+    }
+    if (!deliver) {
+        if (dir == DIR_EGRESS)
+            c->lost_sent += len;
+        else
+            c->lost_recv += len;
+        return;
+    }
+    u32 lost = dir == DIR_EGRESS ? c->lost_sent : c->lost_recv;
+    u32 flags = (start && lost && !(c->hard_gap & bit)) ? EVF_CLEAN_GAP : 0;
+    if (send_data(ctx, c, k, ev, op, len, dir, source, cfg, flags)) {
+        c->hard_gap &= ~bit;
+        return;
+    }
+    /* the ring buffer is full */
+    if (!start) {
+        c->hard_gap |= bit;         /* inside a message: user space resynchronises */
+        return;
+    }
+    struct conn_acct *a = acct_of(c);
+    if (req_dir) {
+        /* the transaction goes on uncounted by user space: count it here, whole */
+        c->fifo_dlv[slot] = 0;
+        c->shed |= bit;
+        if (a)
+            a->req += 1;
+        return;
+    }
+    if (a && http_final(status))
+        acct_response(a, status, now - req_ts, has);
+    if (has)
+        c->lost_msgs += 1;          /* its request was delivered: user space retires it */
+    c->shed |= bit;
 }
 
 /* Bytes of a tracked connection: detect, then send.  `op` says where they are. */
@@ -489,10 +681,15 @@ static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct c
     struct data_evt_buf *ev = scratch.lookup(&cpu);
     if (!ev)
         return;
-    if (c->proto == PROTO_UNKNOWN && !detect_open(ctx, c, k, ev, op, len, dir, cfg))
-        return;
+    if (c->proto == PROTO_UNKNOWN) {
+        if (!detect_proto(ctx, c, k, ev, op, len, dir, cfg))
+            return;
+    } else if (c->flags & CONN_F_UNANNOUNCED) {
+        announce(ctx, c, k);
+    }
     if (!cfg->emit_data)
         return;
+    int hidden = (c->flags & CONN_F_UNANNOUNCED) != 0;
     if (op->buf == 0) {
         /* sendfile: no bytes to show; the next record of this direction carries the
            count so the parser skips them (one record less per static response) */
@@ -502,7 +699,18 @@ static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct c
             c->lost_recv += len;
         return;
     }
-    send_data(ctx, c, k, ev, op, len, dir, source, cfg);
+    if (c->proto == PROTO_HTTP) {
+        http_bytes(ctx, c, k, ev, op, len, dir, source, cfg, hidden);
+        return;
+    }
+    if (hidden) {
+        if (dir == DIR_EGRESS)
+            c->lost_sent += len;
+        else
+            c->lost_recv += len;
+        return;
+    }
+    send_data(ctx, c, k, ev, op, len, dir, source, cfg, 0);
 }
 
 #if TLS
@@ -524,7 +732,7 @@ static __always_inline struct conn_val *adopt_conn(struct conn_key *k, u64 sk) {
         c.flags = CONN_F_IGNORED;
     }
     if (conns.update(k, &c) != 0) {
-        stat_add(2, 1);
+        stat_add(STAT_CONNS_DROPPED, 1);
         return 0;
     }
     return ok ? conns.lookup(k) : 0;

@@ -173,7 +173,7 @@ int ssl_read_return(struct pt_regs *ctx) {
     if (call->fd >= 0)
         tls_plaintext(ctx, id >> 32, call->fd, call->buf, (u32)n, DIR_INGRESS);
     else
-        stat_add(3, 1);     /* plaintext whose socket was never seen */
+        stat_add(STAT_TLS_NO_SOCKET, 1);     /* plaintext whose socket was never seen */
 out:
     ssl_calls.delete(&id);
     return 0;
@@ -203,7 +203,7 @@ int go_tls_write(struct pt_regs *ctx) {
         return 0;
     s32 fd = go_conn_fd(ctx->ax);
     if (fd < 0) {
-        stat_add(3, 1);
+        stat_add(STAT_TLS_NO_SOCKET, 1);
         return 0;
     }
     tls_plaintext(ctx, id >> 32, fd, ctx->bx, (u32)len, DIR_EGRESS);

@@ -70,7 +70,14 @@ struct evt_data {
     u8 source;       /* SRC_* */
     u8 proto;
     u8 l7_role;
+    u32 lost_msgs;   /* responses of this direction that were not delivered although their
+                        request was (ring full): the kernel counted them in `kacct`; user
+                        space retires that many of its oldest unanswered requests */
+    u32 flags;       /* EVF_* */
 };
+
+#define EVF_CLEAN_GAP 1  /* the `lost` bytes before this record are whole messages the kernel
+                            counted itself (sampled out), and this record starts a message */
 
 struct evt_close {
     u32 type;
@@ -81,6 +88,8 @@ struct evt_close {
     u64 bytes_recv;
     u64 segs_sent;
     u64 segs_recv;
+    u32 acct;        /* 1: the connection has an entry in map `kacct` */
+    u32 pad;
 };
 
 /* Map `conns`: key (tgid, fd) -> per-connection state kept in the kernel. */
@@ -110,11 +119,60 @@ struct conn_val {
     u8 pad[4];
     u8 client_ip[16];
     u8 server_ip[16];
+    /* in-kernel pairing of HTTP/1.x messages (see http_bytes in bpf/probe.c): requests
+       awaiting their response, oldest at fifo_head (indexes mod FIFO_LEN) */
+    u64 fifo_ts[4];  /* the request's start, ns */
+    u8 fifo_dlv[4];  /* 1: the request was delivered to user space */
+    u8 fifo_head;
+    u8 fifo_tail;
+    u8 shed;         /* SHED_* bits: the current message of a direction is not delivered */
+    u8 hard_gap;     /* SHED_* bits: a direction lost bytes the kernel could not account */
+    u32 lost_msgs;   /* see evt_data.lost_msgs */
+    u32 pad2;
+};
+
+#define FIFO_LEN 4
+#define SHED_REQ  1
+#define SHED_RESP 2
+
+/* Map `kacct`: conn_id -> what the kernel counted itself of a connection's requests and
+ * responses: those of sampled-out transactions and of records the ring buffer could not take.
+ * Cumulative; user space reads the deltas every period.  Each request and response is
+ * counted exactly once: here when its first syscall was not delivered, else by the parsers.
+ * The latency of a pair is counted here when either side was not delivered. */
+struct conn_acct {
+    u32 req;
+    u32 resp;
+    u32 err_client;  /* 4xx */
+    u32 err_server;  /* 5xx */
+    u32 lat_n;
+    u32 sampled_out; /* requests not delivered by the sampler's choice (not for lack of room) */
+    u64 lat_sum;     /* ns */
+    u64 lat_max;
+    u32 bucket[8];   /* gala-gopher's 7 latency buckets (pipeline/aggregate.py BOUNDS), then
+                        latencies above the last bound */
+};
+
+/* Map `stats`: per-CPU counters user space reports, by index */
+#define STAT_RECORDS_DROPPED 0   /* records the ring buffer could not take */
+#define STAT_BYTES_DROPPED   1   /* their bytes */
+#define STAT_CONNS_DROPPED   2   /* connections not tracked: map `conns` full */
+#define STAT_TLS_NO_SOCKET   3   /* TLS calls on a socket not seen yet, not parsed */
+#define STAT_SAMPLED_OUT     4   /* HTTP transactions counted in the kernel by the sampler */
+#define NSTATS               5
+
+/* Map `sampler`, per CPU: the credit (ns) of the token bucket that decides which HTTP
+ * transactions are delivered when probe_config.sample_cost_ns is set */
+struct sampler_state {
+    u64 credit;
+    u64 last;
 };
 
 #define CONN_F_ADDR     1   /* addresses known */
 #define CONN_F_SEEDED   2   /* created by user space for a pre-existing connection */
 #define CONN_F_IGNORED  4   /* detection gave up, or protocol not enabled */
+#define CONN_F_ACCT     8   /* the connection has an entry in map `kacct` */
+#define CONN_F_UNANNOUNCED 16  /* protocol known, EVT_OPEN not delivered yet (ring full) */
 
 /* Map `config`, index 0. */
 struct probe_config {
@@ -124,6 +182,10 @@ struct probe_config {
     u32 cap_bytes;       /* bytes captured per syscall, <= CAP_MAX */
     u32 tls;             /* 1: TLS uprobes are attached */
     u32 watch_ppid;      /* != 0: report SIGINT/SIGTERM sent to this pid (our parent) */
+    u32 sample_cost_ns;  /* != 0: deliver an HTTP transaction for every this many ns of
+                            credit per CPU (1e9 * ncpus / rate); the rest are counted in the
+                            kernel (kacct) */
+    u32 sample_burst_ns; /* the most credit a CPU can save up */
 };
 
 #endif

@@ -120,7 +120,8 @@ class RpcStats:
 class Link:
     __slots__ = ("key", "tgid", "client_ip", "server_ip", "server_port", "l4_role", "l7_role",
                  "protocol", "ssl", "bytes_sent", "bytes_recv", "segs_sent", "segs_recv",
-                 "rpc", "apis", "last_active", "conns", "stream_stats")
+                 "rpc", "apis", "last_active", "conns", "kernel_only", "stream_stats",
+                 "refused")
 
     def __init__(self, key, now):
         (self.tgid, self.client_ip, self.server_ip, self.server_port, self.l4_role,
@@ -131,9 +132,13 @@ class Link:
         self.apis = {}
         self.last_active = now
         self.conns = 0            # open connections in this link
+        self.kernel_only = 0      # requests of the period counted by the kernel alone (not
+                                  # parsed: in rpc, not in apis nor in traces)
         # what its streams could not capture, parse or pair this period (l7_link
         # completeness fields); one StreamStats shared by the streams of its connections
         self.stream_stats = StreamStats()
+        self.refused = 0          # messages of the period the ring buffer refused (kernel
+                                  # counts: requests of whole transactions, lone responses)
 
     def add_record(self, rec):
         self.add_records((rec,))
@@ -157,6 +162,7 @@ class Link:
 
     def reset(self):
         self.bytes_sent = self.bytes_recv = self.segs_sent = self.segs_recv = 0
+        self.kernel_only = self.refused = 0
         self.rpc = RpcStats()
         for api in self.apis:
             self.apis[api] = RpcStats()

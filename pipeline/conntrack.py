@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 
+from bpf.layout import DEFINES, LAYOUTS
 from pipeline.aggregate import Links
 from pipeline.stream import DataStream, StreamStats
 from protocol import registry
@@ -20,6 +22,18 @@ L7_CLIENT = 1
 AF_INET = 2
 AF_INET6 = 10
 STITCH_BACKLOG = 1024     # frames queued on one stream that trigger pairing at once
+# reads of map kacct (one per period) that keep the counts of a connection not announced
+ACCT_UNKNOWN_READS = 3
+EVT_OPEN = DEFINES["EVT_OPEN"]
+EVT_DATA = DEFINES["EVT_DATA"]
+EVT_CLOSE = DEFINES["EVT_CLOSE"]
+EVF_CLEAN_GAP = DEFINES["EVF_CLEAN_GAP"]
+_DATA = LAYOUTS["evt_data"].struct
+_DATA_SIZE = _DATA.size
+_OPEN = LAYOUTS["evt_open"]
+_CLOSE = LAYOUTS["evt_close"]
+_TYPE = struct.Struct("<I")
+_ACCT_FIELDS = LAYOUTS["conn_acct"].fields
 
 
 def ip_text(family, raw):
@@ -36,7 +50,7 @@ def ip_text(family, raw):
 class Conn:
     __slots__ = ("conn_id", "tgid", "fd", "link", "proto", "state", "req_stream",
                  "resp_stream", "req_dir", "sent_base", "recv_base", "ssent_base",
-                 "srecv_base", "warned", "skip_said", "ssl")
+                 "srecv_base", "warned", "skip_said", "ssl", "retire")
 
     def __init__(self, conn_id, tgid, fd, link, proto, l7_role):
         self.conn_id = conn_id
@@ -54,16 +68,24 @@ class Conn:
         # its bytes come from the TLS uprobes; kept apart from link.ssl, which stays 0 when
         # the switch finds the link table full (see switch_to_tls)
         self.ssl = link.ssl
+        self.retire = 0                    # requests answered by responses the kernel counted
 
 
 class Tracker:
-    def __init__(self, links: Links, record_sink=None):
+    def __init__(self, links: Links, record_sink=None, control_sink=None):
         self.links = links
+        self.control_sink = control_sink   # callable(type, raw) for exec / signal records
         self.conns = {}
         self.dirty = set()
         self.record_sink = record_sink     # callable(link, record) for l7_trace
         self.unknown_data = 0
         self.now = 0.0                     # wall seconds, set by the main loop
+        self.acct_base = {}                # conn_id -> the kernel's counts last read (kacct)
+        self.acct_closed = {}              # conn_id -> link, closed with kernel counts
+        self.acct_unknown = {}             # conn_id -> reads of kacct that did not know it
+        self.unplaced = 0                  # requests of connections never announced (period)
+        self.kernel_only = 0               # requests counted by the kernel alone (period)
+        self.sampled_out = 0               # of them, by the sampler's choice
 
     # -- records from the kernel --------------------------------------------------------
     def on_open(self, ev):
@@ -86,37 +108,77 @@ class Tracker:
         self.conns[conn.conn_id] = conn
         return conn
 
-    def on_data(self, conn_id, direction, ts, data, true_len, lost):
-        conn = self.conns.get(conn_id)
-        if conn is None:
-            self.unknown_data += 1
-            return
-        proto = conn.proto
-        if proto is None:
-            return                          # byte-counted only (no parser yet)
-        if direction == conn.req_dir:
-            stream = conn.req_stream
-        else:
-            stream = conn.resp_stream
-        if stream is None:
-            self._make_streams(conn)
+    def feed(self, batch):
+        """The hot path: a batch of raw ring-buffer records, in order.  Data records go to
+        their connection's streams; open and close records are handled here; any other
+        record goes to ``control_sink(type, raw)``."""
+        unpack = _DATA.unpack_from
+        get_conn = self.conns.get
+        mark_dirty = self.dirty.add
+        h = _DATA_SIZE
+        for raw in batch:
+            # the type is a little-endian u32 and every EVT_* is below 256: its first byte
+            # tells data records apart; the unpacked type confirms it
+            if raw[0] != EVT_DATA:
+                self._control(raw)
+                continue
+            (t, _, conn_id, ts, true_len, cap_len, lost, direction, source, _, _, lost_msgs,
+             flags) = unpack(raw)
+            if t != EVT_DATA:
+                self._control(raw)
+                continue
+            conn = get_conn(conn_id)
+            if conn is None:
+                self.unknown_data += 1
+                continue
+            if source and not conn.ssl:
+                self.switch_to_tls(conn)     # TLS negotiated inside the protocol
+            if conn.proto is None:
+                continue                     # byte-counted only (no parser yet)
+            if lost_msgs:
+                self._retire(conn, lost_msgs)
             stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
-        if lost:
-            stream.gap(lost)
-        n = len(stream.frames)
-        if data:
-            stream.append(data, true_len, ts)
-        else:
-            stream.gap(true_len)
-        m = len(stream.frames)
-        if m != n:
-            self.dirty.add(conn)
-            if m >= STITCH_BACKLOG:
-                # A busy pipelined connection can queue thousands of frames within one
-                # ring-buffer batch; pair them now rather than let the stream's MAX_FRAMES
-                # bound drop the oldest.  Events arrive in order, so pairing at any point
-                # is as valid as pairing at the end of the batch.
-                self._stitch(conn, conn.proto.stitch)
+            if stream is None:
+                self._make_streams(conn)
+                stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
+            if flags & EVF_CLEAN_GAP:
+                stream.clean_gap(lost)
+                lost = 0
+            frames = stream.frames
+            n = len(frames)
+            if cap_len:
+                stream.append(raw[h:h + cap_len], true_len, ts, lost)
+            else:
+                stream.gap(lost + true_len)
+            m = len(frames)
+            if m != n:
+                mark_dirty(conn)
+                if m >= STITCH_BACKLOG:
+                    # A busy pipelined connection can queue thousands of frames within one
+                    # ring-buffer batch; pair them now rather than let the stream's
+                    # MAX_FRAMES bound drop the oldest.  Events arrive in order, so pairing
+                    # at any point is as valid as pairing at the end of the batch.
+                    self._stitch(conn, conn.proto.stitch)
+
+    def _control(self, raw):
+        t = _TYPE.unpack_from(raw)[0]
+        if t == EVT_OPEN:
+            self.on_open(_OPEN.unpack(raw))
+        elif t == EVT_CLOSE:
+            self.on_close(_CLOSE.unpack(raw))
+        elif self.control_sink is not None:
+            self.control_sink(t, raw)
+
+    def _retire(self, conn, n):
+        """The kernel counted ``n`` responses whose requests user space has (the ring
+        buffer refused the responses): their requests are answered, by messages this side
+        will never see.  Pair what is queued, then retire the ``n`` oldest requests as
+        requests without a response here (the kernel counted the response and the
+        latency); requests not parsed yet are retired when they are."""
+        conn.retire += n
+        conn.link.refused += n               # l7_link msgs_dropped
+        if conn.req_stream is not None:
+            self._stitch(conn, conn.proto.stitch)
 
     def switch_to_tls(self, conn):
         """The first plaintext from the TLS uprobes on a connection that began in the clear
@@ -152,6 +214,8 @@ class Tracker:
             return
         self.add_counters(conn, ev["bytes_sent"], ev["bytes_recv"], ev["segs_sent"],
                           ev["segs_recv"])
+        if ev["acct"]:
+            self.acct_closed[conn.conn_id] = conn.link   # its last kernel counts come later
         self._finish(conn)
 
     # -- stitching ----------------------------------------------------------------------
@@ -167,14 +231,13 @@ class Tracker:
         protocol (for the log; call before the report resets the links)."""
         out = {}
         for link in self.links.links.values():
-            st = link.stream_stats
-            if st.invalid or st.gaps or st.dropped_bytes or st.dropped_frames or \
-                    st.exceptions or st.resyncs:
-                total = out.get(link.protocol)
-                if total is None:
-                    total = out[link.protocol] = StreamStats()
-                st.add_into(total)
+            total = out.get(link.protocol)
+            if total is None:
+                total = out[link.protocol] = StreamStats()
+            link.stream_stats.add_into(total)
         return out
+
+    stream_stats = property(protocol_stats)
 
     def stitch_dirty(self):
         if not self.dirty:
@@ -185,6 +248,8 @@ class Tracker:
 
     def _stitch(self, conn, fn):
         rs, ps = conn.req_stream, conn.resp_stream
+        if conn.retire:
+            self._retire_now(conn)
         try:
             recs = fn(rs.frames, ps.frames, conn.state)
         except Exception as exc:   # a stitcher bug must not stop the probe
@@ -207,6 +272,87 @@ class Tracker:
             if sink is not None:
                 for rec in recs:
                     sink(link, rec)
+
+    def _retire_now(self, conn):
+        """Pair what can be paired, then take the oldest requests that the kernel's
+        responses answered (see _retire)."""
+        rs, ps = conn.req_stream, conn.resp_stream
+        proto = conn.proto
+        recs = []
+        try:
+            if ps.frames:
+                recs = proto.stitch(rs.frames, ps.frames, conn.state)
+            if rs.frames:
+                more, conn.retire = proto.retire(rs.frames, conn.state, conn.retire)
+                recs += more
+        except Exception as exc:     # a stitcher bug must not stop the probe
+            conn.retire = 0
+            st = conn.link.stream_stats
+            st.exceptions += 1
+            st.last_error = exc
+            return
+        if recs:
+            # counted, but not traced: half of these pairs is known only to the kernel
+            conn.link.add_records(recs)
+
+    # -- the kernel's own counts (map kacct) ----------------------------------------------
+    def add_kernel_counts(self, conn_id, vals):
+        """``vals``: the cumulative conn_acct of one connection, as a tuple in the header's
+        field order.  Adds what is new since the last read to the connection's link.
+        Returns True if the entry can be deleted from the map (its connection is gone)."""
+        conn = self.conns.get(conn_id)
+        if conn is not None:
+            link = conn.link
+            gone = False
+        else:
+            link = self.acct_closed.pop(conn_id, None)
+            gone = True
+            if link is None:
+                # Not announced yet (its open record may still be in the ring buffer): keep
+                # the counts for a few reads; then the connection closed unannounced.
+                n = self.acct_unknown.get(conn_id, 0) + 1
+                if n < ACCT_UNKNOWN_READS:
+                    self.acct_unknown[conn_id] = n
+                    return False
+                self.acct_unknown.pop(conn_id, None)
+                self.acct_base.pop(conn_id, None)
+                self.unplaced += vals[0]
+                return True
+        self.acct_unknown.pop(conn_id, None)
+        base = self.acct_base.get(conn_id)
+        if base is not None and all(v >= b for v, b in zip(vals, base)):
+            delta = [v - b for v, b in zip(vals, base)]
+        else:
+            delta = list(vals)           # first read, or the LRU map re-created the entry
+        if gone:
+            self.acct_base.pop(conn_id, None)
+        else:
+            self.acct_base[conn_id] = vals
+        (req, resp, err_c, err_s, lat_n, sampled, lat_sum, lat_max), buckets = \
+            delta[:8], delta[8:]
+        if not (req or resp or lat_n):
+            return gone
+        st = link.rpc
+        st.req += req
+        st.resp += resp
+        st.err += err_c + err_s
+        st.client_err += err_c
+        st.server_err += err_s
+        st.lat_sum += lat_sum
+        st.lat_n += lat_n
+        h = st.histo
+        for i in range(len(h.counts)):
+            h.counts[i] += buckets[i]
+        h.sum += lat_sum
+        # lat_max is the connection's maximum so far: a new one fell in this period
+        if lat_max and vals[7] > h.max:
+            h.max = vals[7]
+        link.last_active = self.now
+        link.kernel_only += req
+        link.refused += max(0, req - sampled)    # transactions the ring buffer refused
+        self.kernel_only += req
+        self.sampled_out += sampled
+        return gone
 
     def _finish(self, conn):
         conn.link.conns -= 1

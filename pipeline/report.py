@@ -199,7 +199,8 @@ def rpc_values(st, period):
         "latency_p50": min(int(round(p50)), st.lat_max),
         "latency_p90": min(int(round(p90)), st.lat_max),
         "latency_p99": min(int(round(p99)), st.lat_max),
-        "max_latency": st.lat_max,
+        # exact; also over the latencies the kernel counted alone (sampled out, refused)
+        "max_latency": max(st.lat_max, st.histo.max),
     }
 
 
@@ -207,7 +208,7 @@ def completeness(link):
     """l7_link's extension fields: what this period's numbers of the link miss."""
     st = link.stream_stats
     return {"bytes_lost": st.lost_bytes, "msgs_unparsed": st.invalid + st.exceptions,
-            "msgs_dropped": st.dropped_frames}
+            "msgs_dropped": st.dropped_frames + link.refused}
 
 
 def report_links(writer, links, tables, period):

@@ -141,6 +141,20 @@ class DataStream:
         if missing:
             self._gap(missing)
 
+    def clean_gap(self, nbytes: int) -> None:
+        """``nbytes`` crossed the socket before the next bytes as whole messages that the
+        kernel counted itself (sampled out), and the next bytes start a message: skip them
+        and go on at that boundary, without a resynchronisation or a loss to report."""
+        if self.skip >= nbytes:
+            self.skip -= nbytes
+            return
+        self.skip = 0
+        if self.buf:                 # an unfinished message (not expected): say so
+            self.stats.dropped_bytes += len(self.buf)
+            self.buf = b""
+        self.need = 0
+        self.resync = False
+
     def gap(self, nbytes: int) -> None:
         """Bytes that crossed the socket but were not captured at all (sendfile, drops)."""
         if nbytes <= 0:

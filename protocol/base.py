@@ -148,6 +148,17 @@ class Protocol:
             out.append(self.unmatched_response(f))
         return out
 
+    def retire(self, reqs, state, n):
+        """The kernel counted responses to the ``n`` oldest queued requests that this side
+        will never see (the ring buffer refused them).  Take those requests out as records
+        without a response, and forget what ``state`` expects of the lost responses.
+        Returns (records, how many of the n were not queued yet)."""
+        out = []
+        while n and reqs:
+            n -= 1
+            out.append(self.unmatched_request(reqs.popleft()))
+        return out, n
+
     def unmatched_request(self, frame):
         return Record(frame.ts, 0, None)
 

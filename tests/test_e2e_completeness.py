@@ -1,5 +1,5 @@
 """Completeness fields of l7_link end to end (BPF): after a forced ring-buffer overflow
-(L7PROBE_RING_PAGES=1: a 4 KiB ring, which no record of a large read fits) and after
+(L7PROBE_RINGBUF_PAGES=1: a 4 KiB ring, which no record of a large read fits) and after
 garbage on a watched connection, non-zero on exactly the affected links; zero on the
 others (a clean link in the same run)."""
 from __future__ import annotations
@@ -58,7 +58,7 @@ def run():
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 clients[kind] = c
                 assert c.stdout.readline().strip() == "ready"
-            env = dict(os.environ, L7PROBE_RING_PAGES="1")
+            env = dict(os.environ, L7PROBE_RINGBUF_PAGES="1")
             pids = ",".join(str(c.pid) for c in clients.values())
             probe = ProbeRun(["-p", pids, "--proto", "http", "-P", "300", "--format", "json"],
                              env=env)

@@ -55,6 +55,13 @@ class HttpProtocol(Protocol):
             append(Record(req.ts, resp.ts, api, method, target, text, err))
         return out
 
+    def retire(self, reqs, state, n):
+        out, left = Protocol.retire(self, reqs, state, n)
+        methods = state.methods
+        for _ in range(min(n - left, len(methods))):
+            methods.popleft()        # the response parser will not see their answers
+        return out, left
+
     def unmatched_request(self, frame):
         return Record(frame.ts, 0, api_name(frame.method, frame.target), frame.method,
                       frame.target)

@@ -30,11 +30,11 @@ def parse_line(line):
 
 
 class ProbeRun:
-    def __init__(self, args, env=None, ready_timeout=60):
+    def __init__(self, args, env=None, ready_timeout=60, probe=PROBE):
         self.args = list(args)
         self.lines = []
         self.err_lines = []
-        self.proc = subprocess.Popen([sys.executable, PROBE] + self.args,
+        self.proc = subprocess.Popen([sys.executable, probe] + self.args,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env, start_new_session=True)
         self._ready = threading.Event()

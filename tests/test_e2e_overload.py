@@ -1,0 +1,96 @@
+"""Exact counts when user space cannot or need not parse everything, for real: nginx on
+loopback at full speed (wrk, no delay), the probe attached with BPF.
+
+* ``--sample 100``: the kernel delivers at most ~100 HTTP transactions per second to user
+  space and counts the rest itself (map kacct);
+* a ring buffer of one page (``L7PROBE_RINGBUF_PAGES=1``) and ``--sample 0``: the ring
+  buffer refuses most records.
+
+Either way the server-side ``l7_rpc`` counts (requests, responses, errors by class) must
+equal nginx's own access log, each latency must be counted once, and what degraded (the
+per-API rows and traces) must be said in the log.
+"""
+import collections
+import os
+import subprocess
+import tempfile
+import textwrap
+
+import pytest
+
+from tests.support.probe import ProbeRun, total
+from tests.support.servers import nginx
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
+
+WRK_SECONDS = 3
+WRK_CONNS = 8
+PATHS = ["/", "/status/404", "/", "/status/500", "/status/201"]
+
+LUA = textwrap.dedent("""
+    local paths = {%s}
+    local i = 0
+    request = function()
+      i = i + 1
+      return wrk.format("GET", paths[(i %% #paths) + 1])
+    end
+""") % ", ".join('"%s"' % p for p in PATHS)
+
+
+def _run(args, env_extra):
+    with tempfile.TemporaryDirectory() as d:
+        log = os.path.join(d, "access.log")
+        os.chmod(d, 0o777)
+        script = os.path.join(d, "mix.lua")
+        with open(script, "w") as f:
+            f.write(LUA)
+        with nginx(extra_locations="        access_log %s;" % log) as ng:
+            env = dict(os.environ, **env_extra)
+            with ProbeRun(["--proto", "http", "-P", "1"] + args, env=env) as probe:
+                out = subprocess.run(
+                    ["wrk", "-t1", "-c%d" % WRK_CONNS, "-d%ds" % WRK_SECONDS, "-s", script,
+                     ng.url("/")], capture_output=True, text=True,
+                    timeout=WRK_SECONDS + 60).stdout
+                assert "requests in" in out, out
+                probe.stop()
+            with open(log) as f:
+                statuses = collections.Counter(line.split('"')[2].split()[0] for line in f)
+        recs = [r for r in probe.records("l7_rpc") if r["server_port"] == str(ng.http_port)]
+        apis = [r for r in probe.records("l7_rpc_api")
+                if r["server_port"] == str(ng.http_port)]
+        return statuses, recs, apis, probe
+
+
+def _check_server_side(statuses, recs, apis, probe):
+    served = sum(statuses.values())
+    assert served > 1000, statuses          # enough load to need the kernel's counts
+    srv = [r for r in recs if r["l4_role"] == "tcp_server"]
+    assert total(srv, "req_count") == served, (statuses, probe.err_lines[-10:])
+    assert total(srv, "resp_count") == served
+    assert total(srv, "err_count") == statuses["404"] + statuses["500"]
+    # every pair has one latency: the histogram's last cumulative count is the number of
+    # latencies counted this period (all are below 10 s here)
+    lat_n = sum(int(r["latency"].split()[-3]) for r in srv)
+    assert lat_n == served
+    # the per-API rows cover the parsed transactions only, and that is said
+    assert 0 < total([a for a in apis if a["l4_role"] == "tcp_server"], "req_count") < served
+    assert any("counted by the kernel alone" in line for line in probe.err_lines), \
+        probe.err_lines[-10:]
+    # the client side (wrk) is counted too: it may stop with requests in flight
+    cli = [r for r in recs if r["l4_role"] == "tcp_client"]
+    assert served <= total(cli, "req_count") <= served + WRK_CONNS
+    assert served - WRK_CONNS <= total(cli, "resp_count") <= served
+
+
+def test_sampled_out_transactions_are_counted_by_the_kernel():
+    statuses, recs, apis, probe = _run(["--sample", "100"], {})
+    _check_server_side(statuses, recs, apis, probe)
+    assert any("sampled out by --sample" in line and " 0 refused" in line
+               for line in probe.err_lines) or any(
+        "sampled out" in line for line in probe.err_lines)
+
+
+def test_counts_stay_exact_when_the_ring_buffer_overflows():
+    statuses, recs, apis, probe = _run(["--sample", "0"], {"L7PROBE_RINGBUF_PAGES": "1"})
+    _check_server_side(statuses, recs, apis, probe)
+    assert any("ring buffer full" in line for line in probe.err_lines), probe.err_lines[-10:]

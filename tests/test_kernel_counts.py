@@ -1,0 +1,119 @@
+"""User space's side of the counts the kernel keeps itself (map kacct, evt_data.lost_msgs,
+EVF_CLEAN_GAP), without BPF: records built with the header's layouts go through
+Tracker.feed, the probe's one hot path, and the kernel's counts through add_kernel_counts.
+Each request and response must be counted exactly once, and each latency once."""
+from bpf.layout import DEFINES, LAYOUTS
+from pipeline.aggregate import Links
+from pipeline.conntrack import ACCT_UNKNOWN_READS, Tracker
+
+DATA = LAYOUTS["evt_data"]
+OPEN = LAYOUTS["evt_open"]
+CLOSE = LAYOUTS["evt_close"]
+ACCT = LAYOUTS["conn_acct"]
+EGRESS, INGRESS = DEFINES["DIR_EGRESS"], DEFINES["DIR_INGRESS"]
+CID = 7
+
+
+def open_rec(cid=CID):
+    return OPEN.pack(type=DEFINES["EVT_OPEN"], tgid=10, conn_id=cid, ts=1, fd=3, family=2,
+                     server_port=80, client_port=5000, l4_role=DEFINES["L4_SERVER"],
+                     l7_role=DEFINES["L7_SERVER"], proto=1, ssl=0,
+                     client_ip=b"\x7f\0\0\1" + b"\0" * 12, server_ip=b"\x7f\0\0\1" + b"\0" * 12)
+
+
+def data(direction, ts, payload, lost=0, lost_msgs=0, flags=0, cid=CID):
+    return DATA.pack(type=DEFINES["EVT_DATA"], tgid=10, conn_id=cid, ts=ts,
+                     true_len=len(payload), cap_len=len(payload), lost=lost,
+                     direction=direction, source=0, proto=1, l7_role=2,
+                     lost_msgs=lost_msgs, flags=flags) + payload
+
+
+def req(path):
+    return b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def resp(code):
+    return b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\nok" % code
+
+
+def acct(**kw):
+    vals = dict.fromkeys(ACCT.fields, 0)
+    vals.update(kw)
+    return tuple(vals[f] for f in ACCT.fields)
+
+
+def tracker():
+    links = Links()
+    return links, Tracker(links)
+
+
+def the_link(links):
+    (link,) = links.links.values()
+    return link
+
+
+def test_a_response_the_ring_refused_retires_its_request():
+    links, tr = tracker()
+    # request /a delivered; its response refused by the ring buffer (the kernel counts it
+    # and its latency); the next delivered record carries lost_msgs=1
+    tr.feed([open_rec(), data(INGRESS, 100, req(b"/a"))])
+    tr.stitch_dirty()
+    tr.feed([data(INGRESS, 300, req(b"/b"), lost_msgs=1),
+             data(EGRESS, 400, resp(404), lost=len(resp(200)))])
+    tr.stitch_dirty()
+    tr.add_kernel_counts(CID, acct(resp=1, lat_n=1, lat_sum=100, lat_max=100, bucket_0=1))
+    st = the_link(links).rpc
+    assert (st.req, st.resp, st.lat_n, st.lat_sum) == (2, 2, 2, 100 + 100)
+    assert st.client_err == 1                          # /b's 404, not attributed to /a
+    apis = the_link(links).apis
+    assert apis["GET /a"].req == 1 and apis["GET /a"].resp == 0
+    assert apis["GET /b"].resp == 1 and apis["GET /b"].lat_sum == 100
+    assert the_link(links).kernel_only == 0            # no request was the kernel's alone
+
+
+def test_sampled_out_transactions_leave_a_clean_gap():
+    links, tr = tracker()
+    shed = len(req(b"/x")), len(resp(200))
+    tr.feed([open_rec(), data(INGRESS, 100, req(b"/a")), data(EGRESS, 150, resp(200)),
+             # /x and its answer were sampled out: the kernel counts them
+             data(INGRESS, 300, req(b"/b"), lost=shed[0], flags=DEFINES["EVF_CLEAN_GAP"]),
+             data(EGRESS, 350, resp(500), lost=shed[1], flags=DEFINES["EVF_CLEAN_GAP"])])
+    tr.stitch_dirty()
+    tr.add_kernel_counts(CID, acct(req=1, resp=1, lat_n=1, lat_sum=20, lat_max=20,
+                                   bucket_0=1, sampled_out=1))
+    link = the_link(links)
+    st = link.rpc
+    assert (st.req, st.resp, st.lat_n, st.lat_sum) == (3, 3, 3, 50 + 50 + 20)
+    assert st.server_err == 1 and st.histo.counts[0] == 3
+    assert link.kernel_only == 1 and tr.sampled_out == 1
+    stats = tr.stream_stats["http"]
+    assert (stats.gaps, stats.resyncs, stats.dropped_bytes, stats.invalid) == (0, 0, 0, 0)
+
+
+def test_kernel_counts_are_read_as_deltas_and_kept_past_close():
+    links, tr = tracker()
+    tr.feed([open_rec()])
+    assert not tr.add_kernel_counts(CID, acct(req=2, resp=2, lat_n=2, lat_sum=10))
+    assert not tr.add_kernel_counts(CID, acct(req=5, resp=4, lat_n=4, lat_sum=30,
+                                              err_server=1))
+    st = the_link(links).rpc
+    assert (st.req, st.resp, st.lat_n, st.lat_sum, st.server_err) == (5, 4, 4, 30, 1)
+    # closed with counts still to read: the next read places them, then the entry goes
+    tr.feed([CLOSE.pack(type=DEFINES["EVT_CLOSE"], tgid=10, conn_id=CID, ts=9, acct=1)])
+    assert tr.add_kernel_counts(CID, acct(req=6, resp=6, lat_n=6, lat_sum=40, err_server=1))
+    assert (st.req, st.resp, st.lat_n, st.lat_sum) == (6, 6, 6, 40)
+    assert CID not in tr.acct_base
+
+
+def test_counts_of_a_connection_not_announced_yet_wait_for_it():
+    links, tr = tracker()
+    for _ in range(ACCT_UNKNOWN_READS - 1):
+        assert not tr.add_kernel_counts(CID, acct(req=3, resp=3))
+    tr.feed([open_rec()])                # its open record arrives late
+    assert not tr.add_kernel_counts(CID, acct(req=3, resp=3))
+    assert the_link(links).rpc.req == 3
+    # a connection that never gets announced: its counts are said lost, then deleted
+    for i in range(ACCT_UNKNOWN_READS - 1):
+        assert not tr.add_kernel_counts(99, acct(req=4))
+    assert tr.add_kernel_counts(99, acct(req=4))
+    assert tr.unplaced == 4
