@@ -154,13 +154,27 @@ def test_percentile_fields_and_reset():
 
 # -- completeness, per link ---------------------------------------------------------------
 
+from bpf.layout import DEFINES, LAYOUTS  # noqa: E402
+
+DATA, OPEN = LAYOUTS["evt_data"], LAYOUTS["evt_open"]
+HTTP = registry.BY_NAME["http"].proto_id
+
+
 def _open(tracker, conn_id, client_port, server_port):
-    ev = {"type": 1, "tgid": 4242, "conn_id": conn_id, "ts": 0, "fd": conn_id,
-          "family": 2, "server_port": server_port, "client_port": client_port,
-          "l4_role": 2, "l7_role": 2, "proto": registry.BY_NAME["http"].proto_id, "ssl": 0,
-          "client_ip": bytes([127, 0, 0, client_port % 250 + 1]) + bytes(12),
-          "server_ip": bytes([127, 0, 0, 1]) + bytes(12)}
-    return tracker.on_open(ev)
+    tracker.feed([OPEN.pack(
+        type=DEFINES["EVT_OPEN"], tgid=4242, conn_id=conn_id, ts=0, fd=conn_id, family=2,
+        server_port=server_port, client_port=client_port, l4_role=DEFINES["L4_SERVER"],
+        l7_role=DEFINES["L7_SERVER"], proto=HTTP, ssl=0,
+        client_ip=bytes([127, 0, 0, client_port % 250 + 1]) + bytes(12),
+        server_ip=bytes([127, 0, 0, 1]) + bytes(12))])
+    return tracker.conns[conn_id]
+
+
+def _data(tracker, conn, direction, ts, payload, lost=0, lost_msgs=0):
+    tracker.feed([DATA.pack(type=DEFINES["EVT_DATA"], tgid=4242, conn_id=conn.conn_id, ts=ts,
+                            true_len=len(payload), cap_len=len(payload), lost=lost,
+                            direction=direction, source=0, proto=HTTP, l7_role=2,
+                            lost_msgs=lost_msgs, flags=0) + payload])
 
 
 def test_completeness_is_attributed_to_the_affected_link_only():
@@ -169,37 +183,46 @@ def test_completeness_is_attributed_to_the_affected_link_only():
     clean = _open(tr, 1, 1000, 80)
     garbage = _open(tr, 2, 1001, 80)
     lossy = _open(tr, 3, 1002, 80)
-    assert len({c.link.key for c in (clean, garbage, lossy)}) == 3
+    refused = _open(tr, 4, 1003, 80)
+    conns = (clean, garbage, lossy, refused)
+    assert len({c.link.key for c in conns}) == 4
     req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
     resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     ts = 10
-    for conn in (clean, garbage, lossy):
+    for conn in conns:
         for _ in range(3):
-            tr.on_data(conn.conn_id, 1, ts, req, len(req), 0)
-            tr.on_data(conn.conn_id, 0, ts + 5, resp, len(resp), 0)
+            _data(tr, conn, 1, ts, req)
+            _data(tr, conn, 0, ts + 5, resp)
             ts += 10
-    junk = b"\x16\x03\x01garbage\r\n\r\n"
-    tr.on_data(garbage.conn_id, 1, ts, junk, len(junk), 0)
-    tr.on_data(garbage.conn_id, 1, ts + 1, req, len(req), 0)
-    tr.on_data(garbage.conn_id, 0, ts + 2, resp, len(resp), 0)
-    # a response of the lossy link was never delivered (ring buffer full): the next record
-    # of that direction carries its length in `lost`
-    tr.on_data(lossy.conn_id, 1, ts, req, len(req), 0)
-    tr.on_data(lossy.conn_id, 1, ts + 1, req, len(req), 0)
-    tr.on_data(lossy.conn_id, 0, ts + 2, resp, len(resp), len(resp) + 1000)
+    _data(tr, garbage, 1, ts, b"\x16\x03\x01garbage\r\n\r\n")
+    _data(tr, garbage, 1, ts + 1, req)
+    _data(tr, garbage, 0, ts + 2, resp)
+    # a stretch inside a message was never delivered: the next record of that direction
+    # carries its length in `lost` (no clean gap)
+    _data(tr, lossy, 1, ts, req)
+    _data(tr, lossy, 0, ts + 1, resp[:20])
+    _data(tr, lossy, 0, ts + 2, resp, lost=1000)
+    # the ring buffer refused a response: the next record says so (lost_msgs), and the
+    # kernel counted a whole transaction it refused
+    _data(tr, refused, 1, ts, req)
+    _data(tr, refused, 1, ts + 1, req, lost_msgs=1)
+    tr.add_kernel_counts(refused.conn_id, tuple(
+        {"req": 1, "resp": 1}.get(f, 0) for f in LAYOUTS["conn_acct"].fields))
     tr.stitch_dirty()
-    assert completeness(clean.link) == {"bytes_lost": 0, "msgs_unparsed": 0, "msgs_dropped": 0}
+    zero = {"bytes_lost": 0, "msgs_unparsed": 0, "msgs_dropped": 0}
+    assert completeness(clean.link) == zero
     g = completeness(garbage.link)
-    assert g["msgs_unparsed"] >= 1 and g["bytes_lost"] == 0
+    assert g["msgs_unparsed"] >= 1 and g["bytes_lost"] == 0 and g["msgs_dropped"] == 0
     lo = completeness(lossy.link)
-    assert lo["bytes_lost"] == len(resp) + 1000 and lo["msgs_unparsed"] == 0
+    assert lo["bytes_lost"] == 1000 and lo["msgs_unparsed"] == 0
+    assert completeness(refused.link) == {"bytes_lost": 0, "msgs_unparsed": 0,
+                                          "msgs_dropped": 2}
     # the per-protocol log totals are the sum of the links'
     total = tr.protocol_stats()["http"]
-    assert total.lost_bytes == len(resp) + 1000 and total.invalid == g["msgs_unparsed"]
-    for conn in (clean, garbage, lossy):
+    assert total.lost_bytes == 1000 and total.invalid == g["msgs_unparsed"]
+    for conn in conns:
         conn.link.reset()
-        assert completeness(conn.link) == {"bytes_lost": 0, "msgs_unparsed": 0,
-                                           "msgs_dropped": 0}
+        assert completeness(conn.link) == zero
 
 
 def test_link_class_is_per_period():

@@ -64,7 +64,8 @@ def run():
         assert client.stdout.readline().strip() == "ready"
         args = ["-p", str(client.pid), "--proto", "http", "-P", "300",
                 "--trace-limit", "100000"]
-        probes = [ProbeRun(args), ProbeRun(args + ["--format", "json"])]
+        probes = [ProbeRun(args, ready_timeout=240),
+                  ProbeRun(args + ["--format", "json"], ready_timeout=240)]
         client.stdin.write("go\n")
         client.stdin.flush()
         assert client.stdout.readline().strip() == "done"
