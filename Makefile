@@ -37,7 +37,7 @@ bench: venv
 # Only what the probe imports at run time goes into its venv (versions pinned in
 # requirements.txt); tests/test_install.py checks that nothing it imports is missing.
 SRC_DIRS := bpf include ipc pipeline protocol
-RUNTIME_REQS := pyelftools psutil capstone
+RUNTIME_REQS := pyelftools psutil capstone hpack
 install: deps
 	install -d $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d $(DESTDIR)$(PREFIX)/meta
 	cp -r $(SRC_DIRS) $(DESTDIR)$(PREFIX)/extend_probes/l7probe.d/

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """l7probe: Layer-7 traffic probe (eBPF, BCC) for gala-gopher, or standalone.
 
-Watches the socket traffic of processes without touching them, parses HTTP/1.x, Redis,
-PostgreSQL, MySQL (and detects more), pairs requests with responses and prints, every
-period, gala-gopher records: l7_link (bytes), l7_rpc (per-connection RPC metrics),
-l7_rpc_api (per API) and l7_trace (per request).
+Watches the socket traffic of processes without touching them, parses HTTP/1.x, HTTP/2
+(gRPC), Redis, PostgreSQL, MySQL (and detects more), pairs requests with responses and
+prints, every period, gala-gopher records: l7_link (bytes), l7_rpc (per-connection RPC
+metrics), l7_rpc_api (per API) and l7_trace (per request).
 
 Data flow, file by file: bpf/probe.c (kernel: capture, counters, detection) ->
 bpf/loader.py (ring buffer) -> pipeline/conntrack.py (connections) -> pipeline/stream.py
@@ -28,6 +28,7 @@ if (os.path.exists(_VENV_PY) and os.path.realpath(sys.prefix) !=
     os.execv(_VENV_PY, [_VENV_PY] + sys.argv)
 
 import argparse  # noqa: E402
+import struct  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
@@ -77,11 +78,14 @@ def parse_args(argv):
     p.add_argument("--proto", help="comma list of http,http2,pgsql,mysql,redis,kafka,mongo,"
                    "rocketmq,dns or all (default all)")
     p.add_argument("--range", dest="range_", help="sub-probes: l7_bytes_metrics,"
-                   "l7_rpc_metrics,l7_rpc_trace (default all three)")
+                   "l7_rpc_metrics,l7_rpc_trace (default all three), l7_pod_metrics "
+                   "(the pod table)")
     p.add_argument("-p", "--pid", action="append", help="only these processes (repeatable "
                    "or comma list)")
     p.add_argument("--container", action="append", help="only processes of these "
                    "containers (full or short id)")
+    p.add_argument("--pod", action="append", help="only processes of these pods (name, "
+                   "namespace/name or uid; containers started later too)")
     p.add_argument("--no-ssl", action="store_true", help="do not attach TLS uprobes")
     p.add_argument("--duration", type=float, help="stop after SEC seconds")
     from pipeline.output import FORMAT_HELP, FORMATS
@@ -99,6 +103,10 @@ def parse_args(argv):
                    "l7_trace cover the parsed ones (0: parse all; default %d)" % DEFAULT_SAMPLE)
     p.add_argument("--trace-limit", type=int, default=1000,
                    help="at most this many l7_trace rows per period (default 1000)")
+    p.add_argument("--replay", metavar="FILE", help="replay a pcap/pcapng capture through "
+                   "the parsers (no BPF) and print one report")
+    p.add_argument("--replay-side", choices=("server", "client", "both"), default="server",
+                   help="with --replay: whose view to report (default server)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -125,6 +133,8 @@ class Probe:
         self.writer = Writer(out, args.format)
         self.traces = TraceWriter(self.writer, max(0, args.trace_limit), mono_to_wall_factory())
         self.tracker = Tracker(self.links, None, self.on_control)
+        if args.format == "json":       # who a process is, looked up while it lives
+            self.tracker.on_open = self._labelled(self.tracker.on_open)
         self.last_report = time.monotonic()
         self.dropped_reported = (0, 0, 0, 0, 0)
         self.hdr_layout = LAYOUTS["evt_hdr"]
@@ -134,6 +144,9 @@ class Probe:
         self.EVT_PARENT_SIGNAL = DEFINES["EVT_PARENT_SIGNAL"]
         self.watch_ppid = 0        # gopher mode: our parent, whose SIGINT/SIGTERM stops us
         self.stop_requested = False
+        # L7PROBE_DUMP=FILE: every ring-buffer record, as received, length-prefixed (u32)
+        dump = os.environ.get("L7PROBE_DUMP")
+        self.dump = open(dump, "ab") if dump else None
 
     # -- set-up -------------------------------------------------------------------------
     def start(self):
@@ -144,6 +157,9 @@ class Probe:
         n = seed(self.capture, self.settings.pids)
         log.info("tracking %d connection(s) that existed before start", n)
         self._tls_apply(None, self.settings)
+        if "pod" in self.settings.tables:          # the pods' counters at start
+            from pipeline.podtable import report_pods
+            report_pods(self.writer, emit=False)
         # Start-up objects (BCC, modules, the compiled program) live for good: collect once,
         # then keep them out of later collections (a full pass over them costs ~40 ms).
         # The hot path makes few cycles: young collections every 10000 net allocations
@@ -218,8 +234,11 @@ class Probe:
         """A record other than data, open and close (pipeline.conntrack.Tracker.feed
         handles those): a process's exec, a stop signal sent to our parent."""
         if t == self.EVT_EXEC:
+            tgid = self.hdr_layout.unpack(raw)["tgid"]
+            from pipeline.pods import resolver
+            resolver().forget(tgid)             # a new program: new comm (maybe cgroup)
             if self.tls is not None:
-                self.tls.on_exec(self.hdr_layout.unpack(raw)["tgid"])
+                self.tls.on_exec(tgid)
         elif t == self.EVT_PARENT_SIGNAL:
             if not self.stop_requested:
                 self.stop_requested = True
@@ -236,8 +255,14 @@ class Probe:
         self.tracker.now = time.time()
         batch = self.capture.poll(int(POLL_INTERVAL * 1000))
         if batch:
+            if self.dump is not None:
+                for raw in batch:
+                    self.dump.write(struct.pack("<I", len(raw)) + raw)
             self.tracker.feed(batch)
         self.tracker.stitch_dirty()
+        if self.tracker.new_apis:
+            self.capture.add_known_apis(self.tracker.new_apis)
+            del self.tracker.new_apis[:]
         self.traces.flush()
         if self.tls is not None and self.tls.pending:
             self.tls.tick(self.wanted)
@@ -254,6 +279,9 @@ class Probe:
         self._sweep()
         stream_stats = self.tracker.protocol_stats()     # before the links are reset
         report_links(self.writer, self.links, self.settings.tables, elapsed)
+        if "pod" in self.settings.tables:
+            from pipeline.podtable import report_pods
+            report_pods(self.writer, None if self.settings.pids is None else self.wanted)
         self.links.age(time.time())
         dropped_traces = self.traces.new_period()
         if dropped_traces:
@@ -274,19 +302,28 @@ class Probe:
         tr = self.tracker
         if tr.kernel_only:
             log.info("http: %d request(s) this period counted by the kernel alone (%d sampled "
-                     "out by --sample, %d refused by a full ring buffer): in l7_rpc, not in "
-                     "l7_rpc_api nor l7_trace", tr.kernel_only, tr.sampled_out,
-                     tr.kernel_only - tr.sampled_out)
+                     "out by --sample, %d refused by a full ring buffer or before their "
+                     "connection was announced): in l7_rpc and l7_rpc_api, not in l7_trace",
+                     tr.kernel_only, tr.sampled_out, tr.kernel_only - tr.sampled_out)
             tr.kernel_only = tr.sampled_out = 0
+        if tr.api_unnamed:
+            log.info("http: %d request(s) this period counted by the kernel for APIs whose "
+                     "name no parsed request showed yet: in l7_rpc, not in l7_rpc_api",
+                     tr.api_unnamed)
+            tr.api_unnamed = 0
         if tr.unplaced:
             log.warning("http: %d request(s) counted by the kernel on connections that closed "
                         "before the ring buffer could announce them: not reported", tr.unplaced)
             tr.unplaced = 0
 
     def _kernel_counts(self):
-        """What the kernel counted itself (map kacct) into the links of this period."""
-        add = self.tracker.add_kernel_counts
-        gone = [cid for cid, vals in self.capture.read_acct() if add(cid, vals)]
+        """What the kernel counted itself (maps kapi, then kacct) into this period's links."""
+        tr = self.tracker
+        gone = [key for key, vals in self.capture.read_api_acct()
+                if tr.add_kernel_api_counts(key[0], key[1], vals)]
+        if gone:
+            self.capture.delete_api_acct(gone)
+        gone = [cid for cid, vals in self.capture.read_acct() if tr.add_kernel_counts(cid, vals)]
         if gone:
             self.capture.delete_acct(gone)
         if log.isEnabledFor(logging.DEBUG):
@@ -323,6 +360,14 @@ class Probe:
             dead = set(dead)
             self.tracker.drop_where(lambda c: c.conn_id in dead)
 
+    def _labelled(self, on_open):
+        labels = self.writer.labels
+
+        def open_labelled(ev):
+            labels(ev["tgid"])
+            return on_open(ev)
+        return open_labelled
+
     def begin_stop(self):
         """Start detaching now: the kernel's grace periods overlap the last report (which
         then attaches nothing new)."""
@@ -343,7 +388,8 @@ def standalone_settings(args):
     try:
         return settings_from_options(period=args.period, proto=args.proto,
                                      range_=args.range_, pids=args.pid,
-                                     containers=args.container, no_ssl=args.no_ssl)
+                                     containers=args.container, no_ssl=args.no_ssl,
+                                     pods=args.pod)
     except ValueError as exc:
         raise ArgError(str(exc))
 
@@ -510,6 +556,25 @@ def _refresh_containers(probe):
         probe.apply(new)
 
 
+def run_replay(args):
+    """--replay FILE: the capture through the same pipeline (pipeline/replay.py)."""
+    from ipc.config import settings_from_options
+    from pipeline.replay import replay_file
+    from protocol import registry
+    try:
+        st = settings_from_options(proto=args.proto, range_=args.range_)
+        protos = registry.names_from_flags(st.proto_flags)
+        replay_file(args.replay, sys.stdout, protos, args.replay_side, st.tables,
+                    args.format, max(0, args.trace_limit))
+    except (ValueError, OSError) as exc:
+        print("l7probe: error: --replay %s: %s" % (args.replay, exc), file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     from bpf.loader import ProbeError
@@ -526,6 +591,8 @@ def main(argv=None):
         except OSError:
             gopher_mode = False
     setup_logging(gopher_mode, args.verbose)
+    if args.replay:
+        return run_replay(args)
     try:
         return run(args, gopher_mode, no_options=not argv)
     except (ProbeError, ArgError) as exc:

@@ -247,6 +247,9 @@ def bench_rss(n=10000):
 def main():
     from bench import parsers
     parsers.main()
+    from bench.bench_http2 import streams_per_second
+    print("HTTP/2 parser (fixtures, recorded events): %.0f streams/s per core"
+          % streams_per_second())
     if os.geteuid() != 0:
         print("== load benchmarks need root (BPF): skipped")
         return

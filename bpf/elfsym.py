@@ -182,6 +182,32 @@ class ElfImage:
     def read_vaddr(self, vaddr: int, size: int) -> bytes:
         return self.read_at(self.vaddr_to_offset(vaddr), size)
 
+    def in_plt(self, vaddr: int) -> bool:
+        """True when ``vaddr`` lies in a PLT section (.plt, .plt.sec, .plt.got)."""
+        if self.elf.num_sections() == 0:
+            return False
+        for sec in self.elf.iter_sections():
+            if sec.name.startswith(".plt") and \
+                    sec["sh_addr"] <= vaddr < sec["sh_addr"] + sec["sh_size"]:
+                return True
+        return False
+
+    def function_names_at(self, vaddrs: Iterable[int]) -> dict:
+        """{vaddr: name} of .symtab function symbols starting at the given addresses
+        (local ones included: a static build keeps ``ssl_read_internal``); {} without
+        .symtab.  Reads the raw table (a static binary has ~10^5 symbols)."""
+        want = set(vaddrs)
+        out: dict = {}
+        sec = self.section(".symtab")
+        if not want or not isinstance(sec, SymbolTableSection) or sec["sh_entsize"] != 24:
+            return out
+        strsec = self.elf.get_section(sec["sh_link"])
+        table = self.read_at(sec["sh_offset"], sec["sh_size"] - sec["sh_size"] % 24)
+        for st_name, st_info, _o, _ndx, value, _size in struct.iter_unpack("<IBBHQQ", table):
+            if value in want and value not in out and st_info & 0xF == 2:   # STT_FUNC
+                out[value] = strsec.get_string(st_name)
+        return out
+
     # -- symbols --------------------------------------------------------------
     def symbol_tables(self) -> list:
         """The symbol table sections present, ``.symtab`` first."""

@@ -29,6 +29,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from . import uprobe_sites
 from .elfsym import ElfError, ElfImage
 
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
@@ -43,6 +44,7 @@ PCLN_MAGICS = {
 
 WRITE_FUNC = "crypto/tls.(*Conn).Write"
 READ_FUNC = "crypto/tls.(*Conn).Read"
+MEMMOVE_FUNC = "runtime.memmove"      # copy(b, c.input...) inside Read: (to, from, n) in RAX, RBX, RCX
 
 # Go internal ABI on amd64 (ABIInternal, Go >= 1.17).
 GO_AMD64_ABI = {
@@ -377,6 +379,33 @@ def find_rets(code: bytes, vaddr: int) -> list:
     return out
 
 
+def find_calls_to(code: bytes, vaddr: int, target: int) -> list:
+    """Addresses of the direct calls (``call rel32``) to ``target`` in the function body."""
+    out = []
+    for addr, size, mnem, _ops in _disassembler().disasm_lite(code, vaddr):
+        if mnem == "call" and size == 5 and code[addr - vaddr] == 0xE8:
+            rel = struct.unpack_from("<i", code, addr - vaddr + 1)[0]
+            if addr + 5 + rel == target:
+                out.append(addr)
+    return out
+
+
+def find_stack_check_jump(code: bytes, vaddr: int) -> Optional[int]:
+    """Address of the prologue's ``jbe morestack`` (a conditional jump: emulated by the
+    kernel, unlike the ``cmp`` before it and, before Go 1.21, the ``sub $x,%rsp`` after it).
+    A uprobe there sees the entry registers and the flags of the ``cmp``: CF or ZF set means
+    the morestack path, which re-enters the function from the top."""
+    after = find_after_stack_check(code, vaddr)
+    if after is None:
+        return None
+    for addr, size, mnem, _ops in _disassembler().disasm_lite(code[:after - vaddr], vaddr):
+        if addr + size == after:
+            raw = code[addr - vaddr:after - vaddr]
+            if mnem == "jbe" and (raw[:1] == b"\x76" or raw[:2] == b"\x0f\x86"):
+                return addr
+    return None
+
+
 def find_after_stack_check(code: bytes, vaddr: int) -> Optional[int]:
     """Address just after the prologue's stack-growth check, or None.
 
@@ -465,6 +494,7 @@ class GoProbePoint:
 
     vaddr: int
     offset: int
+    kind: str = ""          # uprobe_sites.classify() of the instruction there
 
 
 @dataclass(frozen=True)
@@ -472,9 +502,11 @@ class GoFuncInfo:
     name: str
     entry: GoProbePoint
     size: int
-    after_stack_check: Optional[GoProbePoint]   # preferred uprobe spot (fires once per call)
+    after_stack_check: Optional[GoProbePoint]   # fires once per call (slow kind before 1.21)
     rets: tuple = ()                            # GoProbePoint per RET (Read only)
     source: str = ".symtab"
+    stack_check_jump: Optional[GoProbePoint] = None  # the jbe: emulated, flags tell morestack
+    copy_calls: tuple = ()                      # Read: its calls to runtime.memmove
 
 
 def analyse_go(img: ElfImage) -> dict:
@@ -495,19 +527,24 @@ def analyse_go(img: ElfImage) -> dict:
 
     funcs = {}
     stripped = img.section(".symtab") is None
+    wanted = [WRITE_FUNC, READ_FUNC, MEMMOVE_FUNC]
     if not stripped:
-        for name, sym in img.find_functions([WRITE_FUNC, READ_FUNC]).items():
+        for name, sym in img.find_functions(wanted).items():
             if sym.size:
                 funcs[name] = GoFunc(name, sym.vaddr, sym.size, ".symtab")
-    if len(funcs) < 2:
+    if len(funcs) < 3:
         try:
             tab = find_pclntab(img)
         except GoError as e:
             if stripped:
                 raise GoError("stripped Go binary (%s) and %s" % (version, e))
-            raise
-        for name, fn in tab.find([WRITE_FUNC, READ_FUNC]).items():
-            funcs.setdefault(name, fn)
+            if len(funcs) < 2:
+                raise
+            tab = None
+        if tab is not None:
+            for name, fn in tab.find(wanted).items():
+                funcs.setdefault(name, fn)
+    memmove = funcs.pop(MEMMOVE_FUNC, None)
     missing = [n for n in (WRITE_FUNC, READ_FUNC) if n not in funcs]
     if missing:
         raise GoError("Go binary (%s) does not contain %s (no crypto/tls use, or inlined)"
@@ -521,17 +558,22 @@ def analyse_go(img: ElfImage) -> dict:
         img.vaddr_to_offset(fn.vaddr + fn.size - 1, executable=True)
         code = img.read_at(off, fn.size)
 
-        def point(va, _fn=fn, _off=off):
-            return GoProbePoint(va, _off + (va - _fn.vaddr))
+        def point(va, _fn=fn, _off=off, _code=code):
+            return GoProbePoint(va, _off + (va - _fn.vaddr),
+                                uprobe_sites.classify(_code[va - _fn.vaddr:va - _fn.vaddr + 16]))
 
         asc = find_after_stack_check(code, fn.vaddr)
-        rets = ()
+        jbe = find_stack_check_jump(code, fn.vaddr)
+        rets = copies = ()
         if name == READ_FUNC:
             rets = tuple(point(a) for a in find_rets(code, fn.vaddr))
             if not rets:
                 raise GoError("no RET instruction found in %s" % name)
+            if memmove is not None:
+                copies = tuple(point(a) for a in find_calls_to(code, fn.vaddr, memmove.vaddr))
         infos[name] = GoFuncInfo(name, point(fn.vaddr), fn.size,
-                                 point(asc) if asc is not None else None, rets, fn.source)
+                                 point(asc) if asc is not None else None, rets, fn.source,
+                                 point(jbe) if jbe is not None else None, copies)
     try:
         fd_offsets = dwarf_fd_offsets(img)
     except Exception:          # DWARF is optional; a broken one must not lose the target

@@ -106,7 +106,7 @@ class Capture:
         with open(os.path.join(HERE, "tls.h")) as f:
             text = text.replace('#include "tls.h"', f.read())
         try:
-            self.bpf = BPF(text=text, cflags=cflags)
+            self.bpf = BPF(text=text, cflags=cflags, debug=int(os.environ.get('L7PROBE_BCC_DEBUG', '0')))
         except Exception as exc:  # BCC raises bare Exception on compile/load errors
             raise ProbeError("failed to load the BPF program: %s" % str(exc).splitlines()[0])
         how = ("sock:sock_send_length/sock_recv_length tracepoints" if have_sock_len else
@@ -116,11 +116,24 @@ class Capture:
         log.info("capture: %s; socket check: %s; output: %s",
                  "raw_syscalls tracepoints" if raw else "syscall tracepoints",
                  how, "ring buffer" if have_ringbuf else "perf buffer")
+        # the data path is a program of its own, tail-called (probe.c data_body): one copy
+        # per caller's program type, each in its own program array
+        for table, fn, kind in (("data_tail_sys", "l7_data_raw" if raw else "l7_data_tp",
+                                 BPF.RAW_TRACEPOINT if raw else BPF.TRACEPOINT),
+                                ("data_tail_up", "l7_data_kp", BPF.KPROBE)):
+            try:
+                self.bpf.get_table(table)[ctypes.c_int(0)] = ctypes.c_int(
+                    self.bpf.load_func(fn, kind).fd)
+            except Exception as exc:
+                raise ProbeError("failed to load the BPF program %s: %s"
+                                 % (fn, str(exc).splitlines()[0]))
         self.conns = self.bpf["conns"]
         self.config = self.bpf["config"]
         self.pids = self.bpf["pids"]
         self.stats = self.bpf["stats"]
         self.kacct = self.bpf["kacct"]
+        self.kapi = self.bpf["kapi"]
+        self.apis_known = self.bpf["apis_known"]
         self._events = self.bpf["events"]
         self._ringbuf = have_ringbuf
 
@@ -245,18 +258,11 @@ class Capture:
     def read_acct(self):
         """[(conn_id, counts)] of map kacct: what the kernel counted itself, cumulative per
         connection; counts in struct conn_acct's field order (include/l7_events.h)."""
-        out = []
-        names = [f[0] for f in self.kacct.Leaf._fields_]
-        for k, v in self.kacct.items():
-            vals = []
-            for n in names:
-                x = getattr(v, n)
-                if isinstance(x, int):
-                    vals.append(x)
-                else:
-                    vals.extend(x)
-            out.append((k.value, tuple(vals)))
-        return out
+        return [(k.value, _acct_tuple(v)) for k, v in self.kacct.items()]
+
+    def read_api_acct(self):
+        """[((conn_id, api hash), counts)] of map kapi, the same per API."""
+        return [((k.conn_id, k.api), _acct_tuple(v)) for k, v in self.kapi.items()]
 
     def delete_acct(self, conn_ids):
         for cid in conn_ids:
@@ -264,6 +270,19 @@ class Capture:
                 del self.kacct[ctypes.c_ulonglong(cid)]
             except KeyError:
                 pass
+
+    def delete_api_acct(self, keys):
+        for cid, api in keys:
+            try:
+                del self.kapi[self.kapi.Key(cid, api)]
+            except KeyError:
+                pass
+
+    def add_known_apis(self, hashes):
+        """Tell the kernel which API hashes user space has names for (map apis_known)."""
+        one = ctypes.c_ubyte(1)
+        for h in hashes:
+            self.apis_known[ctypes.c_ulonglong(h)] = one
 
     def drop_counts(self):
         """(records dropped, bytes dropped, connections not tracked, TLS calls whose socket
@@ -305,6 +324,18 @@ class Capture:
                 self.bpf.cleanup()
             finally:
                 self.bpf = None
+
+
+def _acct_tuple(v):
+    """A struct conn_acct as a tuple in bpf/layout.py's field order (arrays flattened)."""
+    vals = []
+    for name, _ in v._fields_:
+        x = getattr(v, name)
+        if isinstance(x, int):
+            vals.append(x)
+        else:
+            vals.extend(x)
+    return tuple(vals)
 
 
 def release_memory():

@@ -74,6 +74,30 @@ BPF_PERCPU_ARRAY(stats, u64, NSTATS);
    entries of connections user space never reads cannot fill it */
 BPF_TABLE("lru_hash", u64, struct conn_acct, kacct, 65536);
 BPF_PERCPU_ARRAY(sampler, struct sampler_state, 1);
+/* the same per (connection, API) for l7_rpc_api: the API is http_api_hash() of the request */
+BPF_TABLE("lru_hash", struct api_key, struct conn_acct, kapi, 65536);
+/* API hashes whose name user space knows (it writes them): a request of another API is
+   delivered whatever the sampler says, so that every API gets its name */
+BPF_TABLE("lru_hash", u64, u8, apis_known, 65536);
+/* one all-zero conn_acct, the initial value of new kacct/kapi entries (not on the stack:
+   the uprobe programs that reach here are near the 512-byte stack limit) */
+BPF_ARRAY(acct_zero, struct conn_acct, 1);
+BPF_PERCPU_ARRAY(open_buf, struct evt_open, 1);
+/* handle_bytes -> data_body (a tail call): what the data is, and the programs by type */
+struct pending_data {
+    struct conn_key k;
+    struct active_op op;
+    u32 len;
+    u8 dir;
+    u8 source;
+    u8 hidden;
+    u8 pad;
+};
+BPF_PERCPU_ARRAY(pending, struct pending_data, 1);
+/* one program array per caller type (the kernel wants one program type per array): the
+   syscall hooks' (tracepoint or raw tracepoint) and the TLS uprobes' */
+BPF_PROG_ARRAY(data_tail_sys, 1);
+BPF_PROG_ARRAY(data_tail_up, 1);
 
 #if RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -183,22 +207,25 @@ static __always_inline void conn_fill_addr(struct conn_val *c, u64 sk) {
  * space could not place them) and its HTTP messages are counted in the kernel; every later
  * syscall tries again.  Returns 1 once announced. */
 static __always_inline int announce(void *ctx, struct conn_val *c, struct conn_key *k) {
-    struct evt_open o = {};
-    o.type = EVT_OPEN;
-    o.tgid = k->tgid;
-    o.conn_id = c->conn_id;
-    o.ts = bpf_ktime_get_ns();
-    o.fd = k->fd;
-    o.family = c->family;
-    o.server_port = c->server_port;
-    o.client_port = c->client_port;
-    o.l4_role = c->l4_role;
-    o.l7_role = c->l7_role;
-    o.proto = c->proto;
-    o.ssl = c->ssl;
-    __builtin_memcpy(o.client_ip, c->client_ip, 16);
-    __builtin_memcpy(o.server_ip, c->server_ip, 16);
-    if (output(ctx, &o, sizeof(o), 0) != 0) {
+    int zero = 0;
+    struct evt_open *o = open_buf.lookup(&zero);    /* not on the stack: see acct_zero */
+    if (!o)
+        return 0;
+    o->type = EVT_OPEN;
+    o->tgid = k->tgid;
+    o->conn_id = c->conn_id;
+    o->ts = bpf_ktime_get_ns();
+    o->fd = k->fd;
+    o->family = c->family;
+    o->server_port = c->server_port;
+    o->client_port = c->client_port;
+    o->l4_role = c->l4_role;
+    o->l7_role = c->l7_role;
+    o->proto = c->proto;
+    o->ssl = c->ssl;
+    __builtin_memcpy(o->client_ip, c->client_ip, 16);
+    __builtin_memcpy(o->server_ip, c->server_ip, 16);
+    if (output(ctx, o, sizeof(*o), 0) != 0) {
         stat_add(STAT_RECORDS_DROPPED, 1);
         c->flags |= CONN_F_UNANNOUNCED;
         return 0;
@@ -429,6 +456,32 @@ static __always_inline u32 copy_data(struct data_evt_buf *ev, struct active_op *
     return off;
 }
 
+/* The first bytes of the syscall's data (at most HTTP_API_LEN + 1, from the first iovec
+ * only): few verifier paths, unlike copy_data's loop, so that what follows stays cheap to
+ * verify.  Returns bytes copied. */
+static __always_inline u32 copy_head(struct data_evt_buf *ev, struct active_op *op, u32 len) {
+    u64 src = op->buf;
+    if (src == 0)
+        return 0;
+    if (op->iovcnt) {
+        struct iovec iov = {};
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)src) != 0)
+            return 0;
+        src = (u64)iov.iov_base;
+        if (iov.iov_len < len)
+            len = iov.iov_len;
+    }
+    if (len > HTTP_API_LEN + 1)
+        len = HTTP_API_LEN + 1;
+    asm volatile("" : "+r"(len));
+    len &= 127;
+    if (len > HTTP_API_LEN + 1 || len == 0)
+        return 0;
+    if (bpf_probe_read_user(ev->data, len, (void *)src) != 0)
+        return 0;
+    return len;
+}
+
 /* First data of a connection: detect its protocol on buffer `op`.  Returns 1 if the
  * connection now has a protocol (announced or not, see announce()). */
 static __always_inline int detect_proto(void *ctx, struct conn_val *c, struct conn_key *k,
@@ -518,10 +571,9 @@ static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_
  *
  * Known limit: a syscall holding several pipelined requests counts as one here (user space
  * counts them all when it is delivered). */
-static __always_inline struct conn_acct *acct_of(struct conn_val *c) {
-    struct conn_acct zero = {};
+static __always_inline struct conn_acct *acct_of(struct conn_val *c, struct conn_acct *zero) {
     c->flags |= CONN_F_ACCT;
-    return kacct.lookup_or_try_init(&c->conn_id, &zero);
+    return kacct.lookup_or_try_init(&c->conn_id, zero);
 }
 
 static __always_inline void acct_response(struct conn_acct *a, u32 status, u64 lat, int has) {
@@ -544,6 +596,37 @@ static __always_inline void acct_response(struct conn_acct *a, u32 status, u64 l
         i = 7;                      /* not a bucket's (as Histogram.add): counted in the sum */
     if (i < 8)
         a->bucket[i & 7] += 1;
+}
+
+/* Count a request (is_resp 0) or a response in the kernel's counts of its connection and of
+ * its API (api 0: unknown). */
+static __always_inline void kcount(struct conn_val *c, u64 api, int is_resp, u32 status,
+                                   u64 lat, int has_lat, int sampled) {
+    int idx = 0;
+    struct conn_acct *zero = acct_zero.lookup(&idx);
+    if (!zero)
+        return;
+    struct conn_acct *a = acct_of(c, zero);
+    struct conn_acct *b = 0;
+    if (api) {
+        struct api_key key = {.conn_id = c->conn_id, .api = api};
+        b = kapi.lookup_or_try_init(&key, zero);
+    }
+    if (is_resp) {
+        if (a)
+            acct_response(a, status, lat, has_lat);
+        if (b)
+            acct_response(b, status, lat, has_lat);
+        return;
+    }
+    if (a) {
+        a->req += 1;
+        a->sampled_out += sampled;
+    }
+    if (b) {
+        b->req += 1;
+        b->sampled_out += sampled;
+    }
 }
 
 /* Not an interim (1xx) response, which precedes the answer; 101 Switching Protocols is one. */
@@ -578,34 +661,33 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
                                        int hidden) {
     int req_dir = (dir == DIR_EGRESS) == (c->l7_role == L7_CLIENT);
     u8 bit = req_dir ? SHED_REQ : SHED_RESP;
-    __builtin_memset(ev->data, 0, 16);
-    u32 n = copy_data(ev, op, 16);
+    __builtin_memset(ev->data, 0, HTTP_API_LEN + 1);
+    u32 n = copy_head(ev, op, len);
     u32 r = n >= 12 ? detect_http(ev->data, n) : 0;
     u32 kind = r >> 8 == PROTO_HTTP ? (r & 0xff) : MSG_UNKNOWN;
     u64 now = bpf_ktime_get_ns();
     int start = 0, deliver, has = 0, req_dlv = 1;
     u32 status = 0;
-    u64 req_ts = 0;
+    u64 req_ts = 0, api = 0;
     u8 slot = 0;
     if (req_dir && kind == MSG_REQUEST) {
         start = 1;
-        int sampled_out = !hidden && !sample_ok(cfg, now);
+        api = http_api_hash(ev->data, n);
+        int sampled_out = 0;
+        if (!hidden && apis_known.lookup(&api))
+            sampled_out = !sample_ok(cfg, now);
         deliver = !hidden && !sampled_out;
         slot = c->fifo_tail & (FIFO_LEN - 1);
         c->fifo_ts[slot] = now;
+        c->fifo_api[slot] = api;
         c->fifo_dlv[slot] = deliver;
         c->fifo_tail += 1;
         if ((u8)(c->fifo_tail - c->fifo_head) > FIFO_LEN)
             c->fifo_head += 1;      /* pipelined past FIFO_LEN: the oldest loses its latency */
         if (!deliver) {
-            struct conn_acct *a = acct_of(c);
-            if (a)
-                a->req += 1;
-            if (sampled_out) {
+            kcount(c, api, 0, 0, 0, 0, sampled_out);
+            if (sampled_out)
                 stat_add(STAT_SAMPLED_OUT, 1);
-                if (a)
-                    a->sampled_out += 1;
-            }
         }
     } else if (!req_dir && kind == MSG_RESPONSE) {
         start = 1;
@@ -618,16 +700,14 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
             if (http_final(status)) {
                 has = 1;
                 req_ts = c->fifo_ts[slot];
+                api = c->fifo_api[slot];
                 c->fifo_head += 1;
             }
         }
         /* a response follows its request: delivered if it was (the interim ones too) */
         deliver = req_dlv && !hidden;
-        if (!deliver && has) {
-            struct conn_acct *a = acct_of(c);
-            if (a)
-                acct_response(a, status, now - req_ts, 1);
-        }
+        if (!deliver && has)
+            kcount(c, api, 1, status, now - req_ts, 1, 0);
     } else {
         deliver = !(c->shed & bit) && !hidden;  /* the rest of the current message */
     }
@@ -655,25 +735,23 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
         c->hard_gap |= bit;         /* inside a message: user space resynchronises */
         return;
     }
-    struct conn_acct *a = acct_of(c);
+    c->shed |= bit;
     if (req_dir) {
         /* the transaction goes on uncounted by user space: count it here, whole */
         c->fifo_dlv[slot] = 0;
-        c->shed |= bit;
-        if (a)
-            a->req += 1;
+        kcount(c, api, 0, 0, 0, 0, 0);
         return;
     }
-    if (a && http_final(status))
-        acct_response(a, status, now - req_ts, has);
+    if (http_final(status))
+        kcount(c, api, 1, status, now - req_ts, has, 0);
     if (has)
         c->lost_msgs += 1;          /* its request was delivered: user space retires it */
-    c->shed |= bit;
 }
 
 /* Bytes of a tracked connection: detect, then send.  `op` says where they are. */
 static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct conn_key *k,
-                                         struct active_op *op, u32 len, u8 dir, u8 source) {
+                                         struct active_op *op, u32 len, u8 dir, u8 source,
+                                         int from_uprobe) {
     struct probe_config *cfg = get_config();
     if (!cfg)
         return;
@@ -699,19 +777,63 @@ static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct c
             c->lost_recv += len;
         return;
     }
-    if (c->proto == PROTO_HTTP) {
-        http_bytes(ctx, c, k, ev, op, len, dir, source, cfg, hidden);
+    /* The rest runs as a program of its own (a tail call): verified once, not once per
+     * path of every hook that gets here, which would exceed the verifier's budget. */
+    int zero = 0;
+    struct pending_data *p = pending.lookup(&zero);
+    if (!p)
         return;
+    p->k = *k;
+    p->op = *op;
+    p->len = len;
+    p->dir = dir;
+    p->source = source;
+    p->hidden = hidden;
+    /* `from_uprobe` (the caller's program type) is a constant at each inlined call site: a
+       program references only the array of its own type */
+    if (from_uprobe)
+        data_tail_up.call(ctx, 0);
+    else
+        data_tail_sys.call(ctx, 0);
+    stat_add(STAT_RECORDS_DROPPED, 1);      /* the tail call failed (not set up) */
+}
+
+/* The data path proper, after handle_bytes: deliver or count the bytes. */
+static __always_inline int data_body(void *ctx) {
+    int zero = 0;
+    struct pending_data *p = pending.lookup(&zero);
+    if (!p)
+        return 0;
+    struct conn_key k = p->k;
+    struct conn_val *c = conns.lookup(&k);
+    struct probe_config *cfg = get_config();
+    int cpu = bpf_get_smp_processor_id();
+    struct data_evt_buf *ev = scratch.lookup(&cpu);
+    if (!c || !cfg || !ev)
+        return 0;
+    u32 len = p->len;
+    u8 dir = p->dir;
+    if (c->proto == PROTO_HTTP) {
+        http_bytes(ctx, c, &k, ev, &p->op, len, dir, p->source, cfg, p->hidden);
+        return 0;
     }
-    if (hidden) {
+    if (p->hidden) {
         if (dir == DIR_EGRESS)
             c->lost_sent += len;
         else
             c->lost_recv += len;
-        return;
+        return 0;
     }
-    send_data(ctx, c, k, ev, op, len, dir, source, cfg, 0);
+    send_data(ctx, c, &k, ev, &p->op, len, dir, p->source, cfg, 0);
+    return 0;
 }
+
+/* One copy per program type that tail-calls it (bpf/loader.py fills data_tail_*). */
+int l7_data_tp(void *ctx) { return data_body(ctx); }
+int l7_data_kp(struct pt_regs *ctx) { return data_body(ctx); }
+#if RAW_SYSCALLS
+int l7_data_raw(struct bpf_raw_tracepoint_args *ctx) { return data_body(ctx); }
+#endif
 
 #if TLS
 #include "tls.h"        /* spliced in by bpf/loader.py (BCC rewrites map calls only here) */
@@ -741,23 +863,28 @@ static __always_inline struct conn_val *adopt_conn(struct conn_key *k, u64 sk) {
 
 static __always_inline int exit_data(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
-    struct active_op *op = active.lookup(&id);
-    if (!op)
+    struct active_op *p = active.lookup(&id);
+    if (!p)
         return 0;
+    /* A copy, and the entry goes now: handle_bytes ends in a tail call, which never
+       returns here (a stale entry would lend this syscall's fd to the next syscall). */
+    struct active_op o = *p;
+    struct active_op *op = &o;
+    active.delete(&id);
     if (ret <= 0)
-        goto out;
+        return 0;
 #if HAVE_SOCK_LEN_TP
     if (!op->sock_seen)
-        goto out;           /* not a socket (the fd was reused by a file, ...) */
+        return 0;           /* not a socket (the fd was reused by a file, ...) */
 #endif
     struct conn_key k = {.tgid = id >> 32, .fd = op->fd};
     struct conn_val *c = conns.lookup(&k);
     if (!c) {
 #if HAVE_SOCK_LEN_TP
         if (!op->adopt || !(c = adopt_conn(&k, op->sk)))
-            goto out;
+            return 0;
 #else
-        goto out;
+        return 0;
 #endif
     }
     u32 len = ret;
@@ -771,12 +898,12 @@ static __always_inline int exit_data(void *ctx, long ret) {
     }
     conn_fill_addr(c, op->sk);
 #if TLS
+    /* may end in a tail call (the plaintext of an SSL_write whose socket shows now):
+       the syscall's own bytes are ciphertext then, nothing more to do */
     tls_nested_syscall(ctx, id, c, &k, dir);
 #endif
     if (!c->ssl)            /* else ciphertext: the plaintext comes from the TLS uprobes */
-        handle_bytes(ctx, c, &k, op, len, dir, SRC_SYSCALL);
-out:
-    active.delete(&id);
+        handle_bytes(ctx, c, &k, op, len, dir, SRC_SYSCALL, 0);
     return 0;
 }
 

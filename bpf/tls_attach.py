@@ -12,24 +12,54 @@ import logging
 import os
 import time
 
-from bpf import tls_targets
+from bpf import tls_targets, uprobe_sites
 
 log = logging.getLogger("l7probe")
 
-# uprobe kind, BPF function for each OpenSSL function
-OPENSSL_PROBES = {
-    "SSL_write": (("uprobe", "ssl_write_entry"),),
-    "SSL_write_ex": (("uprobe", "ssl_write_ex_entry"),),
-    "SSL_read": (("uprobe", "ssl_read_entry"), ("uretprobe", "ssl_read_return")),
-    "SSL_read_ex": (("uprobe", "ssl_read_ex_entry"), ("uretprobe", "ssl_read_return")),
+# BPF function per probe role (bpf/tls_targets.OpenSSLTarget.probes).  At the internal
+# function (or at its call site) every member of a pair sees (SSL*, buf, size_t num,
+# size_t *out): the *_ex programs serve both.
+OPENSSL_PROGRAMS = {
+    "SSL_write:entry": "ssl_write_entry",
+    "SSL_write_ex:entry": "ssl_write_ex_entry",
+    "SSL_write:internal": "ssl_write_ex_entry",
+    "SSL_write_ex:internal": "ssl_write_ex_entry",
+    "SSL_read:entry": "ssl_read_entry",
+    "SSL_read_ex:entry": "ssl_read_ex_entry",
+    "SSL_read:internal": "ssl_read_ex_entry",
+    "SSL_read_ex:internal": "ssl_read_ex_entry",
+    "SSL_read:ret": "ssl_read_return",
+    "SSL_read_ex:ret": "ssl_read_return",
+    "SSL_read:internal-ret": "ssl_read_return",
+    "SSL_read_ex:internal-ret": "ssl_read_return",
     # once per connection: ties the SSL* to its socket before any data call (with TLS 1.3
     # the first request often arrives with the handshake and is read without a syscall)
-    "SSL_do_handshake": (("uprobe", "ssl_handshake_entry"),),
+    "SSL_do_handshake:entry": "ssl_handshake_entry",
 }
+OPENSSL_PROBES = ("SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_do_handshake")
 # the offsets compiled into bpf/tls.h (GO_*), checked against each binary's DWARF
 GO_FD_CHAIN = {"tls.Conn.conn": 0, "net.conn.fd": 0, "net.netFD.pfd": 0, "poll.FD.Sysfd": 16}
+GO_PROGRAMS = {
+    "go:Write:entry": "go_tls_write",
+    "go:Write:entry-jcc": "go_tls_write_jcc",
+    "go:Read:entry": "go_tls_read",
+    "go:Read:entry-jcc": "go_tls_read_jcc",
+    "go:Read:ret": "go_tls_read_ret",
+    "go:Read:copy": "go_tls_read_copy",
+}
+READ = tls_targets.READ_FUNC
 RESCAN_AFTER = (0.0, 0.3, 1.5, 5.0, 15.0)     # seconds after exec
+
+
+def cheap_sites():
+    """False with L7PROBE_TLS_SYMBOLS=1: every probe at its symbol, Go's reads on each RET
+    (the attach points before bpf/uprobe_sites.py; ~16 us a hit here instead of ~0.5)."""
+    return not os.environ.get("L7PROBE_TLS_SYMBOLS")
 MAX_PENDING = 4096
+
+
+def _kind_word(kind):
+    return "emulated" if uprobe_sites.is_emulated(kind) else "single-stepped"
 
 
 class TlsManager:
@@ -115,20 +145,40 @@ class TlsManager:
 
     def _attach_openssl(self, t):
         path = t.path.encode()
-        n = 0
+        done = {}               # (kind, vaddr) -> BPF function: a shared site is attached once
         names = []
-        for func, probes in OPENSSL_PROBES.items():
-            sym = t.symbols.get(func)
-            if sym is None:
+        cheap = cheap_sites()
+        for spec in t.probes(extras=False, cheap=cheap):
+            fn = OPENSSL_PROGRAMS.get(spec.role)
+            if fn is None:
                 continue
-            names.append(func)
-            for kind, fn in probes:
-                self._attach_one(kind, path, sym.vaddr, fn)
-                n += 1
+            if spec.func not in names:
+                names.append(spec.func)
+            key = (spec.kind, spec.vaddr)
+            if key in done:
+                if done[key] != fn:     # never: the table above gives one program per site
+                    log.warning("TLS: %s: %s at 0x%x wanted by two programs (%s, %s); kept %s",
+                                t.path, spec.kind, spec.vaddr, done[key], fn, done[key])
+                continue
+            self._attach_one(spec.kind, path, spec.vaddr, fn)
+            done[key] = fn
+            if spec.site is not None:
+                shared = [p.func for p in t.probes(extras=False, cheap=cheap)
+                          if (p.kind, p.vaddr) == key and p.func != spec.func]
+                site = spec.site
+                text = site.log_text(t.path, spec.kind)
+                if shared:
+                    text = text.replace(" %s -> " % site.func, " %s -> " % "/".join(
+                        [site.func] + shared), 1)
+                log.info("TLS: %s", text)
+        for site in (t.sites if cheap else t.symbol_sites).values():
+            if site.mode == "covered":
+                names.append(site.func)
+                log.info("TLS: %s", site.log_text(t.path))
         if not names:
             log.info("TLS: %s has none of %s", t.path, ",".join(OPENSSL_PROBES))
-        return n, "%s%s: %s" % (t.version or "OpenSSL", ", static" if t.static else "",
-                                ",".join(names))
+        return len(done), "%s%s: %s" % (t.version or "OpenSSL", ", static" if t.static else "",
+                                        ",".join(names))
 
     def _attach_go(self, t):
         if t.fd_offsets is not None and t.fd_offsets != GO_FD_CHAIN:
@@ -136,19 +186,30 @@ class TlsManager:
                         "%s; skipped", t.path, t.go_version, t.fd_offsets, GO_FD_CHAIN)
             return 0, ""
         path = t.path.encode()
-        specs = t.probes()
+        cheap = cheap_sites()
+        specs = t.probes(cheap=cheap)
         n = 0
         for spec in specs:
-            if spec.role == "go:Write:entry":
-                fn = "go_tls_write"
-            elif spec.role == "go:Read:entry":
-                fn = "go_tls_read"
-            else:
-                fn = "go_tls_read_ret"
+            fn = GO_PROGRAMS[spec.role]
             self._attach_one("uprobe", path, spec.vaddr, fn)
             n += 1
-        return n, "Go %s%s, crypto/tls Write/Read + %d return point(s)%s" % (
-            t.go_version, " stripped" if t.stripped else "", len(t.read.rets),
+        for tag, fi in (("Write", t.write), ("Read", t.read)):
+            p, role = t.entry_point(fi, cheap=cheap)
+            log.info("TLS: uprobe %s -> %s+%d (%s: %s%s) in %s", fi.name, fi.name,
+                     p.vaddr - fi.entry.vaddr, p.kind, _kind_word(p.kind),
+                     ", skips the morestack hit" if role == "entry-jcc" else "", t.path)
+        copy = t.read_copy if cheap else None
+        if copy is not None:
+            log.info("TLS: uprobe %s data -> %s+%d (call runtime.memmove: %s) in %s", READ,
+                     READ, copy.vaddr - t.read.entry.vaddr, _kind_word(copy.kind), t.path)
+        else:
+            log.info("TLS: uprobe %s data -> %d RET(s) (ret: single-stepped; %s) in %s", READ,
+                     len(t.read.rets), "L7PROBE_TLS_SYMBOLS set" if not cheap else
+                     "%d call(s) of runtime.memmove found, one needed" % len(t.read.copy_calls),
+                     t.path)
+        return n, "Go %s%s, crypto/tls Write/Read + %s%s" % (
+            t.go_version, " stripped" if t.stripped else "",
+            "the plaintext copy" if copy is not None else "%d return point(s)" % len(t.read.rets),
             "" if t.fd_offsets else "; fd chain offsets assumed (no DWARF)")
 
     def _attach_one(self, kind, path, addr, fn):

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from .elfsym import ElfError, ElfImage, ElfSymbol
-from . import gotls
+from . import gotls, uprobe_sites
 from .gotls import GO_AMD64_ABI, READ_FUNC, WRITE_FUNC, GoError
 
 __all__ = [
@@ -111,6 +111,7 @@ class ProbeSpec:
     vaddr: int
     offset: int
     role: str
+    site: Optional[uprobe_sites.Site] = None   # where/why, for the start-up log
 
 
 @dataclass(frozen=True)
@@ -133,15 +134,29 @@ class OpenSSLTarget:
     symbols: dict                 # {func name: ElfSymbol} for OPENSSL_FUNCS found
     static: bool = False          # True: linked into the main executable
     kind: str = "openssl"
+    sites: dict = field(default_factory=dict)   # {func: uprobe_sites.Site} (attach here)
+    symbol_sites: dict = field(default_factory=dict)   # the same at the symbols themselves
 
-    def probes(self, extras: bool = True) -> list:
-        """uprobe+uretprobe on each data function found; uprobe on SSL_set_*fd."""
+    def probes(self, extras: bool = True, cheap: bool = True) -> list:
+        """The probes the data path needs, at the chosen sites (see bpf/uprobe_sites.py):
+        a uprobe per data function (role "<func>:entry"; at an internal function the role
+        says so: "SSL_read:internal"), a uretprobe for the read functions, a uprobe on
+        SSL_do_handshake; with ``extras`` also SSL_set_*fd (unused by bpf/tls.h).
+        Functions sharing a site (SSL_read and SSL_read_ex at ssl_read_internal) each get
+        their spec; attach once per (kind, vaddr).  Without ``cheap``, every probe at its
+        symbol (the way it was before the sites were chosen)."""
         out = []
-        for fn in OPENSSL_DATA_FUNCS:
-            s = self.symbols.get(fn)
-            if s is not None:
-                out.append(ProbeSpec(fn, "uprobe", s.vaddr, s.offset, fn + ":entry"))
-                out.append(ProbeSpec(fn, "uretprobe", s.vaddr, s.offset, fn + ":ret"))
+        sites = self.sites if cheap else self.symbol_sites
+        for fn in OPENSSL_DATA_FUNCS + ("SSL_do_handshake",):
+            s = sites.get(fn)
+            if s is None or s.mode == "covered":
+                continue
+            tag = "internal" if s.mode == "internal" else "entry"
+            out.append(ProbeSpec(fn, "uprobe", s.vaddr, s.offset, "%s:%s" % (fn, tag), s))
+            if fn in ("SSL_read", "SSL_read_ex"):
+                out.append(ProbeSpec(fn, "uretprobe", s.vaddr, s.offset,
+                                     "%s:%s" % (fn, "internal-ret" if tag == "internal"
+                                                else "ret"), s))
         if extras:
             for fn in ("SSL_set_fd", "SSL_set_rfd", "SSL_set_wfd"):
                 s = self.symbols.get(fn)
@@ -174,19 +189,47 @@ class GoTarget:
     def read_ret_offsets(self) -> list:
         return [p.offset for p in self.read.rets]
 
-    def probes(self, after_stack_check: bool = True) -> list:
-        """uprobe on Write and Read entry, uprobe on every RET of Read.
+    def entry_point(self, fi, after_stack_check: bool = True, cheap: bool = True):
+        """(GoProbePoint, role suffix) of the entry probe of ``fi``.
 
-        With ``after_stack_check`` (default) the entry probes sit just after
-        the prologue's stack-growth check when it was recognised: same
-        registers, but no second hit when morestack re-enters the function.
+        After the stack-growth check when that instruction is emulated (``push %rbp``,
+        Go >= 1.21); else, with ``cheap``, on the check's ``jbe`` (emulated; the BPF program
+        skips the hit whose flags send the call to morestack, which re-enters the function);
+        else after the check (``sub $x,%rsp``: single-stepped), else at the entry."""
+        asc = fi.after_stack_check if after_stack_check else None
+        if asc is not None and uprobe_sites.is_emulated(asc.kind):
+            return asc, "entry"
+        if cheap and after_stack_check and fi.stack_check_jump is not None and \
+                uprobe_sites.is_emulated(fi.stack_check_jump.kind):
+            return fi.stack_check_jump, "entry-jcc"
+        return (asc or fi.entry), "entry"
+
+    @property
+    def read_copy(self):
+        """The one ``call runtime.memmove`` in Read (``copy(b, c.input...)``, inlined
+        bytes.Reader.Read), or None when there is not exactly one."""
+        return self.read.copy_calls[0] if len(self.read.copy_calls) == 1 else None
+
+    def probes(self, after_stack_check: bool = True, cheap: bool = True) -> list:
+        """uprobes on Write and Read entry, and for Read's data either the call that
+        copies the plaintext into the caller's buffer ("go:Read:copy": RAX = b's pointer,
+        RBX = source, RCX = n, before the copy runs) or, without ``cheap`` or when that call
+        is not found, every RET of Read ("go:Read:ret", RAX = n).
+
+        With ``after_stack_check`` (default) the entry probes sit at or after the
+        prologue's stack-growth check when it was recognised (see entry_point): same
+        registers, and one hit per call even when morestack re-enters the function.
         """
         out = []
         for tag, fi in (("Write", self.write), ("Read", self.read)):
-            p = fi.after_stack_check if (after_stack_check and fi.after_stack_check) else fi.entry
-            out.append(ProbeSpec(fi.name, "uprobe", p.vaddr, p.offset, "go:%s:entry" % tag))
-        for p in self.read.rets:
-            out.append(ProbeSpec(READ_FUNC, "uprobe", p.vaddr, p.offset, "go:Read:ret"))
+            p, role = self.entry_point(fi, after_stack_check, cheap)
+            out.append(ProbeSpec(fi.name, "uprobe", p.vaddr, p.offset, "go:%s:%s" % (tag, role)))
+        copy = self.read_copy if cheap else None
+        if copy is not None:
+            out.append(ProbeSpec(READ_FUNC, "uprobe", copy.vaddr, copy.offset, "go:Read:copy"))
+        else:
+            for p in self.read.rets:
+                out.append(ProbeSpec(READ_FUNC, "uprobe", p.vaddr, p.offset, "go:Read:ret"))
         return out
 
 
@@ -252,7 +295,13 @@ def _analyse_openssl(path: str, static: bool):
                 tables = [t.name for t in img.symbol_tables()] or ["no symbol tables"]
                 return ("skip", "no SSL_write/SSL_read (or SSL_write_ex/SSL_read_ex) "
                         "defined in %s (found: %s)" % ("/".join(tables), have))
-            return ("ok", syms, _openssl_version(img, path))
+            at_symbols = uprobe_sites.fallback_sites(img, syms, "L7PROBE_TLS_SYMBOLS=1")
+            try:
+                sites = uprobe_sites.choose_openssl_sites(img, syms)
+            except Exception as exc:      # odd code: the symbols themselves still work
+                sites = uprobe_sites.fallback_sites(img, syms, "disassembly failed (%s: %s)"
+                                                    % (type(exc).__name__, exc))
+            return ("ok", syms, _openssl_version(img, path), sites, at_symbols)
     except Exception as exc:          # corrupt input may raise anything from pyelftools
         return ("skip", _describe_error(exc, path))
 
@@ -312,7 +361,8 @@ def _openssl_result(path, ident, mtime, static, cache) -> Target:
                     lambda: _analyse_openssl(path, static))
     if res[0] != "ok":
         return Skip(path, res[1])
-    return OpenSSLTarget(path, ident, res[2], res[1], static)
+    return OpenSSLTarget(path, ident, res[2], res[1], static, sites=res[3],
+                         symbol_sites=res[4])
 
 
 def _go_result(path, ident, mtime, cache) -> Optional[Target]:

@@ -61,12 +61,80 @@ static __always_inline u32 detect_http(const u8 *b, u32 count) {
     return 0;
 }
 
+/* The API of an HTTP request (l7_rpc_api's key, protocol/http/stitch.py api_name()): the
+ * request line up to the end of the path (a '?', a blank or a line end after the method),
+ * at most HTTP_API_LEN bytes (include/l7_events.h).  Returned as its 64-bit FNV-1a hash (protocol/http/stitch.py
+ * api_hash() computes the same from the name; tests/test_kernel_counts.py holds them
+ * equal), 0 never.  b[0..HTTP_API_LEN] must be readable; n: the bytes there. */
+/* 1 if x == 0, else 0, for x < 2^63, without a branch */
+#define IS_ZERO(x) (((u64)(x) - 1) >> 63)
+
+static __always_inline u64 http_api_hash(const u8 *b, u32 n) {
+    /* a bounded loop (kernel >= 5.3), branch-free inside: the verifier follows one path */
+    u64 h = 14695981039346656037ULL;
+    u64 sp = 0, ended = 0;
+#pragma nounroll
+    for (int i = 0; i < HTTP_API_LEN; i++) {
+        u64 ch = b[i];
+        u64 blank = IS_ZERO(ch ^ ' ');
+        ended |= IS_ZERO(ch ^ '\r') | IS_ZERO(ch ^ '\n') |
+                 (sp & (blank | IS_ZERO(ch ^ '?'))) | (((u64)n - i - 1) >> 63);
+        u64 keep = ended - 1;               /* all ones while the API goes on */
+        h = (((h ^ ch) * 1099511628211ULL) & keep) | (h & ~keep);
+        sp |= blank;
+    }
+    return h ? h : 1;
+}
+
+/* HTTP/2 without the client preface (protocol/http2/README.md): the server's first
+ * SETTINGS (servers that write before reading, as Go's and gRPC's do), or a HEADERS frame
+ * on a client stream, whole in the syscall, optionally after a SETTINGS ack (a connection
+ * seen from its middle), whose first HPACK field is a static :method/:path/:scheme/
+ * :authority (request) or :status (response), indexed, as a literal's name, or a literal
+ * ":method" / ":status" name. */
+static __always_inline u32 h2_first_field(u8 c) {
+    u8 i = c & 0x80 ? c & 0x7f : c & 0x40 ? c & 0x3f : c & 0x0f;
+    if ((c & 0xc0) == 0 && (c & 0xe0) != 0 && (c & 0xf0) != 0x10)
+        return 0;                                   /* a table size update, or not HPACK */
+    if (i >= 1 && i <= 7) return MSG_REQUEST;
+    if (i >= 8 && i <= 14) return MSG_RESPONSE;
+    return 0;
+}
+
+static __always_inline u32 detect_http2_frames(const u8 *b, u32 count) {
+    if (count < 10 || b[0] != 0 || b[5] & 0x80)
+        return 0;
+    u32 len = ((u32)b[1] << 8) | b[2];
+    u32 o = 0;
+    if (b[3] == 4 && b[4] == 1 && len == 0 && !b[5] && !b[6] && !b[7] && !b[8]) {
+        o = 9;                                      /* a SETTINGS ack first */
+        if (count < 19 || b[9] != 0 || b[14] & 0x80)
+            return 0;
+        len = ((u32)b[10] << 8) | b[11];
+    }
+    if (b[o + 3] != 1 || (b[o + 4] & ~0x25) || !(b[o + 8] & 1) || len == 0 || len > 16384 ||
+        o + 9 + len > count)
+        return 0;
+    u32 p = o + (b[o + 4] & 0x20 ? 14 : 9);
+    u32 m = h2_first_field(b[p]);
+    if (m)
+        RET(PROTO_HTTP2, m);
+    /* a literal with a new name (no index): ":status" or ":method", not Huffman-coded */
+    if ((b[p] == 0x40 || b[p] == 0 || b[p] == 0x10) && b[p + 1] == 7 && b[p + 2] == ':') {
+        if (b[p + 3] == 's' && b[p + 4] == 't' && b[p + 8] == 's')
+            RET(PROTO_HTTP2, MSG_RESPONSE);
+        if (b[p + 3] == 'm' && b[p + 4] == 'e' && b[p + 8] == 'd')
+            RET(PROTO_HTTP2, MSG_REQUEST);
+    }
+    return 0;
+}
+
 static __always_inline u32 detect_http2(const u8 *b, u32 count) {
     /* client connection preface "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" */
     if (count >= 16 && b[0] == 'P' && b[1] == 'R' && b[2] == 'I' && b[3] == ' ' &&
-        b[4] == '*' && b[9] == '2' && b[10] == '.' && b[11] == '0')
+        b[4] == '*' && b[11] == '2' && b[12] == '.' && b[13] == '0')
         RET(PROTO_HTTP2, MSG_REQUEST);
-    return 0;
+    return detect_http2_frames(b, count);
 }
 
 static __always_inline u32 detect_redis(const u8 *b, u32 count) {

@@ -122,6 +122,7 @@ struct conn_val {
     /* in-kernel pairing of HTTP/1.x messages (see http_bytes in bpf/probe.c): requests
        awaiting their response, oldest at fifo_head (indexes mod FIFO_LEN) */
     u64 fifo_ts[4];  /* the request's start, ns */
+    u64 fifo_api[4]; /* its http_api_hash() (include/l7.h) */
     u8 fifo_dlv[4];  /* 1: the request was delivered to user space */
     u8 fifo_head;
     u8 fifo_tail;
@@ -151,6 +152,15 @@ struct conn_acct {
     u64 lat_max;
     u32 bucket[8];   /* gala-gopher's 7 latency buckets (pipeline/aggregate.py BOUNDS), then
                         latencies above the last bound */
+};
+
+/* An HTTP API name (l7_rpc_api key "METHOD path") is at most this long (upstream's rule) */
+#define HTTP_API_LEN 63
+
+/* Map `kapi`: (conn_id, API hash) -> conn_acct, the same counts per API for l7_rpc_api. */
+struct api_key {
+    u64 conn_id;
+    u64 api;
 };
 
 /* Map `stats`: per-CPU counters user space reports, by index */

@@ -26,6 +26,8 @@ TABLE_LINK = "l7_link"
 TABLE_RPC = "l7_rpc"
 TABLE_RPC_API = "l7_rpc_api"
 TABLE_TRACE = "l7_trace"
+TABLE_POD = "pod"                       # sub-probe l7_pod_metrics (pipeline/podtable.py)
+PROBE_RANGE_L7POD_METRICS = 0x8         # our extension: upstream has no such sub-probe
 ALL_TABLES = frozenset((TABLE_LINK, TABLE_RPC, TABLE_RPC_API, TABLE_TRACE))
 
 # gala-gopher sub-probe names (REST cmd.probe, --range) -> PROBE_RANGE_* bit
@@ -33,6 +35,7 @@ RANGE_BITS = {
     "l7_bytes_metrics": PROBE_RANGE_L7BYTES_METRICS,
     "l7_rpc_metrics": PROBE_RANGE_L7RPC_METRICS,
     "l7_rpc_trace": PROBE_RANGE_L7RPC_TRACE,
+    "l7_pod_metrics": PROBE_RANGE_L7POD_METRICS,     # not in "all" nor the default
 }
 ALL_RANGES = PROBE_RANGE_L7BYTES_METRICS | PROBE_RANGE_L7RPC_METRICS | PROBE_RANGE_L7RPC_TRACE
 
@@ -49,6 +52,7 @@ class ProbeSettings:
     proc_pids: Optional[FrozenSet[int]] = None   # explicit pids before container expansion
     exclude_pids: FrozenSet[int] = frozenset()   # IPC blacklist (snooper_state 1)
     cluster_ip_backend: int = 0
+    pods: Tuple[str, ...] = ()                   # --pod NAME|UID (pipeline/pods.py)
 
 
 def tables_from_range(range_flags: int) -> FrozenSet[str]:
@@ -59,6 +63,8 @@ def tables_from_range(range_flags: int) -> FrozenSet[str]:
         tables.update((TABLE_RPC, TABLE_RPC_API))
     if range_flags & PROBE_RANGE_L7RPC_TRACE:
         tables.add(TABLE_TRACE)
+    if range_flags & PROBE_RANGE_L7POD_METRICS:
+        tables.add(TABLE_POD)
     return frozenset(tables)
 
 
@@ -204,8 +210,12 @@ def pids_of_container(container_id: Optional[str], cpucg_inode: int = 0,
 # Settings
 
 def _expand(proc_pids: FrozenSet[int], containers: Tuple[Container, ...], proc_root: str,
-            cgroup_root: str) -> FrozenSet[int]:
+            cgroup_root: str, pods: Tuple[str, ...] = ()) -> FrozenSet[int]:
     pids = set(proc_pids)
+    pods = tuple(pods) + tuple(c.pod_id for c in containers if c.pod_id)
+    if pods:
+        from pipeline.pods import resolver
+        pids.update(resolver().pids_of_pods(pods))
     if containers:
         found = pids_of_containers([(c.container_id, c.cpucg_inode) for c in containers],
                                    proc_root, cgroup_root)
@@ -240,10 +250,10 @@ def settings_from_ipc(cfg: IpcConfig, proc_root: str = "/proc",
 def refresh_pids(settings: ProbeSettings, proc_root: str = "/proc",
                  cgroup_root: str = "/sys/fs/cgroup") -> ProbeSettings:
     """Re-expand the containers (new processes started in them); same object if no scope."""
-    if not settings.containers:
+    if not settings.containers and not settings.pods:
         return settings
     objs = _expand(settings.proc_pids or frozenset(), settings.containers, proc_root,
-                   cgroup_root)
+                   cgroup_root, settings.pods)
     if settings.pids is None and settings.exclude_pids:
         return replace(settings, exclude_pids=objs)
     if settings.pids is None:
@@ -330,26 +340,43 @@ def _parse_containers(containers) -> Tuple[Container, ...]:
     return tuple(out)
 
 
+_POD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}(?:/[A-Za-z0-9][A-Za-z0-9_.-]{0,252})?")
+
+
+def _parse_pods(pods) -> Tuple[str, ...]:
+    out = []
+    for item in _items(pods):
+        if not _POD_RE.fullmatch(item):
+            raise ValueError("invalid pod %r: expected a pod name, namespace/name, uid or "
+                             "id" % item)
+        out.append(item)
+    return tuple(out)
+
+
 def settings_from_options(period=None, proto=None, range_=None,
                           pids: Union[None, str, int, Iterable] = None,
                           containers: Union[None, str, Iterable[str]] = None,
                           no_ssl: bool = False, proc_root: str = "/proc",
-                          cgroup_root: str = "/sys/fs/cgroup") -> ProbeSettings:
+                          cgroup_root: str = "/sys/fs/cgroup",
+                          pods: Union[None, str, Iterable[str]] = None) -> ProbeSettings:
     """Settings for standalone mode.  Raises ValueError with a one-line message.
 
     ``proto``: ``"http,redis"``/``"all"``; ``range_``: ``l7_bytes_metrics,l7_rpc_metrics,
     l7_rpc_trace``/``"all"``; ``pids``/``containers``: values or lists of comma lists.
-    With pids and/or containers, only those processes are watched (union).
+    ``pods``: pod names (or ``namespace/name``, uid, Podman pod id): every process of
+    their containers, also those started later (:func:`refresh_pids`).
+    With pids, containers and/or pods, only those processes are watched (union).
     """
     period_v = _parse_period(period)
     proto_flags = _parse_proto(proto)
     tables = tables_from_range(_parse_range(range_))
     proc_pids = _parse_pids(pids)
     cons = _parse_containers(containers)
-    if proc_pids is None and not cons:
+    pod_names = _parse_pods(pods)
+    if proc_pids is None and not cons and not pod_names:
         pid_set = None
     else:
-        pid_set = _expand(proc_pids or frozenset(), cons, proc_root, cgroup_root)
+        pid_set = _expand(proc_pids or frozenset(), cons, proc_root, cgroup_root, pod_names)
     return ProbeSettings(
         period=period_v,
         proto_flags=proto_flags,
@@ -358,4 +385,5 @@ def settings_from_options(period=None, proto=None, range_=None,
         containers=cons,
         support_ssl=not no_ssl,
         proc_pids=proc_pids if pid_set is not None else None,
+        pods=pod_names,
     )

@@ -52,7 +52,7 @@ IPCT_POD_ID = 1004
 IPCT_POD_NAME = 1005
 IPCT_POD_IP = 1006
 IPCT_DEV = 1007
-_SKIPPED_SUBTYPES = frozenset((IPCT_CONTAINER_NAME, IPCT_LIBC_PATH, IPCT_POD_ID,
+_SKIPPED_SUBTYPES = frozenset((IPCT_CONTAINER_NAME, IPCT_LIBC_PATH,
                                IPCT_POD_NAME, IPCT_POD_IP, IPCT_DEV))
 
 PROBE_PARAMS_SIZE = 1184
@@ -79,6 +79,8 @@ class Container:
     cpucg_inode: int
     container_id: Optional[str] = None     # sub-TLV 1000, None if absent or empty
     libssl_path: Optional[str] = None      # sub-TLV 1003, None if absent or empty
+    pod_id: Optional[str] = None           # sub-TLV 1004 (stock gala-gopher sends none):
+                                           # the whole pod is watched (ipc/config.py)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def _decode_container(value: bytes, where: int) -> Container:
         raise IpcError("container object at offset %d: length %d < 4 (no cgroup inode)"
                        % (where, len(value)))
     inode = U32.unpack_from(value, 0)[0]
-    con_id = libssl = None
+    con_id = libssl = pod_id = None
     off, end = 4, len(value)
     while off < end:
         if end - off < TLV.size:
@@ -133,10 +135,12 @@ def _decode_container(value: bytes, where: int) -> Container:
             con_id = _cstring(sval, "container id (sub-TLV 1000)")
         elif stype == IPCT_LIBSSL_PATH:
             libssl = _cstring(sval, "libssl path (sub-TLV 1003)")
+        elif stype == IPCT_POD_ID:
+            pod_id = _cstring(sval, "pod id (sub-TLV 1004)")
         elif stype not in _SKIPPED_SUBTYPES:
             raise IpcError("container object at offset %d: unknown sub-TLV type %d"
                            % (where, stype))
-    return Container(inode, con_id, libssl)
+    return Container(inode, con_id, libssl, pod_id)
 
 
 def decode(body: bytes) -> IpcConfig:

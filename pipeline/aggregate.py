@@ -93,6 +93,27 @@ def add_to(stats, rec):
                 st.server_err += 1
 
 
+def add_kernel_acct(st, delta, vals):
+    """Add ``delta`` (new counts of a struct conn_acct, in its field order) to RpcStats
+    ``st``; ``vals``: the cumulative values (their lat_max is a maximum so far)."""
+    req, resp, err_c, err_s, lat_n, _, lat_sum, lat_max = delta[:8]
+    st.req += req
+    st.resp += resp
+    st.err += err_c + err_s
+    st.client_err += err_c
+    st.server_err += err_s
+    st.lat_sum += lat_sum
+    st.lat_n += lat_n
+    h = st.histo
+    counts = h.counts
+    for i in range(len(counts)):
+        counts[i] += delta[8 + i]
+    h.sum += lat_sum
+    # a new maximum of the connection fell in this period
+    if lat_max and vals[7] > h.max:
+        h.max = vals[7]
+
+
 class RpcStats:
     """Request/response counters of a link or an API for one period."""
 

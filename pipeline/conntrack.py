@@ -10,7 +10,7 @@ import socket
 import struct
 
 from bpf.layout import DEFINES, LAYOUTS
-from pipeline.aggregate import Links
+from pipeline.aggregate import Links, RpcStats, add_kernel_acct as _add_acct
 from pipeline.stream import DataStream, StreamStats
 from protocol import registry
 from protocol.base import MessageType
@@ -24,6 +24,7 @@ AF_INET6 = 10
 STITCH_BACKLOG = 1024     # frames queued on one stream that trigger pairing at once
 # reads of map kacct (one per period) that keep the counts of a connection not announced
 ACCT_UNKNOWN_READS = 3
+MAX_KNOWN_APIS = 65536    # the kernel's apis_known holds as many
 EVT_OPEN = DEFINES["EVT_OPEN"]
 EVT_DATA = DEFINES["EVT_DATA"]
 EVT_CLOSE = DEFINES["EVT_CLOSE"]
@@ -84,6 +85,10 @@ class Tracker:
         self.acct_closed = {}              # conn_id -> link, closed with kernel counts
         self.acct_unknown = {}             # conn_id -> reads of kacct that did not know it
         self.unplaced = 0                  # requests of connections never announced (period)
+        self.api_hashes = {}               # HTTP API name -> the kernel's hash of it
+        self.api_names = {}                # the reverse
+        self.new_apis = []                 # hashes to write into the kernel's apis_known
+        self.api_unnamed = 0               # kernel-counted requests of APIs never seen (period)
         self.kernel_only = 0               # requests counted by the kernel alone (period)
         self.sampled_out = 0               # of them, by the sampler's choice
 
@@ -204,6 +209,33 @@ class Tracker:
         log.debug("%s connection of pid %d fd %d continues in TLS",
                   conn.proto.name if conn.proto else "unknown", conn.tgid, conn.fd)
 
+    def _switch_protocol(self, conn):
+        """The protocol changed mid-connection (HTTP/1.1 101 to ``Upgrade: h2c``): the
+        new protocol's parsers take the bytes the old ones kept, on a link of its name."""
+        old = conn.state
+        info = registry.BY_NAME.get(old.switch_to)
+        old.switch_to = None
+        proto = registry.protocol_for_id(info.proto_id) if info is not None else None
+        if proto is None or not hasattr(proto, "state_after_upgrade"):
+            return
+        rest = [(s.buf, s.base_ts) for s in (conn.req_stream, conn.resp_stream)]
+        conn.proto = proto
+        self._make_streams(conn)
+        conn.state = proto.state_after_upgrade(old.upgrade_req)
+        conn.req_stream.parser.state = conn.resp_stream.parser.state = conn.state
+        key = conn.link.key[:6] + (proto.name,) + conn.link.key[7:]
+        link = self.links.get(key, self.now)
+        if link is not None:
+            conn.link.conns -= 1
+            link.conns += 1
+            link.last_active = self.now
+            conn.link = link
+        for stream, (buf, ts) in zip((conn.req_stream, conn.resp_stream), rest):
+            if buf:
+                stream.append(buf, len(buf), ts)
+        if conn.req_stream.frames or conn.resp_stream.frames:
+            self.dirty.add(conn)
+
     def stitch_now(self, conn):
         """Pair what a connection has queued now (a stream holds STITCH_BACKLOG frames)."""
         self._stitch(conn, conn.proto.stitch)
@@ -264,10 +296,15 @@ class Tracker:
             rs.frames.clear()
             ps.frames.clear()
             return
+        if getattr(conn.state, "switch_to", None):
+            self._switch_protocol(conn)
         if recs:
             link = conn.link
             link.last_active = self.now
             link.add_records(recs)
+            api_hash = conn.proto.api_hash
+            if api_hash is not None:
+                self.learn_apis(recs, api_hash)
             sink = self.record_sink
             if sink is not None:
                 for rec in recs:
@@ -295,11 +332,12 @@ class Tracker:
             # counted, but not traced: half of these pairs is known only to the kernel
             conn.link.add_records(recs)
 
-    # -- the kernel's own counts (map kacct) ----------------------------------------------
+    # -- the kernel's own counts (maps kacct and kapi) ------------------------------------
     def add_kernel_counts(self, conn_id, vals):
-        """``vals``: the cumulative conn_acct of one connection, as a tuple in the header's
-        field order.  Adds what is new since the last read to the connection's link.
-        Returns True if the entry can be deleted from the map (its connection is gone)."""
+        """``vals``: the cumulative conn_acct of one connection (map kacct), as a tuple in
+        the header's field order.  Adds what is new since the last read to the connection's
+        link (l7_rpc).  Returns True if the entry can be deleted from the map (its connection
+        is gone).  Read kapi first (add_kernel_api_counts): this forgets closed links."""
         conn = self.conns.get(conn_id)
         if conn is not None:
             link = conn.link
@@ -319,40 +357,71 @@ class Tracker:
                 self.unplaced += vals[0]
                 return True
         self.acct_unknown.pop(conn_id, None)
-        base = self.acct_base.get(conn_id)
+        delta = self._delta(conn_id, vals, gone)
+        if delta is None:
+            return gone
+        _add_acct(link.rpc, delta, vals)
+        link.last_active = self.now
+        link.kernel_only += delta[0]
+        link.refused += max(0, delta[0] - delta[5])   # transactions the ring buffer refused
+        self.kernel_only += delta[0]
+        self.sampled_out += delta[5]
+        return gone
+
+    def add_kernel_api_counts(self, conn_id, api, vals):
+        """The same per API (map kapi, key (conn_id, http_api_hash)) into l7_rpc_api: the
+        name comes from a request of that API the parsers saw (learn_apis).  Returns True if
+        the entry can be deleted."""
+        conn = self.conns.get(conn_id)
+        link = conn.link if conn is not None else self.acct_closed.get(conn_id)
+        if link is None:
+            # not announced yet (kept, see add_kernel_counts), or gone for good
+            return conn_id not in self.acct_unknown and conn_id not in self.acct_base
+        gone = conn is None
+        delta = self._delta((conn_id, api), vals, gone)
+        name = self.api_names.get(api)
+        if delta is None:
+            return gone
+        if name is None:
+            self.api_unnamed += delta[0]
+            return gone
+        st = link.apis.get(name)
+        if st is None:
+            if len(link.apis) >= Links.MAX_APIS_PER_LINK:
+                return gone
+            st = link.apis[name] = RpcStats()
+        _add_acct(st, delta, vals)
+        return gone
+
+    def _delta(self, key, vals, gone):
+        """What is new in the cumulative ``vals`` of ``key`` since the last read, or None if
+        nothing is."""
+        base = self.acct_base.get(key)
         if base is not None and all(v >= b for v, b in zip(vals, base)):
             delta = [v - b for v, b in zip(vals, base)]
         else:
             delta = list(vals)           # first read, or the LRU map re-created the entry
         if gone:
-            self.acct_base.pop(conn_id, None)
+            self.acct_base.pop(key, None)
         else:
-            self.acct_base[conn_id] = vals
-        (req, resp, err_c, err_s, lat_n, sampled, lat_sum, lat_max), buckets = \
-            delta[:8], delta[8:]
-        if not (req or resp or lat_n):
-            return gone
-        st = link.rpc
-        st.req += req
-        st.resp += resp
-        st.err += err_c + err_s
-        st.client_err += err_c
-        st.server_err += err_s
-        st.lat_sum += lat_sum
-        st.lat_n += lat_n
-        h = st.histo
-        for i in range(len(h.counts)):
-            h.counts[i] += buckets[i]
-        h.sum += lat_sum
-        # lat_max is the connection's maximum so far: a new one fell in this period
-        if lat_max and vals[7] > h.max:
-            h.max = vals[7]
-        link.last_active = self.now
-        link.kernel_only += req
-        link.refused += max(0, req - sampled)    # transactions the ring buffer refused
-        self.kernel_only += req
-        self.sampled_out += sampled
-        return gone
+            self.acct_base[key] = vals
+        if not (delta[0] or delta[1] or delta[4]):
+            return None
+        return delta
+
+    def learn_apis(self, recs, api_hash):
+        """The kernel knows an HTTP API by its hash: remember each new API name's, and queue
+        it for the kernel's map apis_known (until it is there, the kernel delivers every
+        request of that API, whatever the sampler says)."""
+        known = self.api_hashes
+        for rec in recs:
+            api = rec.api
+            if api is not None and api not in known:
+                if len(known) >= MAX_KNOWN_APIS:
+                    return
+                h = known[api] = api_hash(api)
+                self.api_names[h] = api
+                self.new_apis.append(h)
 
     def _finish(self, conn):
         conn.link.conns -= 1
@@ -372,6 +441,13 @@ class Tracker:
 
     @staticmethod
     def _say_skipped(conn):
+        st = conn.state
+        note = getattr(st, "note", None)
+        if note and not st.note_said:       # once per connection (HTTP/2's unknown HPACK)
+            st.note_said = True
+            ln = conn.link
+            log.info("%s: pid %d fd %d, %s -> %s:%d", note, conn.tgid, conn.fd, ln.client_ip,
+                     ln.server_ip, ln.server_port)
         reason = getattr(conn.state, "skip_reason", None)
         if reason:
             conn.skip_said = True

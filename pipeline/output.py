@@ -77,7 +77,8 @@ class GopherOutput(Output):
 
 
 class JsonOutput(Output):
-    """One JSON object a line: {"table": ..., <fields in meta order>, "comm", "container_id"}."""
+    """One JSON object a line: {"table": ..., <fields in meta order>, then the process's
+    labels: comm, container_id, container_name, pod, pod_id, pod_namespace}."""
     name = "json"
     help = "one JSON object per record, with comm and container_id"
 
@@ -85,7 +86,8 @@ class JsonOutput(Output):
         obj = {"table": table}
         for f in fields:
             obj[f] = vals[f]
-        obj.update(self.labels(vals["tgid"]))
+        if "tgid" in vals:                      # (not the pod table)
+            obj.update(self.labels(vals["tgid"]))
         self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
         if flush:
             self.out.flush()

@@ -158,7 +158,8 @@ class Writer:
         for f in fields:
             v = row[f]
             vals[f] = clean(v) if isinstance(v, str) or v is None else v
-        if fit_labels(vals, _LABEL_FIELDS[table], label_room(self.labels(row["tgid"]))):
+        labels = self.labels(row["tgid"]) if "tgid" in row else {}   # (not the pod table)
+        if fit_labels(vals, _LABEL_FIELDS[table], label_room(labels)):
             self.cut += 1
         self.output.emit(table, fields, vals, flush)
 
@@ -255,6 +256,9 @@ class TraceWriter:
         self.dropped = 0
         self.mono_to_wall = mono_to_wall
         self.unflushed = False
+        # Two rows of one link with the same method, path and status in the same ms would
+        # otherwise be the same Prometheus series (gala-gopher renders keys and labels only)
+        self.seq = 0
 
     def add(self, link, rec):
         if self.sent >= self.limit:
@@ -266,7 +270,8 @@ class TraceWriter:
         ts = rec.req_ts or rec.resp_ts
         row.update(req_method=rec.method or "unknown", req_path=rec.path or "-",
                    resp_code=rec.status or "none", latency=lat if lat is not None else 0,
-                   req_time=int(self.mono_to_wall(ts) / 1_000_000))
+                   req_time=int(self.mono_to_wall(ts) / 1_000_000), seq=self.seq)
+        self.seq += 1
         self.writer.emit("l7_trace", row, flush=False)
         self.unflushed = True
 

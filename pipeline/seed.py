@@ -1,7 +1,8 @@
 """Connections that existed before the probe started (or before a process was watched).
 
 The kernel side learns connections at connect()/accept(); older ones are found here with
-psutil (sockets per process, through /proc) and written into the BPF map with their
+psutil (sockets per process, through /proc; processes in other network namespaces through
+sock_diag inside each namespace, pipeline/netns.py) and written into the BPF map with their
 addresses and roles: a local port that some socket listens on makes the process the server.
 """
 from __future__ import annotations
@@ -57,7 +58,13 @@ def existing_connections(pids=None):
 
 def seed(capture, pids=None):
     n = 0
-    for conn in existing_connections(pids):
+    conns = existing_connections(pids)
+    try:
+        from pipeline.netns import other_netns_connections   # containers' own namespaces
+        conns += other_netns_connections(pids, L4_CLIENT, L4_SERVER)
+    except Exception as exc:  # never fatal: the host's connections are still seeded
+        log.warning("cannot list connections in other network namespaces: %s", exc)
+    for conn in conns:
         try:
             if capture.seed_connection(*conn):
                 n += 1

@@ -126,6 +126,9 @@ class Protocol:
 
     name = ""
     parser_class = Parser
+    # callable(api name) -> the kernel's 64-bit name of that API, for protocols the kernel
+    # counts per API itself (HTTP/1.x: include/l7.h http_api_hash); None for the others
+    api_hash = None
 
     def new_state(self):
         """Per-connection state shared by both directions and the stitcher."""

@@ -23,7 +23,7 @@ class ProtoInfo(NamedTuple):
 
 PROTOCOLS = (
     ProtoInfo("http", 1, 0x0001, "protocol.http"),
-    ProtoInfo("http2", 2, 0x0400, None),
+    ProtoInfo("http2", 2, 0x0400, "protocol.http2"),
     ProtoInfo("mysql", 3, 0x0008, "protocol.mysql"),
     ProtoInfo("pgsql", 4, 0x0010, "protocol.pgsql"),
     ProtoInfo("dns", 5, 0x0002, None),

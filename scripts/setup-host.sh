@@ -21,9 +21,20 @@ done
 if [ -n "$missing" ]; then
     echo "setup-host: installing$missing"
     export DEBIAN_FRONTEND=noninteractive
-    # Debian starts services on install; the tests run their own instances on other ports
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    # Debian starts services on install (prometheus would listen on every interface); the
+    # tests run their own instances on loopback: no service is started while installing
+    made_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    rc=0
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $missing \
+        >/dev/null || rc=$?
+    [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+    [ "$rc" = 0 ] || { echo "setup-host: apt-get install failed ($rc)" >&2; exit 1; }
 fi
 
 # --- kernel headers for BCC -----------------------------------------------------------------

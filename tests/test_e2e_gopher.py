@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from tests.support.gopher import FakeGopher, build_body, launch_probe, tlv
+from tests.support.gopher import FakeGopher, build_body, launch_probe, series_identity, tlv
 from tests.support.install import installed_or_fail
 from tests.support.probe import parse_line
 from tests.support.servers import nginx, redis_server
@@ -400,6 +400,10 @@ def test_sub_probe_flags_select_tables(env, range_flags, tables):
         tr = sorted((r["req_method"], r["req_path"], r["resp_code"])
                     for r in records(lines, "l7_trace"))
         assert tr == [("GET", "/", "200"), ("GET", "/", "200"), ("GET", "/status/404", "404")]
+        # every row its own series once gala-gopher renders it (the two GET / may share
+        # their millisecond)
+        ids = [series_identity("l7_trace", r) for r in records(lines, "l7_trace")]
+        assert len(set(ids)) == len(ids), ids
 
 
 def test_pid_whitelist_changed_at_run_time(env):

@@ -130,7 +130,7 @@ def test_containers_with_and_without_sub_tlvs():
         Container(11, None, None),
         Container(12, CID, None),
         Container(13, CID2, "/lib/libssl.so.1.1"),
-        Container(14, CID, "/ssl"),
+        Container(14, CID, "/ssl", "pod"),
         Container(15, None, None),
     )
     assert cfg.pids == ()
@@ -524,7 +524,7 @@ def _cfg(**kw):
 @pytest.mark.parametrize("range_flags, tables", [
     (0x1, {"l7_link"}), (0x2, {"l7_rpc", "l7_rpc_api"}), (0x4, {"l7_trace"}),
     (0x3, {"l7_link", "l7_rpc", "l7_rpc_api"}), (0x7, set(ALL_TABLES)), (0, set()),
-    (0xF8, set()),
+    (0xF8, {"pod"}), (0xF0, set()),
 ])
 def test_settings_tables(range_flags, tables):
     assert settings_from_ipc(_cfg(range_flags=range_flags)).tables == tables

@@ -117,3 +117,36 @@ def test_counts_of_a_connection_not_announced_yet_wait_for_it():
         assert not tr.add_kernel_counts(99, acct(req=4))
     assert tr.add_kernel_counts(99, acct(req=4))
     assert tr.unplaced == 4
+
+
+def _kernel_api_rule(line):
+    """include/l7.h http_api_hash's byte rule, transcribed: the request line's bytes up to a
+    CR or LF, or a blank or '?' after the method's blank, at most HTTP_API_LEN bytes."""
+    out = bytearray()
+    sp = False
+    for c in line[:DEFINES["HTTP_API_LEN"]]:
+        if c in b"\r\n" or (sp and c in b" ?"):
+            break
+        sp = sp or c == 0x20
+        out.append(c)
+    return bytes(out)
+
+
+def test_the_kernel_api_rule_names_the_apis_the_parser_names():
+    """The kernel counts per API by a hash of the name it cuts from the request line;
+    user space must compute the same hash from the parser's API name, for any target."""
+    import random
+    from protocol.http.stitch import api_hash, api_name
+    from protocol.http.types import HttpRequest  # noqa: F401  (the parser's frame)
+    rng = random.Random(3)
+    alphabet = b"abcz/._-~%09?=&#:@!$'()*+,;AZ" + bytes(range(0x80, 0x100, 17))
+    for _ in range(3000):
+        method = rng.choice([b"GET", b"POST", b"DELETE", b"OPTIONS", b"PROPFIND"])
+        target = b"/" + bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 90)))
+        line = method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        name = api_name(method.decode("latin-1"), target.decode("latin-1"))
+        assert _kernel_api_rule(line) == name.encode("latin-1"), line
+        h = 14695981039346656037
+        for c in _kernel_api_rule(line):
+            h = ((h ^ c) * 1099511628211) % 2**64
+        assert api_hash(name) == (h or 1)

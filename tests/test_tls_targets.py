@@ -221,9 +221,14 @@ def test_openssl_target_version_and_probes():
     assert t.key == (os.stat(path).st_dev, os.stat(path).st_ino)
     assert re.match(r"OpenSSL \d+\.\d+\.\d+", t.version) or "libssl" in t.version
     kinds = {(p.func, p.kind) for p in t.probes()}
-    for fn in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"):
-        assert (fn, "uprobe") in kinds and (fn, "uretprobe") in kinds
+    for fn in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex", "SSL_do_handshake"):
+        assert (fn, "uprobe") in kinds
+    for fn in ("SSL_read", "SSL_read_ex"):          # the length is known at return
+        assert (fn, "uretprobe") in kinds
+    for fn in ("SSL_write", "SSL_write_ex", "SSL_do_handshake"):   # entry only
+        assert (fn, "uretprobe") not in kinds
     assert ("SSL_set_fd", "uprobe") in kinds
+    assert ("SSL_set_fd", "uprobe") not in {(p.func, p.kind) for p in t.probes(extras=False)}
 
 
 def test_library_without_ssl_symbols_gives_reason():
@@ -277,6 +282,268 @@ def test_static_openssl_executable(static_ssl_exe, procs):
     assert t.static and t.path == str(static_ssl_exe)
     assert t.symbols["SSL_write"].offset == to_offset(segs, ref["SSL_write"])
     assert t.symbols["SSL_read_ex"].offset == to_offset(segs, ref["SSL_read_ex"])
+
+
+# ----------------------------------------------------------------------------------------
+# OpenSSL: attach sites on instructions the kernel emulates (bpf/uprobe_sites.py)
+# ----------------------------------------------------------------------------------------
+
+def objdump_insns(path, start, stop):
+    """[(vaddr, mnemonic, operands)] from binutils' objdump (independent of capstone)."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "--start-address=0x%x" % start,
+                          "--stop-address=0x%x" % stop, str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    insns = []
+    for m in re.finditer(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$", out, re.M):
+        insns.append((int(m.group(1), 16), m.group(2), m.group(3).strip()))
+    return insns
+
+
+def first_insn(path, vaddr):
+    return objdump_insns(path, vaddr, vaddr + 16)[0]
+
+
+def first_call_target(path, vaddr):
+    for _a, mnem, ops in objdump_insns(path, vaddr, vaddr + 96):
+        if mnem.startswith("call"):
+            return int(ops.split()[0], 16)
+        assert not mnem.startswith(("ret", "jmp")), (mnem, ops)
+    raise AssertionError("no call in the first 96 bytes at 0x%x" % vaddr)
+
+
+EMULATED_MNEMONICS = ("push", "call", "jmp", "nop", "xchg")
+
+
+def check_openssl_sites(t, internal_names=None):
+    """Every probe the attach code uses sits on an instruction the kernel emulates (objdump's
+    view), SSL_read/SSL_read_ex share the function both call first (ssl_read_internal),
+    SSL_write/SSL_write_ex likewise, and nothing is left on the slow symbol starts."""
+    path = t.path
+    for fn in ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"):
+        site = t.sites[fn]
+        callee = first_call_target(path, t.symbols[fn].vaddr)
+        assert site.mode == "internal" and site.vaddr in (callee, callee + 4), (fn, site)
+        assert site.emulated and site.kind == "push" and not site.why, site
+        if internal_names:
+            assert site.where.startswith(internal_names[fn] + "+"), site
+    assert t.sites["SSL_read"].vaddr == t.sites["SSL_read_ex"].vaddr
+    assert t.sites["SSL_write"].vaddr == t.sites["SSL_write_ex"].vaddr
+    assert t.sites["SSL_read"].vaddr != t.sites["SSL_write"].vaddr
+    specs = t.probes(extras=False)
+    assert {(p.kind, p.vaddr) for p in specs} == {
+        ("uprobe", t.sites["SSL_read"].vaddr), ("uretprobe", t.sites["SSL_read"].vaddr),
+        ("uprobe", t.sites["SSL_write"].vaddr), ("uprobe", t.sites["SSL_do_handshake"].vaddr)}
+    for p in specs:
+        _a, mnem, ops = first_insn(path, p.vaddr)
+        assert mnem.startswith(EMULATED_MNEMONICS), (p.role, mnem, ops)
+    data = Path(path).read_bytes()
+    for p in specs:
+        b0 = data[p.offset]
+        assert 0x50 <= b0 <= 0x57 or (b0 == 0x41 and 0x50 <= data[p.offset + 1] <= 0x57), p
+
+
+def test_system_libssl_sites_are_emulated_instructions():
+    """Debian 12's libssl.so.3: SSL_read/_ex -> ssl_read_internal (push %r13), SSL_write/_ex
+    -> ssl_write_internal (push %r14), both local and unnamed in the stripped library."""
+    t = openssl_target(system_libssl(), cache=TargetCache())
+    check_openssl_sites(t)
+    for fn in ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"):
+        _a, mnem, _o = first_insn(t.path, t.symbols[fn].vaddr)
+        assert mnem in ("sub", "endbr64", "push", "mov"), mnem    # what the symbol starts with
+        assert t.sites[fn].vaddr != t.symbols[fn].vaddr
+    hs = t.sites["SSL_do_handshake"]
+    assert hs.vaddr == t.symbols["SSL_do_handshake"].vaddr and hs.kind == "push"
+    assert "called by SSL_read+" in t.sites["SSL_read"].where
+
+
+def test_static_openssl_sites_named_by_symtab(static_ssl_exe):
+    t = openssl_target(str(static_ssl_exe), cache=TargetCache())
+    check_openssl_sites(t, {"SSL_read": "ssl_read_internal", "SSL_read_ex": "ssl_read_internal",
+                            "SSL_write": "ssl_write_internal",
+                            "SSL_write_ex": "ssl_write_internal"})
+    out = subprocess.run(["nm", str(static_ssl_exe)], capture_output=True, text=True,
+                         check=True).stdout
+    nm = {f[2]: int(f[0], 16) for f in (l.split() for l in out.splitlines()) if len(f) == 3}
+    assert t.sites["SSL_read"].vaddr == nm["ssl_read_internal"]
+    assert t.sites["SSL_write"].vaddr == nm["ssl_write_internal"]
+
+
+def libssl11():
+    """OpenSSL 1.1.1 as a user meets it in a wheel: psycopg2-binary bundles libssl.so.1.1."""
+    import importlib.util
+    spec = importlib.util.find_spec("psycopg2")
+    assert spec is not None, "psycopg2-binary (requirements.txt) is not installed"
+    libs = sorted(Path(spec.origin).parent.parent.glob("psycopg2_binary.libs/libssl-*.so.1.1"))
+    assert libs, "psycopg2-binary without a bundled libssl 1.1"
+    return str(libs[0])
+
+
+def test_openssl_111_sites():
+    t = openssl_target(libssl11(), cache=TargetCache())
+    assert isinstance(t, OpenSSLTarget) and t.version.startswith("OpenSSL 1.1.1"), t
+    check_openssl_sites(t)
+
+
+FAKE_SSL = r"""
+#include <stddef.h>
+extern void sink(const void *, size_t);
+#define H __attribute__((visibility("hidden"), noinline))
+H int write_int(void *s, const void *b, size_t n, size_t *w) { sink(s, n); sink(b, n); *w = n; return 1; }
+H int read_a(void *s, void *b, size_t n, size_t *r) { sink(s, n); sink(b, n); *r = n; return 1; }
+H int read_b(void *s, void *b, size_t n, size_t *r) { sink(b, n); sink(s, n); *r = n; return 1; }
+int SSL_write(void *s, const void *b, int n) { size_t w; int r; if (n < 0) return -1;
+    r = write_int(s, b, (size_t)n, &w); return r > 0 ? (int)w : r; }
+int SSL_write_ex(void *s, const void *b, size_t n, size_t *w) { int r = write_int(s, b, n, w);
+    return r < 0 ? 0 : r; }
+int SSL_read(void *s, void *b, int n) { size_t g; int r; if (n < 0) return -1;
+    r = read_a(s, b, (size_t)n, &g); return r > 0 ? (int)g : r; }
+int SSL_read_ex(void *s, void *b, size_t n, size_t *g) { int r = read_b(s, b, n, g);
+    return r < 0 ? 0 : r; }
+int SSL_do_handshake(void *s) { sink(s, 0); return 1; }
+"""
+
+
+FAKE_SSL_CALLSITE = r"""
+#include <stddef.h>
+extern void sink(const void *, size_t);
+#define H __attribute__((visibility("hidden"), noinline))
+H int write_a(void *s, const void *b, size_t n, size_t *w) { sink(s, n); sink(b, n); *w = n; return 1; }
+H int write_b(void *s, const void *b, size_t n, size_t *w) { sink(b, n); sink(s, n); *w = n; return 1; }
+int SSL_write(void *s, const void *b, int n) { size_t w; int r; if (n < 0) return -1;
+    r = write_a(s, b, (size_t)n, &w); return r > 0 ? (int)w : r; }
+int SSL_write_ex(void *s, const void *b, size_t n, size_t *w) { int r = write_b(s, b, n, w);
+    return r < 0 ? 0 : r; }
+H int SSL_read_ex(void *s, void *b, size_t n, size_t *g) { sink(b, n); *g = n; return 1; }
+int SSL_read(void *s, void *b, int n) { size_t g; int r; if (n < 0) return -1;
+    r = SSL_read_ex(s, b, (size_t)n, &g); return r > 0 ? (int)g : r; }
+"""
+
+
+def test_sites_at_the_call_instruction_of_a_write(work):
+    """The write pair calls two different functions: each write is probed at its own
+    `call` (an entry-only probe: the registers there are its arguments); a call of another
+    public function is never taken as such a site (the same call would be seen twice)."""
+    src = work / "fakessl2.c"
+    src.write_text(FAKE_SSL_CALLSITE)
+    lib = work / "fake2" / "libssl.so.3"
+    lib.parent.mkdir(exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True,
+                   capture_output=True)
+    t = openssl_target(str(lib), cache=TargetCache())
+    for fn in ("SSL_write", "SSL_write_ex"):
+        site = t.sites[fn]
+        assert site.mode == "callsite" and site.kind == "call", site
+        _a, mnem, _o = first_insn(lib, site.vaddr)
+        assert mnem.startswith("call") and site.vaddr > t.symbols[fn].vaddr
+        assert site.vaddr == [a for a, m, _ in objdump_insns(lib, t.symbols[fn].vaddr,
+                                                            site.vaddr + 5)
+                              if m.startswith("call")][0]
+    roles = {p.role for p in t.probes(extras=False)}
+    assert {"SSL_write:entry", "SSL_write_ex:entry"} <= roles   # their own programs
+    # SSL_read calls SSL_read_ex (hidden, so directly): SSL_read gets no probe of its own,
+    # SSL_read_ex's sees its calls (two probes would count each read twice)
+    assert first_call_target(lib, t.symbols["SSL_read"].vaddr) == t.symbols["SSL_read_ex"].vaddr
+    assert t.sites["SSL_read"].mode == "covered"
+    assert "no probe for SSL_read: it calls SSL_read_ex" in t.sites["SSL_read"].log_text("x")
+    assert t.sites["SSL_read_ex"].mode == "symbol"
+    assert {p.func for p in t.probes(extras=False)} == {"SSL_write", "SSL_write_ex",
+                                                         "SSL_read_ex"}
+
+
+@pytest.mark.parametrize("code,kind", [
+    (b"\x90", "nop"), (b"\x66\x90", "nop"), (b"\x0f\x1f\x44\x00\x00", "nop"),
+    (b"\x66\x0f\x1f\x44\x00\x00", "nop"), (b"\x55", "push"), (b"\x41\x55", "push"),
+    (b"\xe8\0\0\0\0", "call"), (b"\xe9\0\0\0\0", "jmp"), (b"\xeb\x00", "jmp"),
+    (b"\x0f\x86\0\0\0\0", "jcc"), (b"\x76\x10", "jcc"),
+    # single-stepped: sub, endbr64, mov, pop, ret, cmp, a 2-byte REX push
+    # other than 0x41, a nop the kernel's table does not hold (66 2e 0f 1f 84 ...)
+    (b"\x48\x83\xec\x18", "sub"), (b"\xf3\x0f\x1e\xfa", "endbr64"),
+    (b"\x48\x89\xf8", "mov"), (b"\x5d", "pop"), (b"\xc3", "ret"),
+    (b"\x49\x3b\x66\x10", "cmp"), (b"\x48\x55", "push"),
+    (b"\x66\x2e\x0f\x1f\x84\x00\x00\x00\x00\x00", "nop")])
+def test_classify_instruction_kinds(code, kind):
+    """The kernel's emulation rules (arch/x86/kernel/uprobes.c), as bench/uprobe_cost.py
+    measures them: only the first eleven are cheap."""
+    from bpf.uprobe_sites import classify, is_emulated
+    got = classify(code)
+    cheap = code in (b"\x90", b"\x66\x90", b"\x0f\x1f\x44\x00\x00",
+                     b"\x66\x0f\x1f\x44\x00\x00", b"\x55", b"\x41\x55",
+                     b"\xe8\0\0\0\0", b"\xe9\0\0\0\0", b"\xeb\x00",
+                     b"\x0f\x86\0\0\0\0", b"\x76\x10")
+    assert is_emulated(got) == cheap, (code, got)
+    if cheap:
+        assert got == kind
+
+
+class _FakeImage:
+    """Just enough of ElfImage for uprobe_sites.find_forward_call on hand-made code."""
+
+    def __init__(self, code, base=0x1000):
+        self.code, self.base = code + b"\xcc" * 64, base
+
+    def read_vaddr(self, va, n):
+        return self.code[va - self.base:va - self.base + n]
+
+    def vaddr_to_offset(self, va, executable=False):
+        if not self.base <= va < self.base + 0x10000:
+            raise ValueError("outside")
+        return va
+
+    def in_plt(self, va):
+        return False
+
+
+CALL = b"\xe8\xfb\x00\x00\x00"       # call base+0x100 when placed at base+0
+
+
+@pytest.mark.parametrize("code,int_num,ok", [
+    # SSL_read: test edx,edx; js err; mov rcx,rsp; movsxd rdx,edx; call
+    (b"\x85\xd2\x78\x10\x48\x89\xe1\x48\x63\xd2", True, None),
+    # SSL_read_ex: sub rsp,8; call
+    (b"\x48\x83\xec\x08", False, None),
+    # a branch other than the num < 0 check may skip the call
+    (b"\x85\xf6\x74\x10", True, "may bypass the call"),
+    (b"\x85\xd2\x78\x10", False, "may bypass the call"),
+    # the SSL* or the buffer changed, or the _ex out-parameter
+    (b"\x48\x89\xc7", True, "rdi changed"),
+    (b"\x48\x89\xc6", False, "rsi changed"),
+    (b"\x31\xc9", False, "rcx changed"),
+    (b"\x48\x63\xd2", False, "rdx changed"),      # movsxd only allowed for int num
+    (b"\xc3", False, "no call before the first ret")])
+def test_forward_call_rules(code, int_num, ok):
+    from bpf.uprobe_sites import find_forward_call
+    base = 0x1000
+    call = CALL[:1] + ((0x100 - len(code) - 5) & 0xFFFFFFFF).to_bytes(4, "little")
+    img = _FakeImage(code + call, base)
+    tgt, info = find_forward_call(img, base, 0, int_num)
+    if ok is None:
+        assert (tgt, info) == (base + 0x100, base + len(code)), info
+    else:
+        assert tgt is None and ok in info, info
+
+
+def test_sites_of_a_library_that_does_not_forward(work):
+    """A gcc-built stand-in (-fcf-protection: endbr64 everywhere): the write pair shares
+    its callee, whose push follows an endbr64 (probe at +4); the read pair calls two
+    different functions, so its members stay at their symbols, with the reason."""
+    src = work / "fakessl.c"
+    src.write_text(FAKE_SSL)
+    lib = work / "libssl.so.3"
+    subprocess.run(["gcc", "-O2", "-fcf-protection=full", "-shared", "-fPIC", "-o", str(lib),
+                    str(src)], check=True, capture_output=True)
+    t = openssl_target(str(lib), cache=TargetCache())
+    assert isinstance(t, OpenSSLTarget), t
+    w, wx = t.sites["SSL_write"], t.sites["SSL_write_ex"]
+    callee = first_call_target(lib, t.symbols["SSL_write"].vaddr)
+    _a, mnem, _o = first_insn(lib, callee)
+    assert mnem == "endbr64"
+    assert w.vaddr == wx.vaddr == callee + 4 and w.kind == "push" and w.mode == "internal"
+    for fn in ("SSL_read", "SSL_read_ex"):
+        s = t.sites[fn]
+        assert s.mode == "symbol" and s.vaddr in (t.symbols[fn].vaddr, t.symbols[fn].vaddr + 4)
+        if not s.emulated:
+            assert "call different functions" in s.why, s
+        assert "SSL_read" in s.log_text(str(lib))
 
 
 # ----------------------------------------------------------------------------------------
@@ -429,10 +696,27 @@ def _check_go_target(t, path):
     for fi in (t.write, t.read):
         # Go amd64 prologue at the file offset: cmp rsp,[r14+0x10] or lea r12,[rsp-N]
         assert data[fi.entry.offset:fi.entry.offset + 4] in (b"\x49\x3b\x66\x10", b"\x4c\x8d\x64\x24")
-    kinds = [(p.role, p.kind) for p in t.probes()]
+    kinds = [(p.role, p.kind) for p in t.probes(cheap=False)]
     assert ("go:Write:entry", "uprobe") in kinds and ("go:Read:entry", "uprobe") in kinds
     assert kinds.count(("go:Read:ret", "uprobe")) == len(t.read_ret_offsets)
     assert not any(k == "uretprobe" for _r, k in kinds)
+    # the probes attached: every one on an instruction the kernel emulates (raw bytes here,
+    # independent of the classifier): the stack check's jbe (0x76 / 0x0f 0x86) or a push
+    # %rbp (0x55) at the entries, a call rel32 (0xe8) to runtime.memmove for Read's data
+    cheap = {p.role: p for p in t.probes()}
+    assert set(cheap) <= {"go:Write:entry", "go:Write:entry-jcc", "go:Read:entry",
+                          "go:Read:entry-jcc", "go:Read:copy"}, cheap
+    assert "go:Read:copy" in cheap and len(cheap) == 3
+    for p in cheap.values():
+        op = data[p.offset:p.offset + 2]
+        if p.role.endswith("entry-jcc"):
+            assert op[:1] == b"\x76" or op == b"\x0f\x86", (p, op)
+        elif p.role.endswith("entry"):
+            assert op[:1] == b"\x55", (p, op)
+        else:
+            assert op[:1] == b"\xe8", (p, op)
+    copy = cheap["go:Read:copy"]
+    assert t.read.entry.offset < copy.offset < t.read.entry.offset + t.read.size
 
 
 def test_go_unstripped_matches_readelf(go_server):
@@ -458,6 +742,14 @@ def test_go_unstripped_rets_match_objdump(go_server):
                          capture_output=True, text=True, check=True).stdout
     rets = [int(m.group(1), 16) for m in re.finditer(r"^\s*([0-9a-f]+):\s+ret", out, re.M)]
     assert rets == [p.vaddr for p in t.read.rets]
+    # the cheap sites, as objdump sees them: the entries on the stack check's jbe, Read's
+    # data on its one call of runtime.memmove
+    calls = re.findall(r"^\s*([0-9a-f]+):\s+call\s+[0-9a-f]+ <runtime\.memmove>", out, re.M)
+    assert [int(a, 16) for a in calls] == [t.read_copy.vaddr]
+    for fi in (t.write, t.read):
+        p, role = t.entry_point(fi)
+        assert role == "entry-jcc" and first_insn(go_server, p.vaddr)[1] == "jbe", (fi.name, p)
+        assert p.vaddr < fi.after_stack_check.vaddr
 
 
 def test_go_dwarf_fd_chain(go_server):
@@ -775,7 +1067,7 @@ def test_bcc_uprobes_fire_at_go_targets(go_server_pie_stripped, go_builds, certs
     [t] = discover(srv.pid, cache=TargetCache())
     fn = {"go:Write:entry": "go_write", "go:Read:entry": "go_read", "go:Read:ret": "go_read_ret"}
     try:
-        for p in t.probes():
+        for p in t.probes(cheap=False):     # the RET probes (the fallback when no copy call)
             b.attach_uprobe(name=t.path.encode(), addr=p.vaddr, fn_name=fn[p.role].encode(), pid=srv.pid)
         out = subprocess.run([str(client), "-n", "10", "-url", "https://127.0.0.1:%d/bytes/5000" % port],
                              capture_output=True, text=True, timeout=30)
@@ -804,9 +1096,9 @@ def test_bcc_uprobes_fire_at_openssl_targets(certs, procs):
     [t] = [x for x in discover(srv.pid, cache=TargetCache()) if isinstance(x, OpenSSLTarget)]
     try:
         for p in t.probes():
-            if p.role == "SSL_write_ex:entry":
+            if p.role in ("SSL_write_ex:entry", "SSL_write_ex:internal"):
                 b.attach_uprobe(name=t.path.encode(), addr=p.vaddr, fn_name=b"ssl_write_ex", pid=srv.pid)
-            elif p.role == "SSL_read_ex:ret":
+            elif p.role in ("SSL_read_ex:ret", "SSL_read_ex:internal-ret"):
                 b.attach_uretprobe(name=t.path.encode(), addr=p.vaddr, fn_name=b"ssl_read_ex_ret",
                                   pid=srv.pid)
         out = subprocess.run([sys.executable, str(PYSSL), "client", "-n", "5", "--url",
@@ -819,3 +1111,306 @@ def test_bcc_uprobes_fire_at_openssl_targets(certs, procs):
         b.cleanup()
     assert hits[3] >= 5 and sums[3] >= 5 * 5000
     assert hits[4] >= 5
+
+
+# ----------------------------------------------------------------------------------------
+# plaintext through the chosen sites, byte for byte (the arguments bpf/tls.h reads there)
+# ----------------------------------------------------------------------------------------
+
+_CAPTURE_PROG = r"""
+#include <uapi/linux/ptrace.h>
+#define CAP 1024
+struct ev { u32 dir; u32 len; u8 data[CAP]; };
+struct pend { u64 buf; u64 lenp; };
+BPF_RINGBUF_OUTPUT(evs, 256);     /* one buffer for all CPUs: events in order */
+BPF_PERCPU_ARRAY(scratch, struct ev, 1);
+BPF_HASH(pending, u64, struct pend);
+BPF_ARRAY(morestack, u64, 1);
+
+static __always_inline void emit(struct pt_regs *ctx, u32 dir, u64 src, u64 n) {
+    int z = 0;
+    struct ev *e = scratch.lookup(&z);
+    if (!e)
+        return;
+    e->dir = dir;
+    e->len = n;
+    u32 c = n < CAP ? n : CAP;
+    if (c > CAP)
+        return;
+    bpf_probe_read_user(e->data, c, (void *)src);
+    evs.ringbuf_output(e, sizeof(*e), 0);
+}
+/* OpenSSL internal functions: (SSL*, buf, size_t num, size_t *out) */
+int ssl_internal_write(struct pt_regs *ctx) {
+    emit(ctx, 1, PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx));
+    return 0;
+}
+int ssl_internal_read(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct pend p = {.buf = PT_REGS_PARM2(ctx), .lenp = PT_REGS_PARM4(ctx)};
+    pending.update(&id, &p);
+    return 0;
+}
+int ssl_internal_read_ret(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct pend *p = pending.lookup(&id);
+    if (!p)
+        return 0;
+    u64 n = 0;
+    if ((int)PT_REGS_RC(ctx) > 0 && bpf_probe_read_user(&n, sizeof(n), (void *)p->lenp) == 0)
+        emit(ctx, 0, p->buf, n);
+    pending.delete(&id);
+    return 0;
+}
+/* Go: on the stack check's jbe (CF|ZF = morestack, skipped), and Read's memmove call */
+static __always_inline int to_morestack(struct pt_regs *ctx) {
+    if (!(ctx->flags & 0x41))
+        return 0;
+    int z = 0;
+    u64 *m = morestack.lookup(&z);
+    if (m)
+        __sync_fetch_and_add(m, 1);
+    return 1;
+}
+int go_write_jcc(struct pt_regs *ctx) {
+    if (!to_morestack(ctx))
+        emit(ctx, 1, ctx->bx, ctx->cx);
+    return 0;
+}
+int go_read_jcc(struct pt_regs *ctx) {
+    if (to_morestack(ctx))
+        return 0;
+    u64 g = ctx->r14;
+    struct pend p = {.buf = ctx->bx};
+    pending.update(&g, &p);
+    return 0;
+}
+int go_read_copy(struct pt_regs *ctx) {
+    u64 g = ctx->r14;
+    struct pend *p = pending.lookup(&g);
+    if (!p)
+        return 0;
+    if (p->buf == ctx->ax)
+        emit(ctx, 0, ctx->bx, ctx->cx);
+    pending.delete(&g);
+    return 0;
+}
+"""
+
+
+class _Capture:
+    def __init__(self):
+        if _BCC is None or os.geteuid() != 0:
+            pytest.skip("needs root and bcc")
+        import ctypes
+        self.b = _BCC(text=_CAPTURE_PROG.encode())
+        self.got = {0: bytearray(), 1: bytearray()}
+        self.truncated = 0
+
+        class Ev(ctypes.Structure):
+            _fields_ = [("dir", ctypes.c_uint32), ("len", ctypes.c_uint32),
+                        ("data", ctypes.c_ubyte * 1024)]
+
+        def on(_ctx, data, _size):
+            e = ctypes.cast(data, ctypes.POINTER(Ev)).contents
+            if e.len > 1024:
+                self.truncated += 1
+            self.got[e.dir] += bytes(e.data[:min(e.len, 1024)])
+        self.b[b"evs"].open_ring_buffer(on)
+
+    def attach(self, path, vaddr, fn, pid, ret=False):
+        (self.b.attach_uretprobe if ret else self.b.attach_uprobe)(
+            name=path.encode(), addr=vaddr, fn_name=fn.encode(), pid=pid)
+
+    def run(self, attachments, exchange):
+        """Attach [(path, vaddr, program, pid, ret)], run ``exchange()`` -> (bytes the traced
+        side read, bytes it wrote), wait for their events, detach; returns that pair."""
+        try:
+            for path, vaddr, fn, pid, ret in attachments:
+                self.attach(path, vaddr, fn, pid, ret)
+            traced_in, traced_out = exchange()
+            self.drain(len(traced_in), len(traced_out))
+        finally:
+            self.b.cleanup()
+        assert self.truncated == 0
+        return bytes(traced_in), bytes(traced_out)
+
+    def drain(self, want_in, want_out, timeout=5):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (len(self.got[0]) < want_in or
+                                               len(self.got[1]) < want_out):
+            self.b.ring_buffer_poll(timeout=100)
+        self.b.ring_buffer_poll(timeout=100)
+
+
+def _https_exchange(port, requests):
+    """Send each raw request on one TLS connection and read its response (Content-Length);
+    returns (bytes sent, bytes received) exactly as they crossed the TLS layer."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    sent = bytearray()
+    got = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw) as s:
+        for req in requests:
+            s.sendall(req)
+            sent += req
+            resp = b""
+            while b"\r\n\r\n" not in resp:
+                resp += s.recv(65536)
+            head, _, body = resp.partition(b"\r\n\r\n")
+            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(body) < n:
+                body += s.recv(65536)
+            got += head + b"\r\n\r\n" + body
+    return bytes(sent), bytes(got)
+
+
+def _requests(host):
+    return [b"GET /status/%d HTTP/1.1\r\nHost: %s\r\nX-Seq: %s\r\n\r\n"
+            % (code, host, (b"%03d" % i) * (i + 1)) for i, code in
+            enumerate((200, 404, 201, 500, 200, 200))] + \
+        [b"GET /bytes/700 HTTP/1.1\r\nHost: %s\r\n\r\n" % host]
+
+
+def test_openssl_plaintext_byte_for_byte_at_the_chosen_sites(certs, procs):
+    """Python's ssl server (SSL_read_ex/SSL_write_ex) probed only at the internal
+    functions: what they saw is exactly the bytes our client sent and received."""
+    cap = _Capture()
+    srv = start(procs, [sys.executable, PYSSL, "server", "--addr", "127.0.0.1:0",
+                        "--cert", certs[0], "--key", certs[1]])
+    port = int(wait_line(srv, "listening").rsplit(":", 1)[1])
+    [t] = [x for x in discover(srv.pid, cache=TargetCache()) if isinstance(x, OpenSSLTarget)]
+    r, w = t.sites["SSL_read_ex"], t.sites["SSL_write_ex"]
+    assert r.mode == w.mode == "internal" and r.emulated and w.emulated
+    sent, got = cap.run([(t.path, w.vaddr, "ssl_internal_write", srv.pid, False),
+                         (t.path, r.vaddr, "ssl_internal_read", srv.pid, False),
+                         (t.path, r.vaddr, "ssl_internal_read_ret", srv.pid, True)],
+                        lambda: _https_exchange(port, _requests(b"py")))
+    assert bytes(cap.got[0]) == sent
+    assert bytes(cap.got[1]) == got
+
+
+def test_go_plaintext_byte_for_byte_at_the_chosen_sites(go_server, certs, procs):
+    """A Go server probed on the stack checks' jbe and at Read's copy call (no RET
+    probes): the plaintext seen there is exactly what our client sent and received."""
+    cap = _Capture()
+    port = free_port()
+    srv = start(procs, [go_server, "-addr", "127.0.0.1:%d" % port, "-cert", certs[0],
+                        "-key", certs[1]])
+    wait_line(srv, "listening")
+    [t] = discover(srv.pid, cache=TargetCache())
+    roles = {p.role: p for p in t.probes()}
+    assert set(roles) == {"go:Write:entry-jcc", "go:Read:entry-jcc", "go:Read:copy"}, roles
+    sent, got = cap.run([(t.path, roles[role].vaddr, fn, srv.pid, False) for role, fn in (
+        ("go:Write:entry-jcc", "go_write_jcc"), ("go:Read:entry-jcc", "go_read_jcc"),
+        ("go:Read:copy", "go_read_copy"))], lambda: _https_exchange(port, _requests(b"go")))
+    assert bytes(cap.got[0]) == sent
+    assert bytes(cap.got[1]) == got
+
+
+class _CtypesTls:
+    """A TLS client calling a given libssl directly (ctypes): SSL_write/SSL_read, or the
+    _ex functions, with buffers whose bytes we know."""
+
+    def __init__(self, path, port):
+        import ctypes
+        self.c = ctypes
+        for dep in Path(path).parent.glob("libcrypto-*.so.1.1"):   # a wheel's bundled one:
+            ctypes.CDLL(str(dep))                                   # loaded first, by soname
+        lib = self.lib = ctypes.CDLL(path)
+        for name, res, args in (
+                ("TLS_client_method", ctypes.c_void_p, []),
+                ("SSL_CTX_new", ctypes.c_void_p, [ctypes.c_void_p]),
+                ("SSL_new", ctypes.c_void_p, [ctypes.c_void_p]),
+                ("SSL_set_fd", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+                ("SSL_connect", ctypes.c_int, [ctypes.c_void_p]),
+                ("SSL_write", ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]),
+                ("SSL_read", ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]),
+                ("SSL_write_ex", ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
+                                                ctypes.c_size_t, ctypes.c_void_p]),
+                ("SSL_read_ex", ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p,
+                                               ctypes.c_size_t, ctypes.c_void_p]),
+                ("SSL_free", None, [ctypes.c_void_p]),
+                ("SSL_CTX_free", None, [ctypes.c_void_p])):
+            f = getattr(lib, name)
+            f.restype, f.argtypes = res, args
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.settimeout(None)        # a blocking fd for OpenSSL, bounded by the kernel:
+        for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            self.sock.setsockopt(socket.SOL_SOCKET, opt, struct.pack("ll", 10, 0))
+        self.ctx = lib.SSL_CTX_new(lib.TLS_client_method())
+        self.ssl = lib.SSL_new(self.ctx)
+        assert lib.SSL_set_fd(self.ssl, self.sock.fileno()) == 1
+        assert lib.SSL_connect(self.ssl) == 1
+
+    def write(self, data, ex):
+        c = self.c
+        if ex:
+            n = c.c_size_t(0)
+            assert self.lib.SSL_write_ex(self.ssl, data, len(data), c.byref(n)) == 1
+            assert n.value == len(data)
+        else:
+            assert self.lib.SSL_write(self.ssl, data, len(data)) == len(data)
+
+    def read(self, ex, size=300):
+        c = self.c
+        buf = c.create_string_buffer(size)
+        if ex:
+            n = c.c_size_t(0)
+            ok = self.lib.SSL_read_ex(self.ssl, buf, size, c.byref(n))
+            return buf.raw[:n.value] if ok == 1 else b""
+        r = self.lib.SSL_read(self.ssl, buf, size)
+        return buf.raw[:r] if r > 0 else b""
+
+    def close(self):
+        self.lib.SSL_free(self.ssl)
+        self.lib.SSL_CTX_free(self.ctx)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("which", ["system", "1.1.1"])
+def test_int_and_ex_functions_byte_for_byte_at_the_chosen_sites(which, certs, procs):
+    """This process as the client, through this machine's libssl.so.3 or OpenSSL 1.1.1,
+    calling SSL_write/SSL_read and SSL_write_ex/SSL_read_ex in turn (small reads, so a
+    response takes several): the probes at ssl_write_internal/ssl_read_internal see
+    exactly the bytes passed to the writes and returned by the reads."""
+    path = system_libssl() if which == "system" else libssl11()
+    t = openssl_target(path, cache=TargetCache())
+    check_openssl_sites(t)
+    srv = start(procs, [sys.executable, PYSSL, "server", "--addr", "127.0.0.1:0",
+                        "--cert", certs[0], "--key", certs[1]])
+    port = int(wait_line(srv, "listening").rsplit(":", 1)[1])
+    cli = _CtypesTls(path, port)       # handshake before the probes: data calls only
+    cap = _Capture()
+    r, w = t.sites["SSL_read"], t.sites["SSL_write"]
+
+    def exchange():
+        sent, got = bytearray(), bytearray()
+        for i, req in enumerate(_requests(which.encode())):
+            ex = bool(i % 2)
+            cli.write(req, ex)
+            sent += req
+            resp = b""
+            while True:
+                head, sep, body = resp.partition(b"\r\n\r\n")
+                if sep and len(body) >= int(re.search(rb"(?i)content-length: *(\d+)",
+                                                      head).group(1)):
+                    break
+                chunk = cli.read(ex)
+                assert chunk, "connection closed"
+                resp += chunk
+            got += resp
+        return got, sent            # this process is the traced side: it read got
+
+    pid = os.getpid()
+    try:
+        got, sent = cap.run([(t.path, w.vaddr, "ssl_internal_write", pid, False),
+                             (t.path, r.vaddr, "ssl_internal_read", pid, False),
+                             (t.path, r.vaddr, "ssl_internal_read_ret", pid, True)], exchange)
+    finally:
+        cli.close()
+    assert bytes(cap.got[1]) == bytes(sent)
+    assert bytes(cap.got[0]) == bytes(got)

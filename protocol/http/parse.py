@@ -32,6 +32,7 @@ _PREFIXES_REQ = tuple(m + b" " for m in METHODS)
 # the first of either header (_CONTENT_LENGTH's pattern in group 2), and any TE header
 _BODY_HDR = re.compile(rb"\n(?:(content-length)|transfer-encoding)[ \t]*:[ \t]*([^\r\n]*)",
                        re.I)
+_UPGRADE_H2C = re.compile(rb"\nupgrade[ \t]*:[ \t]*h2c", re.I)
 _TE_HDR = re.compile(rb"\ntransfer-encoding[ \t]*:", re.I)
 # request method and status code texts seen over and over: decode / convert once
 _METHOD_TEXT = {m: m.decode("latin-1") for m in METHODS}
@@ -106,6 +107,8 @@ class HttpParser(Parser):
         # logic, kept for reading and for the rare branches.
         state = self.state
         if state.upgraded:
+            if state.switch_to:     # keep the bytes for the protocol that takes over
+                return NEEDS_MORE_DATA, None, 0
             return IGNORE, None, len(buf)
         if self.chunked:
             return self._parse_chunks(buf, start)
@@ -210,6 +213,8 @@ class HttpParser(Parser):
         if status < 200:
             if status == 101:
                 self.state.upgraded = True
+                if _UPGRADE_H2C.search(buf, start, hend + 2):
+                    self.state.switch_to = "http2"      # pipeline/conntrack.py switches
                 if methods:
                     methods.popleft()
             return SUCCESS, frame, body

@@ -2,11 +2,12 @@
 requests are matched one by one, unlike upstream which keeps only the latest request."""
 from __future__ import annotations
 
+from bpf.layout import DEFINES
 from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER, Protocol, Record
 from protocol.http.parse import HttpParser
 from protocol.http.types import HttpState
 
-API_MAX = 63
+API_MAX = DEFINES["HTTP_API_LEN"]      # the kernel cuts API names at the same length
 _STATUS_TEXT = {i: str(i) for i in range(100, 600)}
 _API_CACHE = {}            # (method, target) -> api_name(): the same URLs come again and again
 _API_CACHE_MAX = 4096
@@ -21,9 +22,25 @@ def api_name(method, target):
     return s if len(s) <= API_MAX else s[:API_MAX]
 
 
+_FNV_OFFSET = 14695981039346656037
+_FNV_PRIME = 1099511628211
+_MASK64 = (1 << 64) - 1
+
+
+def api_hash(api):
+    """The kernel's name for an API (include/l7.h http_api_hash): 64-bit FNV-1a of its
+    bytes as sent (the parser decodes them as latin-1), never 0.  Computed once per new API
+    name (the probe keeps a table), not per request."""
+    h = _FNV_OFFSET
+    for c in api.encode("latin-1", "replace"):
+        h = ((h ^ c) * _FNV_PRIME) & _MASK64
+    return h or 1
+
+
 class HttpProtocol(Protocol):
     name = "http"
     parser_class = HttpParser
+    api_hash = staticmethod(api_hash)
 
     def new_state(self):
         return HttpState()
@@ -35,6 +52,12 @@ class HttpProtocol(Protocol):
         while resps:
             resp = resps.popleft()
             status = resp.status
+            if status == 101 and state.switch_to:
+                # h2c upgrade: the request is answered on the new protocol's stream 1
+                if reqs and reqs[0].ts <= resp.ts:
+                    req = reqs.popleft()
+                    state.upgrade_req = (req.ts, req.method, req.target)
+                continue
             if status < 200 and status != 101:
                 continue          # interim response (100 Continue, 103): not an answer
             text = _STATUS_TEXT.get(status) or str(status)

@@ -32,8 +32,10 @@ class HttpResponse:
 class HttpState:
     """Per connection: what the response parser must know about the requests."""
 
-    __slots__ = ("methods", "upgraded")
+    __slots__ = ("methods", "upgraded", "switch_to", "upgrade_req")
 
     def __init__(self):
         self.methods = Fifo()   # methods of parsed requests, not yet answered (<= MAX_PENDING)
         self.upgraded = False               # 101 Switching Protocols seen: stop parsing
+        self.switch_to = None    # "http2" after a 101 to Upgrade: h2c (pipeline/conntrack)
+        self.upgrade_req = None  # (ts, method, target) of the upgraded request

@@ -108,6 +108,20 @@ def build_body(range_flags=0x7, period=5, support_ssl=0, proto_flags=ALL_PROTO_F
 
 
 # ---------------------------------------------------------------------------------------
+# What gala-gopher makes of a record (compat §2.4; seen under the real daemon,
+# tests/test_e2e_realgopher.py): a Prometheus series is identified by the record's ``key``
+# and ``label`` fields (plus comm, container labels and machine_id, which are the same for
+# one process), so two records with equal key and label values become one series twice,
+# and Prometheus keeps one of them.
+
+def series_identity(table: str, rec: dict) -> tuple:
+    """The values gala-gopher builds a record's series labels from, in meta order."""
+    from pipeline.meta import TABLES
+    return tuple((name, rec[name]) for name, ftype in TABLES[table]
+                 if ftype in ("key", "label") and rec[name] != "(null)")
+
+
+# ---------------------------------------------------------------------------------------
 # The queue
 
 class FakeGopher:
