@@ -39,6 +39,7 @@ EXAMPLES = """examples:
   sudo ./l7probe.py -p 1234 -P 10        # only pid 1234, 10 s period
   sudo ./l7probe.py --range l7_rpc_metrics --format json
   sudo ./l7probe.py --duration 30        # stop after 30 s, reporting the last period
+  sudo ./l7probe.py --top                # a live table (keys: r e 5 9 b p c s v q)
 Under gala-gopher the probe is started with no arguments and configured over IPC.
 """
 
@@ -87,8 +88,12 @@ def parse_args(argv):
                    "namespace/name or uid; containers started later too)")
     p.add_argument("--no-ssl", action="store_true", help="do not attach TLS uprobes")
     p.add_argument("--duration", type=float, help="stop after SEC seconds")
-    p.add_argument("--format", choices=("gopher", "json"), default="gopher",
-                   help="output format (default gopher)")
+    from pipeline.output import FORMAT_HELP, FORMATS
+    p.add_argument("--format", choices=tuple(FORMATS), default="gopher",
+                   help="output format (default gopher): " +
+                   "; ".join("%s: %s" % kv for kv in FORMAT_HELP.items()))
+    p.add_argument("--top", dest="format", action="store_const", const="top",
+                   help="the same as --format top")
     p.add_argument("--ipc", action="store_true", help="force gala-gopher IPC mode")
     p.add_argument("--capture-bytes", type=int, default=None,
                    help="bytes captured per syscall (default 16384, max 32768)")
@@ -125,8 +130,7 @@ class Probe:
         self.capture = Capture(args.capture_bytes or DEFAULT_CAP,
                                DEFAULT_SAMPLE if args.sample is None else args.sample)
         self.links = Links()
-        self.writer = Writer(out, args.format, self._json_labels if args.format == "json"
-                             else None)
+        self.writer = Writer(out, args.format)
         self.traces = TraceWriter(self.writer, max(0, args.trace_limit), mono_to_wall_factory())
         self.tracker = Tracker(self.links, None, self.on_control)
         if args.format == "json":       # who a process is, looked up while it lives
@@ -273,6 +277,7 @@ class Probe:
         self._kernel_counts()
         self._collect_counters()
         self._sweep()
+        stream_stats = self.tracker.protocol_stats()     # before the links are reset
         report_links(self.writer, self.links, self.settings.tables, elapsed)
         if "pod" in self.settings.tables:
             from pipeline.podtable import report_pods
@@ -291,7 +296,7 @@ class Probe:
                             "%d connection(s) not tracked, map full", d[0], d[1], d[2])
             if d[3]:
                 log.warning("TLS: %d call(s) on a socket not seen yet were not parsed", d[3])
-        for name, st in sorted(self.tracker.stream_stats.items()):
+        for name, st in sorted(stream_stats.items()):
             st.report(name)
         self.tracker.report_skipped()
         tr = self.tracker
@@ -356,16 +361,12 @@ class Probe:
             self.tracker.drop_where(lambda c: c.conn_id in dead)
 
     def _labelled(self, on_open):
-        labels = self._json_labels
+        labels = self.writer.labels
 
         def open_labelled(ev):
             labels(ev["tgid"])
             return on_open(ev)
         return open_labelled
-
-    def _json_labels(self, tgid):
-        from pipeline.pods import labels_of      # comm, container and pod (cached)
-        return labels_of(tgid)
 
     def begin_stop(self):
         """Start detaching now: the kernel's grace periods overlap the last report (which
@@ -374,7 +375,10 @@ class Probe:
         self.capture.start_detach()
 
     def close(self):
-        self.capture.close()
+        try:
+            self.writer.close()           # gives the terminal back (--top)
+        finally:
+            self.capture.close()
 
 
 def standalone_settings(args):
@@ -447,9 +451,11 @@ def run(args, gopher_mode, no_options=False):
         probe.start()
         deadline = time.monotonic() + args.duration if args.duration else None
         next_ipc = time.monotonic() + IPC_INTERVAL
-        while not stop and not probe.stop_requested:
+        output = probe.writer.output
+        while not stop and not probe.stop_requested and not output.quit:
             time.sleep(POLL_INTERVAL)
             probe.poll()
+            output.tick()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break

@@ -7,8 +7,14 @@ flag.  Everything here is reset after each report.
 from __future__ import annotations
 
 from bisect import bisect_left
+from math import ceil as _ceil
+from math import log as _log
 
+from pipeline.sketch import INV_LOG_GAMMA, MAX_KEY, MAX_NS, quantiles
+from pipeline.stream import StreamStats
 from protocol.base import ERR_CLIENT, ERR_SERVER
+
+PERCENTILES = (0.5, 0.9, 0.99)      # latency_p50, latency_p90, latency_p99 (pipeline/sketch.py)
 
 # upper bounds (ns) of the 7 latency buckets; a value v lands in bucket i iff
 # bound[i-1] < v <= bound[i]; 0 and values above 10 s land in none (but count in the sum)
@@ -57,6 +63,10 @@ def add_to(stats, rec):
         if lat < 0:
             lat = 0
     bucket = bisect_left(BOUNDS, lat) if 0 < lat <= 10_000_000_000 else -1
+    if lat > 0:                           # sketch.key_of, inlined
+        key = _ceil(_log(lat) * INV_LOG_GAMMA) if lat < MAX_NS else MAX_KEY
+    else:
+        key = -1
     for st in stats:
         if req_ts:
             st.req += 1
@@ -65,6 +75,10 @@ def add_to(stats, rec):
         if lat >= 0:
             st.lat_sum += lat
             st.lat_n += 1
+            sk = st.sketch
+            sk[key] = sk.get(key, 0) + 1
+            if lat > st.lat_max:
+                st.lat_max = lat
             if bucket >= 0:                   # Histogram.add
                 h = st.histo
                 h.counts[bucket] += 1
@@ -103,12 +117,14 @@ def add_kernel_acct(st, delta, vals):
 class RpcStats:
     """Request/response counters of a link or an API for one period."""
 
-    __slots__ = ("req", "resp", "err", "client_err", "server_err", "lat_sum", "lat_n", "histo")
+    __slots__ = ("req", "resp", "err", "client_err", "server_err", "lat_sum", "lat_n", "histo",
+                 "sketch", "lat_max")
 
     def __init__(self):
         self.req = self.resp = self.err = self.client_err = self.server_err = 0
-        self.lat_sum = self.lat_n = 0
+        self.lat_sum = self.lat_n = self.lat_max = 0
         self.histo = Histogram()
+        self.sketch = {}          # pipeline/sketch.py buckets of this period's latencies
 
     def add(self, rec):
         add_to((self,), rec)
@@ -117,11 +133,16 @@ class RpcStats:
         # upstream divides by req_count; we divide by the pairs that have a latency
         return self.lat_sum / self.lat_n if self.lat_n else 0.0
 
+    def percentiles(self):
+        """[p50, p90, p99] of this period's latencies, ns, within sketch.ALPHA."""
+        return quantiles(self.sketch, PERCENTILES)
+
 
 class Link:
     __slots__ = ("key", "tgid", "client_ip", "server_ip", "server_port", "l4_role", "l7_role",
                  "protocol", "ssl", "bytes_sent", "bytes_recv", "segs_sent", "segs_recv",
-                 "rpc", "apis", "last_active", "conns", "kernel_only")
+                 "rpc", "apis", "last_active", "conns", "kernel_only", "stream_stats",
+                 "refused")
 
     def __init__(self, key, now):
         (self.tgid, self.client_ip, self.server_ip, self.server_port, self.l4_role,
@@ -134,6 +155,11 @@ class Link:
         self.conns = 0            # open connections in this link
         self.kernel_only = 0      # requests of the period counted by the kernel alone (not
                                   # parsed: in rpc, not in apis nor in traces)
+        # what its streams could not capture, parse or pair this period (l7_link
+        # completeness fields); one StreamStats shared by the streams of its connections
+        self.stream_stats = StreamStats()
+        self.refused = 0          # messages of the period the ring buffer refused (kernel
+                                  # counts: requests of whole transactions, lone responses)
 
     def add_record(self, rec):
         self.add_records((rec,))
@@ -157,10 +183,11 @@ class Link:
 
     def reset(self):
         self.bytes_sent = self.bytes_recv = self.segs_sent = self.segs_recv = 0
-        self.kernel_only = 0
+        self.kernel_only = self.refused = 0
         self.rpc = RpcStats()
         for api in self.apis:
             self.apis[api] = RpcStats()
+        self.stream_stats.clear()
 
 
 class Links:

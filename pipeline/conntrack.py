@@ -81,7 +81,6 @@ class Tracker:
         self.conns = {}
         self.dirty = set()
         self.record_sink = record_sink     # callable(link, record) for l7_trace
-        self.stream_stats = {}             # protocol name -> StreamStats of its streams
         self.unknown_data = 0
         self.now = 0.0                     # wall seconds, set by the main loop
         self.acct_base = {}                # conn_id -> the kernel's counts last read (kacct)
@@ -189,6 +188,7 @@ class Tracker:
         requests without a response here (the kernel counted the response and the
         latency); requests not parsed yet are retired when they are."""
         conn.retire += n
+        conn.link.refused += n               # l7_link msgs_dropped
         if conn.req_stream is not None:
             self._stitch(conn, conn.proto.stitch)
 
@@ -261,15 +261,22 @@ class Tracker:
     def _make_streams(self, conn):
         proto = conn.proto
         conn.state = proto.new_state()
-        stats = self.stats_of(proto.name)
+        stats = conn.link.stream_stats       # counted per link (l7_link completeness)
         conn.req_stream = DataStream(proto.new_parser(MessageType.REQUEST, conn.state), stats)
         conn.resp_stream = DataStream(proto.new_parser(MessageType.RESPONSE, conn.state), stats)
 
-    def stats_of(self, proto_name):
-        st = self.stream_stats.get(proto_name)
-        if st is None:
-            st = self.stream_stats[proto_name] = StreamStats()
-        return st
+    def protocol_stats(self):
+        """{protocol name: StreamStats}: this period's per-link stream counts summed per
+        protocol (for the log; call before the report resets the links)."""
+        out = {}
+        for link in self.links.links.values():
+            total = out.get(link.protocol)
+            if total is None:
+                total = out[link.protocol] = StreamStats()
+            link.stream_stats.add_into(total)
+        return out
+
+    stream_stats = property(protocol_stats)
 
     def stitch_dirty(self):
         if not self.dirty:
@@ -285,13 +292,14 @@ class Tracker:
         try:
             recs = fn(rs.frames, ps.frames, conn.state)
         except Exception as exc:   # a stitcher bug must not stop the probe
-            st = self.stats_of(conn.proto.name)
+            st = conn.link.stream_stats
             st.exceptions += 1
             st.last_error = exc
             if not conn.warned:
                 conn.warned = True
                 log.warning("%s stitcher failed on a connection of pid %d: %r",
                             conn.proto.name, conn.tgid, exc)
+            st.dropped_frames += len(rs.frames) + len(ps.frames)
             rs.frames.clear()
             ps.frames.clear()
             return
@@ -323,7 +331,7 @@ class Tracker:
                 recs += more
         except Exception as exc:     # a stitcher bug must not stop the probe
             conn.retire = 0
-            st = self.stats_of(proto.name)
+            st = conn.link.stream_stats
             st.exceptions += 1
             st.last_error = exc
             return
@@ -362,6 +370,7 @@ class Tracker:
         _add_acct(link.rpc, delta, vals)
         link.last_active = self.now
         link.kernel_only += delta[0]
+        link.refused += max(0, delta[0] - delta[5])   # transactions the ring buffer refused
         self.kernel_only += delta[0]
         self.sampled_out += delta[5]
         return gone

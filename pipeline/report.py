@@ -1,23 +1,45 @@
-"""Records to lines: gala-gopher's pipe format (compat §2.2, §2.5) or JSON.
+"""Records to lines: statistics become rows, rows are sanitised and fitted to gala-gopher's
+limits here, once, whatever the output format (pipeline/output.py: gopher, json, top).
 
-Column order comes from l7probe.meta (pipeline/meta.py).  Every value is sanitised (no
-``|``, newline or NUL), never empty, and every line stays within gala-gopher's 8191 bytes.
+Column order comes from l7probe.meta (pipeline/meta.py).  Every string value goes through
+one replacement rule (``clean``), is never empty, and the key and label values of a record
+fit gala-gopher's label buffer together with the labels gala-gopher adds (``fit_labels``).
 """
 from __future__ import annotations
 
-import json
+import logging
+import re
 import struct
-import sys
 import time
 
-from pipeline.meta import FIELDS
+from pipeline.labels import ProcessLabels
+from pipeline.meta import FIELDS, TABLES
 
-MAX_LINE = 8191          # bytes, newline included
-_BAD = {ord("|"): "_", ord("\n"): " ", ord("\r"): " ", ord("\0"): ""}
+MAX_LINE = 8191          # bytes, newline included (gopher format: compat §2.1)
 _f32 = struct.Struct("f")
 
 L4_NAMES = ("udp", "tcp_client", "tcp_server")
 L7_NAMES = ("unknown", "client", "server")
+
+# -- the one replacement rule ------------------------------------------------------------
+# Each of these characters becomes "?": the column separator "|"; C0 controls (CR, LF,
+# \x0b, \x0c, \x1c-\x1f, NUL, ...), DEL and C1 controls (\x85, ...); every white space
+# other than the space (U+2028, U+2029, NBSP, ...); invisible format characters (soft
+# hyphen, zero widths, bidi controls, BOM).  Readers that split lines on any of them
+# (str.splitlines, terminals, log tools) then see one line per record.
+REPLACEMENT = "?"
+_BAD = re.compile(r"[|\x00-\x1f\x7f-\xa0\xad\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+                  r"\ufeff\ufff9-\ufffb]|[^\S ]")
+
+
+def clean(value):
+    """The value as it is printed: a non-empty string without the characters above."""
+    s = value if isinstance(value, str) else str(value)
+    if not s:
+        return "(null)"
+    if s.isascii() and s.isprintable() and "|" not in s:
+        return s                  # the common case, none of the characters above
+    return _BAD.sub(REPLACEMENT, s)
 
 
 def f32(x):
@@ -32,59 +54,123 @@ def fmt_float(x):
     return "%.2f" % f32(x)
 
 
-def clean(value):
-    s = value if isinstance(value, str) else str(value)
-    s = s.translate(_BAD)
-    return s if s else "(null)"
+# -- gala-gopher's label buffer (compat §2.4) ---------------------------------------------
+# gala-gopher renders a record's key and label fields, then the labels it adds, as
+# k="v",... into MAX_LABELS_BUFFER_SIZE bytes and drops the record when they overflow.
+# Room left for what it adds, at most (each: len('k="",') + the longest value):
+LABELS_BUFFER = 1024
+_RESERVED_ALWAYS = (len('machine_id="",') + 36 + 1 + 39 +   # <system uuid>-<host ip (v6)>
+                    len(',le="10000000000"') +            # histogram bucket label
+                    1)                                     # the terminating NUL
+COMM_MAX = 15                                              # TASK_COMM_LEN - 1
+_RESERVED_CONTAINER = (len('container_id="",') + 64 +
+                       len('container_name="",') + 64 +
+                       len('container_image="",') + 128 +
+                       len('pod_id="",') + 36 +
+                       len('pod="",') + 63 + 1 + 63 +       # namespace/name
+                       len('pod_namespace="",') + 63)
+_LABEL_FIELDS = {t: tuple(n for n, typ in fl if typ in ("key", "label"))
+                 for t, fl in TABLES.items()}
+
+
+def label_room(labels):
+    """Bytes left for a record's own keys and labels, given its process labels (comm,
+    container_id: pipeline/labels.py)."""
+    room = LABELS_BUFFER - _RESERVED_ALWAYS
+    comm = labels.get("comm") or ""
+    room -= len('comm="",') + (len(comm.encode("utf-8", "replace")) if comm else COMM_MAX)
+    if labels.get("container_id"):
+        room -= _RESERVED_CONTAINER
+    return room
+
+
+def fit_labels(vals, names, room):
+    """Cut the longest of the values ``vals[name]`` (sanitised strings) until all of them,
+    rendered as name="value",, take at most ``room`` bytes; (null) values are not rendered.
+    Returns the names of the values cut."""
+    sizes = {}
+    used = 0
+    for n in names:
+        v = vals[n]
+        if not isinstance(v, str):          # a number: counted, never cut
+            used += len(n) + 4 + len(str(v))
+            continue
+        if v == "(null)":
+            continue
+        b = len(v) if v.isascii() else len(v.encode("utf-8", "replace"))
+        sizes[n] = b
+        used += len(n) + 4 + b
+    excess = used - room
+    if excess <= 0:
+        return ()
+    # water level: cut every value longer than `level` down to it (longest first)
+    lens = sorted(sizes.values(), reverse=True)
+    level, removed, k = 0, 0, 0
+    while k < len(lens):
+        k += 1
+        nxt = lens[k] if k < len(lens) else 1
+        # cutting the k longest down to nxt removes:
+        gain = sum(lens[:k]) - k * nxt
+        if gain >= excess:
+            # the level between nxt and lens[k-1] that removes just enough
+            top = sum(lens[:k])
+            level = max(nxt, (top - excess) // k)
+            removed = top - k * level
+            break
+    else:
+        level = 1
+        removed = sum(lens) - len(lens)
+    extra = excess - removed        # > 0 only by rounding: take one more byte from some
+    cut = []
+    for n, b in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        if b <= level and extra <= 0:
+            continue
+        target = min(b, level)
+        if extra > 0 and target > 1:
+            target -= 1
+            extra -= 1
+        if target < b:
+            v = vals[n].encode("utf-8", "replace")[:max(1, target)]
+            vals[n] = v.decode("utf-8", "ignore") or REPLACEMENT
+            cut.append(n)
+    return cut
 
 
 class Writer:
-    """Prints records of the enabled tables to ``out`` and flushes each line (unless told
-    not to: l7_trace rows are flushed once per batch, see TraceWriter.flush)."""
+    """The reporter: sanitises and fits every record, then hands it to the output format
+    (pipeline/output.py) that prints it.  ``emit`` flushes each line unless told not to
+    (l7_trace rows are flushed once per batch, see TraceWriter.flush)."""
 
     def __init__(self, out=None, fmt="gopher", labels=None):
-        self.out = out or sys.stdout
+        from pipeline.output import make_output
+        self.labels = labels if labels is not None else ProcessLabels()
+        self.output = make_output(fmt, out, self.labels)
         self.fmt = fmt
-        self.labels = labels      # callable(tgid) -> dict of comm/container for json
-        self.lines = 0
+        self.cut = 0              # records whose values were cut to fit the label buffer
+
+    @property
+    def lines(self):
+        return self.output.lines
 
     def emit(self, table, row, flush=True):
         fields = FIELDS[table]
-        if self.fmt == "json":
-            obj = {"table": table}
-            for f in fields:
-                obj[f] = row[f]
-            if self.labels is not None and "tgid" in row:    # (not the pod table)
-                obj.update(self.labels(row["tgid"]))
-            line = json.dumps(obj, separators=(",", ":")) + "\n"
-        else:
-            vals = [clean(row[f]) for f in fields]
-            line = "|" + table + "|" + "|".join(vals) + "|\n"
-            if len(line.encode("utf-8", "replace")) > MAX_LINE:
-                line = self._shorten(table, fields, vals)
-        try:
-            self.out.write(line)
-            if flush:
-                self.out.flush()
-        except BrokenPipeError:
-            raise
-        self.lines += 1
+        vals = {}
+        for f in fields:
+            v = row[f]
+            vals[f] = clean(v) if isinstance(v, str) or v is None else v
+        labels = self.labels(row["tgid"]) if "tgid" in row else {}   # (not the pod table)
+        if fit_labels(vals, _LABEL_FIELDS[table], label_room(labels)):
+            self.cut += 1
+        self.output.emit(table, fields, vals, flush)
 
     def flush(self):
-        self.out.flush()
+        self.output.flush()
 
-    @staticmethod
-    def _shorten(table, fields, vals):
-        # cut the longest values until the line fits (only free-text fields get long)
-        vals = list(vals)
-        while True:
-            line = "|" + table + "|" + "|".join(vals) + "|\n"
-            excess = len(line.encode("utf-8", "replace")) - MAX_LINE
-            if excess <= 0:
-                return line
-            i = max(range(len(vals)), key=lambda j: len(vals[j]))
-            v = vals[i].encode("utf-8", "replace")
-            vals[i] = v[:max(1, len(v) - excess - 4)].decode("utf-8", "ignore") or "_"
+    def end_period(self, elapsed):
+        self.output.end_period(elapsed)
+
+    def close(self):
+        self.output.close()
 
 
 def link_labels(link):
@@ -99,6 +185,7 @@ def link_labels(link):
 def rpc_values(st, period):
     period = period if period > 0 else 1.0
     req = st.req
+    p50, p90, p99 = st.percentiles()
     return {
         "throughput_req": fmt_float(req / period),
         "throughput_resp": fmt_float(st.resp / period),
@@ -109,7 +196,20 @@ def rpc_values(st, period):
         "latency_sum": st.lat_sum,
         "err_ratio": fmt_float(st.err / req if req else 0.0),
         "err_count": st.err,
+        # an estimate is never above the exact max (the true percentile is not either)
+        "latency_p50": min(int(round(p50)), st.lat_max),
+        "latency_p90": min(int(round(p90)), st.lat_max),
+        "latency_p99": min(int(round(p99)), st.lat_max),
+        # exact; also over the latencies the kernel counted alone (sampled out, refused)
+        "max_latency": max(st.lat_max, st.histo.max),
     }
+
+
+def completeness(link):
+    """l7_link's extension fields: what this period's numbers of the link miss."""
+    st = link.stream_stats
+    return {"bytes_lost": st.lost_bytes, "msgs_unparsed": st.invalid + st.exceptions,
+            "msgs_dropped": st.dropped_frames + link.refused}
 
 
 def report_links(writer, links, tables, period):
@@ -120,6 +220,7 @@ def report_links(writer, links, tables, period):
             row = dict(base)
             row.update(bytes_sent=link.bytes_sent, bytes_recv=link.bytes_recv,
                        segs_sent=link.segs_sent, segs_recv=link.segs_recv)
+            row.update(completeness(link))
             writer.emit("l7_link", row)
         if "l7_rpc" in tables:
             row = dict(base)
@@ -137,6 +238,12 @@ def report_links(writer, links, tables, period):
                 row["server_err_count"] = st.server_err
                 writer.emit("l7_rpc_api", row)
         link.reset()
+    if writer.cut:
+        logging.getLogger("l7probe").info(
+            "%d record(s) this period had values cut to fit gala-gopher's %d-byte label "
+            "buffer (the longest values first: paths, API names)", writer.cut, LABELS_BUFFER)
+        writer.cut = 0
+    writer.end_period(period)
 
 
 class TraceWriter:
@@ -161,7 +268,7 @@ class TraceWriter:
         row = link_labels(link)
         lat = rec.latency
         ts = rec.req_ts or rec.resp_ts
-        row.update(req_method=rec.method or "unknown", req_path=(rec.path or "-")[:1024],
+        row.update(req_method=rec.method or "unknown", req_path=rec.path or "-",
                    resp_code=rec.status or "none", latency=lat if lat is not None else 0,
                    req_time=int(self.mono_to_wall(ts) / 1_000_000), seq=self.seq)
         self.seq += 1

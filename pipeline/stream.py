@@ -23,13 +23,31 @@ MAX_FRAMES = 4096           # frames waiting for the stitcher
 
 class StreamStats:
     __slots__ = ("invalid", "resyncs", "gaps", "dropped_bytes", "dropped_frames", "exceptions",
-                 "last_error", "truncated")
+                 "last_error", "truncated", "lost_bytes")
 
     def __init__(self):
+        self.clear()
+        self.last_error = None      # the last exception a parser raised (a bug to report)
+
+    def clear(self) -> None:
         self.invalid = self.resyncs = self.gaps = 0
         self.dropped_bytes = self.dropped_frames = self.exceptions = 0
         self.last_error = None      # the last exception a parser raised (a bug to report)
         self.truncated = 0          # per-connection state a parser cut to stay bounded
+        self.lost_bytes = 0         # uncaptured bytes that no frame claimed (in gaps)
+
+    def add_into(self, total: "StreamStats") -> None:
+        """Add these counts to ``total`` (per-link stats summed per protocol)."""
+        total.invalid += self.invalid
+        total.resyncs += self.resyncs
+        total.gaps += self.gaps
+        total.dropped_bytes += self.dropped_bytes
+        total.dropped_frames += self.dropped_frames
+        total.exceptions += self.exceptions
+        total.truncated += self.truncated
+        total.lost_bytes += self.lost_bytes
+        if self.last_error is not None:
+            total.last_error = self.last_error
 
     def report(self, proto_name: str) -> None:
         """Log what went wrong in this protocol's streams since the last call, then reset.
@@ -51,8 +69,7 @@ class StreamStats:
         if self.dropped_frames:
             log.warning("%s: %d parsed message(s) dropped: more than %d waited for pairing on "
                         "one connection", proto_name, self.dropped_frames, MAX_FRAMES)
-        self.invalid = self.resyncs = self.gaps = self.truncated = 0
-        self.dropped_bytes = self.dropped_frames = self.exceptions = 0
+        self.clear()
 
 
 class DataStream:
@@ -169,6 +186,7 @@ class DataStream:
             self.skip = 0
         # Uncaptured bytes that no frame claims: whatever is buffered can never complete.
         self.stats.gaps += 1
+        self.stats.lost_bytes += missing
         self.stats.dropped_bytes += len(self.buf) + missing
         self.buf = b""
         self.need = 0

@@ -92,11 +92,9 @@ LEU32 = struct.Struct("<I")
 
 
 def text(b, limit=256):
-    """Bytes -> printable str without '|', CR, LF, NUL, at most ``limit`` characters."""
-    s = b[:limit] if isinstance(b, str) else bytes(b[:limit]).decode("utf-8", "replace")
-    if not s.isprintable() or "|" in s:
-        s = "".join(ch if ch.isprintable() and ch != "|" else "?" for ch in s)
-    return s
+    """Bytes -> str of at most ``limit`` characters (the reporter sanitises values, in one
+    place: pipeline/report.py)."""
+    return b[:limit] if isinstance(b, str) else bytes(b[:limit]).decode("utf-8", "replace")
 
 
 class LengthPrefixedParser(Parser):

@@ -20,8 +20,6 @@ def verb_finder(lead_re):
 
 
 def sql_path(text):
-    """White space collapsed, at most PATH_MAX characters, no `|` or unprintable ones."""
-    s = _RE_WS.sub(" ", text).strip()[:PATH_MAX]
-    if not s.isprintable() or "|" in s:
-        s = "".join(ch if ch.isprintable() and ch != "|" else "?" for ch in s)
-    return s
+    """White space collapsed, at most PATH_MAX characters (the reporter sanitises what it
+    prints: pipeline/report.py clean)."""
+    return _RE_WS.sub(" ", text).strip()[:PATH_MAX]

@@ -222,7 +222,7 @@ def test_api_names_and_paths():
         ("CLIENT SETNAME", "CLIENT SETNAME", "CLIENT SETNAME app"),
         ("CONFIG GET", "CONFIG GET", "CONFIG GET maxmemory"), ("ACL LOAD", "ACL LOAD", "ACL LOAD"),
         ("AUTH", "AUTH", "AUTH"), ("GET", "GET", ("GET " + "k" * 100)[:64]),
-        ("GET", "GET", "GET a?b??c"), ("COMMAND", "COMMAND", "COMMAND")]
+        ("GET", "GET", "GET a|b\r\nc"), ("COMMAND", "COMMAND", "COMMAND")]  # raw: report.py cleans
 
 
 def test_error_classes():

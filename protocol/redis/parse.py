@@ -96,11 +96,8 @@ def error_class(code):
 
 
 def _text(b):
-    """Bytes -> printable str without '|', CR, LF, NUL (values end up in '|' lines)."""
-    s = bytes(b).decode("utf-8", "replace")
-    if not s.isprintable() or "|" in s:
-        s = "".join(ch if ch.isprintable() and ch != "|" else "?" for ch in s)
-    return s
+    """Bytes -> str (the reporter sanitises what it prints: pipeline/report.py clean)."""
+    return bytes(b).decode("utf-8", "replace")
 
 
 def _consume(stack):

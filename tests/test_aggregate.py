@@ -1,0 +1,233 @@
+"""Aggregation without BPF: the latency sketch (stated relative error, bounded memory),
+per-period counters, ratios, throughput over partial periods, completeness per link."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from pipeline import sketch
+from pipeline.aggregate import BOUNDS, PERCENTILES, Link, Links, RpcStats, add_to
+from pipeline.conntrack import Tracker
+from pipeline.report import completeness, rpc_values
+from protocol import registry
+from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER, Record
+
+
+def exact(values, q):
+    """Nearest rank: the value of rank ceil(q * n) in sorted order."""
+    s = sorted(values)
+    return s[max(1, math.ceil(q * len(s) - 1e-9)) - 1]
+
+
+def within(est, true, alpha=sketch.ALPHA):
+    return abs(est - true) <= alpha * true + 1e-6
+
+
+@pytest.mark.parametrize("seed, dist", [
+    (1, "lognormal"), (2, "uniform"), (3, "fixed-mix"), (4, "heavy-tail"), (5, "tiny")])
+def test_sketch_quantiles_within_stated_error(seed, dist):
+    rnd = random.Random(seed)
+    if dist == "lognormal":
+        vals = [int(rnd.lognormvariate(13, 1.5)) + 1 for _ in range(20000)]
+    elif dist == "uniform":
+        vals = [rnd.randint(1, 10_000_000) for _ in range(20000)]
+    elif dist == "fixed-mix":      # the acceptance test's shape: 1, 5, 20 ms plus jitter
+        vals = [d * 1_000_000 + rnd.randint(0, 300_000)
+                for d in rnd.choices((1, 5, 20), (60, 35, 5), k=5000)]
+    elif dist == "heavy-tail":
+        vals = [int(1000 * rnd.paretovariate(0.7)) for _ in range(20000)]
+    else:
+        vals = [rnd.randint(1, 20) for _ in range(500)]
+    sk = sketch.Sketch()
+    for v in vals:
+        sk.add(v)
+    qs = (0.0001, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0)
+    for q, est in zip(qs, sk.quantiles(qs)):
+        true = exact(vals, q)
+        if true >= sketch.MAX_NS:
+            assert est == pytest.approx(sketch.value_of(sketch.MAX_KEY))
+        else:
+            assert within(est, true), (q, est, true)
+    assert sk.max == max(vals)
+
+
+def test_sketch_memory_is_bounded():
+    sk = sketch.Sketch()
+    v = 1.0
+    while v < 10 * sketch.MAX_NS:        # every bucket from 1 ns to past the top, and more
+        sk.add(int(v))
+        v *= 1.001
+    for x in (0, 0, -5, 10 ** 15):
+        sk.add(x)
+    assert len(sk.buckets) <= sketch.MAX_BUCKETS
+    assert sketch.MAX_BUCKETS < 1300          # 1 ns .. 100 s at 1 %
+
+
+def test_sketch_edges():
+    assert sketch.quantiles({}, (0.5, 0.99)) == [0, 0]
+    sk = sketch.Sketch()
+    sk.add(0)
+    assert sk.quantiles((0.5,)) == [0]
+    sk = sketch.Sketch()
+    sk.add(1)
+    assert within(sk.quantiles((0.5,))[0], 1)
+    for k in range(-1, 50):
+        lo = sketch.GAMMA ** (k - 1)
+        hi = sketch.GAMMA ** k
+        if k >= 0:
+            assert within(sketch.value_of(k), lo * 1.0000001) and within(sketch.value_of(k), hi)
+
+
+def rec(lat, api="GET /", err=ERR_NONE, req=True, resp=True):
+    return Record(1000 if req else 0, (1000 + lat) if resp else 0, api, err=err)
+
+
+def test_add_to_counts_link_and_api_in_one_pass():
+    link_st, api_st = RpcStats(), RpcStats()
+    lats = [1_000_000, 5_000_000, 20_000_000, 0, 7]
+    for lat in lats:
+        add_to((link_st, api_st), rec(lat))
+    add_to((link_st, api_st), rec(0, err=ERR_CLIENT, resp=False))      # unanswered
+    add_to((link_st, api_st), rec(0, err=ERR_SERVER, req=False))       # no request seen
+    for st in (link_st, api_st):
+        assert (st.req, st.resp, st.err, st.client_err, st.server_err) == (6, 6, 2, 1, 1)
+        assert st.lat_n == 5 and st.lat_sum == sum(lats) and st.lat_max == 20_000_000
+        p50, p90, p99 = st.percentiles()
+        for got, q in zip((p50, p90, p99), PERCENTILES):
+            assert within(got, exact(lats, q)), (q, got)
+        # upstream histogram: 0 counts in no bucket
+        assert sum(st.histo.counts) == 4
+
+
+def test_negative_latency_counts_as_zero():
+    st = RpcStats()
+    st.add(Record(5000, 4000, "X"))
+    assert st.lat_n == 1 and st.lat_sum == 0 and st.percentiles() == [0, 0, 0]
+
+
+def test_histogram_serialization_upstream_buckets():
+    st = RpcStats()
+    for lat in (1, 10_000_000, 10_000_001, 600_000_000, 20_000_000_000):
+        st.add(rec(lat))
+    parts = st.histo.serialize().split()
+    assert parts[0] == "7" and [int(b) for b in parts[1:15:2]] == list(BOUNDS)
+    assert [int(c) for c in parts[2:15:2]] == [2, 3, 3, 3, 4, 4, 4]
+
+
+@pytest.mark.parametrize("period, want", [(5.0, "2.00"), (2.5, "4.00"), (0.37, "27.03"),
+                                          (0.0, "10.00")])
+def test_throughput_over_partial_periods(period, want):
+    """A final report after 0.37 s divides by 0.37 s, not by the configured period."""
+    st = RpcStats()
+    for _ in range(10):
+        st.add(rec(1000))
+    v = rpc_values(st, period)
+    assert v["throughput_req"] == want and v["throughput_resp"] == want
+    assert v["req_count"] == 10
+
+
+def test_ratios():
+    st = RpcStats()
+    for i in range(8):
+        st.add(rec(1000, err=ERR_CLIENT if i < 2 else ERR_SERVER if i < 3 else ERR_NONE))
+    v = rpc_values(st, 1.0)
+    assert v["err_ratio"] == "0.38" and v["err_count"] == 3     # 3/8 through a C float
+    assert rpc_values(RpcStats(), 1.0)["err_ratio"] == "0.00"
+
+
+def test_percentile_fields_and_reset():
+    links = Links()
+    link = links.get((1, "127.0.0.1", "127.0.0.1", 80, 2, 2, "http", 0), 0.0)
+    link.add_records([rec(d * 1_000_000, api="GET /d/%d" % d) for d in (1, 1, 1, 5, 20)])
+    v = rpc_values(link.rpc, 1.0)
+    assert within(v["latency_p50"], 1_000_000) and within(v["latency_p90"], 20_000_000)
+    assert v["max_latency"] == 20_000_000
+    assert v["latency_p99"] <= v["max_latency"]
+    api = rpc_values(link.apis["GET /d/5"], 1.0)
+    assert within(api["latency_p50"], 5_000_000) and api["latency_p99"] == 5_000_000
+    link.reset()
+    v = rpc_values(link.rpc, 1.0)
+    assert (v["latency_p50"], v["max_latency"], v["req_count"]) == (0, 0, 0)
+
+
+# -- completeness, per link ---------------------------------------------------------------
+
+from bpf.layout import DEFINES, LAYOUTS  # noqa: E402
+
+DATA, OPEN = LAYOUTS["evt_data"], LAYOUTS["evt_open"]
+HTTP = registry.BY_NAME["http"].proto_id
+
+
+def _open(tracker, conn_id, client_port, server_port):
+    tracker.feed([OPEN.pack(
+        type=DEFINES["EVT_OPEN"], tgid=4242, conn_id=conn_id, ts=0, fd=conn_id, family=2,
+        server_port=server_port, client_port=client_port, l4_role=DEFINES["L4_SERVER"],
+        l7_role=DEFINES["L7_SERVER"], proto=HTTP, ssl=0,
+        client_ip=bytes([127, 0, 0, client_port % 250 + 1]) + bytes(12),
+        server_ip=bytes([127, 0, 0, 1]) + bytes(12))])
+    return tracker.conns[conn_id]
+
+
+def _data(tracker, conn, direction, ts, payload, lost=0, lost_msgs=0):
+    tracker.feed([DATA.pack(type=DEFINES["EVT_DATA"], tgid=4242, conn_id=conn.conn_id, ts=ts,
+                            true_len=len(payload), cap_len=len(payload), lost=lost,
+                            direction=direction, source=0, proto=HTTP, l7_role=2,
+                            lost_msgs=lost_msgs, flags=0) + payload])
+
+
+def test_completeness_is_attributed_to_the_affected_link_only():
+    links = Links()
+    tr = Tracker(links)
+    clean = _open(tr, 1, 1000, 80)
+    garbage = _open(tr, 2, 1001, 80)
+    lossy = _open(tr, 3, 1002, 80)
+    refused = _open(tr, 4, 1003, 80)
+    conns = (clean, garbage, lossy, refused)
+    assert len({c.link.key for c in conns}) == 4
+    req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    ts = 10
+    for conn in conns:
+        for _ in range(3):
+            _data(tr, conn, 1, ts, req)
+            _data(tr, conn, 0, ts + 5, resp)
+            ts += 10
+    _data(tr, garbage, 1, ts, b"\x16\x03\x01garbage\r\n\r\n")
+    _data(tr, garbage, 1, ts + 1, req)
+    _data(tr, garbage, 0, ts + 2, resp)
+    # a stretch inside a message was never delivered: the next record of that direction
+    # carries its length in `lost` (no clean gap)
+    _data(tr, lossy, 1, ts, req)
+    _data(tr, lossy, 0, ts + 1, resp[:20])
+    _data(tr, lossy, 0, ts + 2, resp, lost=1000)
+    # the ring buffer refused a response: the next record says so (lost_msgs), and the
+    # kernel counted a whole transaction it refused
+    _data(tr, refused, 1, ts, req)
+    _data(tr, refused, 1, ts + 1, req, lost_msgs=1)
+    tr.add_kernel_counts(refused.conn_id, tuple(
+        {"req": 1, "resp": 1}.get(f, 0) for f in LAYOUTS["conn_acct"].fields))
+    tr.stitch_dirty()
+    zero = {"bytes_lost": 0, "msgs_unparsed": 0, "msgs_dropped": 0}
+    assert completeness(clean.link) == zero
+    g = completeness(garbage.link)
+    assert g["msgs_unparsed"] >= 1 and g["bytes_lost"] == 0 and g["msgs_dropped"] == 0
+    lo = completeness(lossy.link)
+    assert lo["bytes_lost"] == 1000 and lo["msgs_unparsed"] == 0
+    assert completeness(refused.link) == {"bytes_lost": 0, "msgs_unparsed": 0,
+                                          "msgs_dropped": 2}
+    # the per-protocol log totals are the sum of the links'
+    total = tr.protocol_stats()["http"]
+    assert total.lost_bytes == 1000 and total.invalid == g["msgs_unparsed"]
+    for conn in conns:
+        conn.link.reset()
+        assert completeness(conn.link) == zero
+
+
+def test_link_class_is_per_period():
+    link = Link((1, "a", "b", 1, 1, 1, "http", 0), 0.0)
+    link.stream_stats.dropped_frames = 3
+    assert completeness(link)["msgs_dropped"] == 3
+    link.reset()
+    assert completeness(link)["msgs_dropped"] == 0
