@@ -118,7 +118,7 @@ class ArgError(Exception):
 class Probe:
     """Capture + pipeline + reporting for one set of settings, changeable at run time."""
 
-    def __init__(self, args, out):
+    def __init__(self, args, out, gopher=False):
         from bpf.layout import DEFINES, LAYOUTS
         from bpf.loader import DEFAULT_CAP, DEFAULT_SAMPLE, Capture
         from pipeline.aggregate import Links
@@ -127,8 +127,9 @@ class Probe:
 
         self.args = args
         self.settings = None
-        self.capture = Capture(args.capture_bytes or DEFAULT_CAP,
-                               DEFAULT_SAMPLE if args.sample is None else args.sample)
+        self.capture = Capture(
+            args.capture_bytes or DEFAULT_CAP, fast_stop=gopher,
+            sample_rate=DEFAULT_SAMPLE if args.sample is None else args.sample)
         self.links = Links()
         self.writer = Writer(out, args.format)
         self.traces = TraceWriter(self.writer, max(0, args.trace_limit), mono_to_wall_factory())
@@ -443,7 +444,7 @@ def run(args, gopher_mode, no_options=False):
             log.info("no options: watching every process for every protocol, "
                      "reporting every %d s", settings.period)
 
-    probe = Probe(args, sys.stdout)
+    probe = Probe(args, sys.stdout, gopher=gopher_mode)
     probe.settings = settings
     if gopher_mode and os.getppid() > 1:
         probe.watch_ppid = os.getppid()

@@ -259,6 +259,10 @@ def main():
     bench_load(tls=True)
     from bench import syscall_cost
     syscall_cost.main(FIG)
+    from bench import uprobe_cost         # per-hit cost by instruction kind, sslsniff-bpfcc
+    uprobe_cost.main(FIG)
+    from bench import bench_sysbench
+    bench_sysbench.main(FIG, probes(), DURATION)
     bench_rss()
     print("== summary (this VM's speed varies between days: compare figures of one run)")
     for fig, val, target in FIG:

@@ -60,11 +60,12 @@ def _tp_exists(category, event):
 class Capture:
     """The loaded BPF object and its maps."""
 
-    def __init__(self, cap_bytes=DEFAULT_CAP, sample_rate=0):
+    def __init__(self, cap_bytes=DEFAULT_CAP, sample_rate=0, fast_stop=False):
         from bcc import BPF
         self.BPF = BPF
         self.cap_bytes = max(64, min(int(cap_bytes), CAP_MAX))
         self.sample_rate = max(0, int(sample_rate))   # HTTP transactions/s delivered; 0: all
+        self.fast_stop = fast_stop      # stopping within 2 s matters more (gala-gopher)
         # L7PROBE_RINGBUF_PAGES: another ring size, a power of two (tests force overflows)
         pages = int(os.environ.get("L7PROBE_RINGBUF_PAGES") or RINGBUF_PAGES)
         self.ring_pages = pages if pages > 0 and pages & (pages - 1) == 0 else RINGBUF_PAGES
@@ -82,12 +83,16 @@ class Capture:
             _tp_exists("sock", "sock_recv_length")
         have_signal = _tp_exists("signal", "signal_generate")
         # Per-syscall tracepoints: the kernel runs them only for the syscalls they name, so
-        # every other syscall of every process costs nothing more (measured here: +7-10 ns
-        # per untraced syscall, against +50 ns for raw_syscalls, whose programs run for every
-        # syscall on the host).  L7PROBE_RAW_SYSCALLS=1 selects the raw_syscalls pair
-        # (x86-64 numbers in probe.c): cheaper per hooked syscall, dearer for the rest.
+        # every other syscall of every process costs nothing more, but each of the ~30
+        # takes its own RCU grace periods to detach (~2 s in all here).  The raw_syscalls
+        # pair (x86-64 numbers in probe.c) detaches in milliseconds and is cheaper per
+        # hooked syscall, but its programs run for every syscall on the host (they return
+        # at once for the others).  So: raw_syscalls where a stop within 2 s is asked for
+        # (gala-gopher), per-syscall tracepoints otherwise; L7PROBE_RAW_SYSCALLS=1 / =0
+        # chooses.
+        want = os.environ.get("L7PROBE_RAW_SYSCALLS")
         raw = (platform.machine() == "x86_64" and BPF.support_raw_tracepoint() and
-               os.environ.get("L7PROBE_RAW_SYSCALLS") == "1")
+               (want == "1" or (want != "0" and self.fast_stop)))
         self.features = {"ringbuf": have_ringbuf, "sock_length_tracepoints": have_sock_len,
                          "kprobes": bool(self._kprobes_available()), "raw_syscalls": raw,
                          "signal_tracepoint": have_signal}
@@ -319,6 +324,16 @@ class Capture:
                                           daemon=True)
         self._detacher.start()
 
+    def _clear_prog_arrays(self):
+        """Empty the program arrays (tail calls) first: a program array holding a program
+        that refers to another array outlives the process's fds until the kernel's deferred
+        clean-up gets to it; emptied, everything goes with the last fd."""
+        for name in ("data_tail_sys", "data_tail_up", "udp_tail"):
+            try:
+                del self.bpf[name][ctypes.c_int(0)]
+            except Exception:       # absent (no UDP build) or already empty
+                pass
+
     def close(self):
         reader = getattr(self, "reader", None)
         if reader is not None:
@@ -331,6 +346,7 @@ class Capture:
                 self._detacher = None
             else:
                 self._detach_tracepoints_in_parallel()
+            self._clear_prog_arrays()
             try:
                 self.bpf.cleanup()
             finally:

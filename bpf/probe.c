@@ -1115,16 +1115,16 @@ static __always_inline int enter_msg_dgram(int fd, const struct user_msghdr *ums
 #define NR_recvmmsg 299
 #define NR_sendmmsg 307
 
+/* the syscalls hooked: both raw programs return at once for any other */
+#define HOOKED_NR(nr) ((nr) == NR_read || (nr) == NR_write || (nr) == NR_close ||           \
+    (nr) == NR_readv || (nr) == NR_writev || (nr) == NR_sendfile || (nr) == NR_connect ||   \
+    (nr) == NR_accept || (nr) == NR_sendto || (nr) == NR_recvfrom || (nr) == NR_sendmsg ||  \
+    (nr) == NR_recvmsg || (nr) == NR_accept4 || (nr) == NR_recvmmsg || (nr) == NR_sendmmsg)
+
 RAW_TRACEPOINT_PROBE(sys_enter) {
     long nr = ctx->args[1];
-    switch (nr) {
-    case NR_read: case NR_write: case NR_close: case NR_readv: case NR_writev:
-    case NR_sendfile: case NR_connect: case NR_accept: case NR_sendto: case NR_recvfrom:
-    case NR_sendmsg: case NR_recvmsg: case NR_accept4: case NR_recvmmsg: case NR_sendmmsg:
-        break;
-    default:
+    if (!HOOKED_NR(nr))
         return 0;
-    }
     struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
     u64 a0 = 0, a1 = 0, a2 = 0;
     bpf_probe_read_kernel(&a0, sizeof(a0), &regs->di);
@@ -1168,6 +1168,13 @@ RAW_TRACEPOINT_PROBE(sys_enter) {
 }
 
 RAW_TRACEPOINT_PROBE(sys_exit) {
+    /* every syscall of the host passes here: the syscall number first (pt_regs is the
+       x86-64 ABI's), the hash lookup only for the syscalls sys_enter kept */
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long nr = -1;
+    bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+    if (!HOOKED_NR(nr))
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
     struct active_op *op = active.lookup(&id);
     if (!op)
