@@ -603,16 +603,22 @@ static __always_inline void send_short_read(void *ctx, struct conn_val *c, struc
  * connection now has a protocol (announced or not, see announce()). */
 static __always_inline int detect_proto(void *ctx, struct conn_val *c, struct conn_key *k,
                                         struct data_evt_buf *ev, struct active_op *op, u32 len,
-                                        u8 dir, struct probe_config *cfg) {
+                                        u8 dir, struct probe_config *cfg, u8 source) {
     if (c->flags & CONN_F_IGNORED)
         return 0;
     __builtin_memset(ev->data, 0, DETECT_LEN);
     u32 n = copy_data(ev, op, DETECT_LEN);
     u8 *b = ev->data;
     u32 count = len;
-    u32 plen = (n && dir == DIR_INGRESS) ? join_short_read(ev, k, len, &b, &count) : 0;
+    /* short reads are joined for syscall bytes in the clear only: TLS plaintext is whole,
+       and a TLS record header read alone (OpenSSL reads 5 bytes first) is ciphertext */
+    int joins = n && dir == DIR_INGRESS && source == SRC_SYSCALL &&
+                !(cfg->tls && ev->data[0] >= 0x14 && ev->data[0] <= 0x17 && ev->data[1] == 0x03);
+    if (source == SRC_SSL)
+        short_reads.delete(k);
+    u32 plen = joins ? join_short_read(ev, k, len, &b, &count) : 0;
     u32 r = n ? l7_detect(b, count, cfg->proto_flags) : 0;
-    if (r == 0 && n && dir == DIR_INGRESS)
+    if (r == 0 && joins)
         keep_short_read(ev, k, n, len, plen, b);
     if (r != 0 && !detect_pairable(r, dir == DIR_EGRESS, c->flags))
         r = 0;      /* an answer to a request that was not detected: not counted either */
@@ -921,7 +927,7 @@ static __always_inline int data_body(void *ctx) {
     u8 dir = p->dir;
     struct active_op *op = &p->op;
     if (c->proto == PROTO_UNKNOWN) {
-        if (!detect_proto(ctx, c, &k, ev, op, len, dir, cfg))
+        if (!detect_proto(ctx, c, &k, ev, op, len, dir, cfg, p->source))
             return 0;
     } else if (c->flags & CONN_F_UNANNOUNCED) {
         announce(ctx, c, &k);
