@@ -644,6 +644,11 @@ static __always_inline int detect_proto(void *ctx, struct conn_val *c, struct co
     return 1;
 }
 
+static __always_inline struct conn_acct *acct_of(struct conn_val *c, struct conn_acct *zero) {
+    c->flags |= CONN_F_ACCT;
+    return kacct.lookup_or_try_init(&c->conn_id, zero);
+}
+
 /* Send `len` bytes (a bounded prefix of them) of buffer `op` as a data record.  `flags`:
  * EVF_*.  Returns 1 if the record was delivered; if not, its bytes are a gap for user space. */
 static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_key *k,
@@ -672,6 +677,11 @@ static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_
     if (output(ctx, ev, size, 0) != 0) {
         stat_add(STAT_RECORDS_DROPPED, 1);
         stat_add(STAT_BYTES_DROPPED, len);
+        int zero = 0;
+        struct conn_acct *z = acct_zero.lookup(&zero);
+        struct conn_acct *a = z ? acct_of(c, z) : 0;
+        if (a)
+            a->refused += 1;        /* per link, in l7_link's completeness fields */
         if (dir == DIR_EGRESS)
             c->lost_sent += len;
         else
@@ -704,10 +714,6 @@ static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_
  *
  * Known limit: a syscall holding several pipelined requests counts as one here (user space
  * counts them all when it is delivered). */
-static __always_inline struct conn_acct *acct_of(struct conn_val *c, struct conn_acct *zero) {
-    c->flags |= CONN_F_ACCT;
-    return kacct.lookup_or_try_init(&c->conn_id, zero);
-}
 
 static __always_inline void acct_response(struct conn_acct *a, u32 status, u64 lat, int has) {
     a->resp += 1;

@@ -152,6 +152,9 @@ struct conn_acct {
     u64 lat_max;
     u32 bucket[8];   /* gala-gopher's 7 latency buckets (pipeline/aggregate.py BOUNDS), then
                         latencies above the last bound */
+    u32 refused;     /* data records of the connection the ring buffer refused (any protocol;
+                        kacct only): l7_link msgs_dropped */
+    u32 pad;
 };
 
 /* An HTTP API name (l7_rpc_api key "METHOD path") is at most this long (upstream's rule) */

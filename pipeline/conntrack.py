@@ -36,6 +36,7 @@ _OPEN = LAYOUTS["evt_open"]
 _CLOSE = LAYOUTS["evt_close"]
 _TYPE = struct.Struct("<I")
 _ACCT_FIELDS = LAYOUTS["conn_acct"].fields
+REFUSED = _ACCT_FIELDS.index("refused")    # conn_acct's count of refused records
 
 
 def ip_text(family, raw):
@@ -188,7 +189,6 @@ class Tracker:
         requests without a response here (the kernel counted the response and the
         latency); requests not parsed yet are retired when they are."""
         conn.retire += n
-        conn.link.refused += n               # l7_link msgs_dropped
         if conn.req_stream is not None:
             self._stitch(conn, conn.proto.stitch)
 
@@ -370,7 +370,7 @@ class Tracker:
         _add_acct(link.rpc, delta, vals)
         link.last_active = self.now
         link.kernel_only += delta[0]
-        link.refused += max(0, delta[0] - delta[5])   # transactions the ring buffer refused
+        link.refused += delta[REFUSED]     # records the ring buffer refused (msgs_dropped)
         self.kernel_only += delta[0]
         self.sampled_out += delta[5]
         return gone
@@ -412,7 +412,7 @@ class Tracker:
             self.acct_base.pop(key, None)
         else:
             self.acct_base[key] = vals
-        if not (delta[0] or delta[1] or delta[4]):
+        if not any(delta):
             return None
         return delta
 

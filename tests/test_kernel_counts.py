@@ -150,3 +150,13 @@ def test_the_kernel_api_rule_names_the_apis_the_parser_names():
         for c in _kernel_api_rule(line):
             h = ((h ^ c) * 1099511628211) % 2**64
         assert api_hash(name) == (h or 1)
+
+
+def test_refused_records_count_on_their_link_only():
+    """conn_acct.refused (any data record the ring buffer refused, bodies too) is the
+    link's msgs_dropped, even when nothing else of the connection was counted."""
+    links, tr = tracker()
+    tr.feed([open_rec(), open_rec(cid=8)])
+    tr.add_kernel_counts(CID, acct(refused=3))
+    tr.add_kernel_counts(CID, acct(refused=5))
+    assert [l.refused for l in links.links.values()] == [5]
