@@ -813,7 +813,9 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
         start = 1;
         api = http_api_hash(ev->data, n);
         int sampled_out = 0;
-        if (!hidden && apis_known.lookup(&api))
+        /* a connection that pipelines is never sampled: the kernel sees one request per
+           syscall, the parsers see them all */
+        if (!hidden && !(c->flags & CONN_F_PIPELINED) && apis_known.lookup(&api))
             sampled_out = !sample_ok(cfg, now);
         deliver = !hidden && !sampled_out;
         slot = c->fifo_tail & (FIFO_LEN - 1);
@@ -841,6 +843,19 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
                 req_ts = c->fifo_ts[slot];
                 api = c->fifo_api[slot];
                 c->fifo_head += 1;
+            }
+        }
+        if (c->fifo_head == c->fifo_tail && http_final(status)) {
+            /* An answer to a request the kernel did not see start: one of several pipelined
+               in one syscall.  From now on every transaction of this connection is
+               delivered.  If that syscall was not delivered, its request is counted here,
+               with this answer (no latency: its start is unknown). */
+            c->flags |= CONN_F_PIPELINED;
+            if (c->shed & SHED_REQ) {
+                req_dlv = 0;
+                api = c->fifo_api[(c->fifo_tail - 1) & (FIFO_LEN - 1)];
+                kcount(c, api, 0, 0, 0, 0, 0);
+                kcount(c, api, 1, status, 0, 0, 0);
             }
         }
         /* a response follows its request: delivered if it was (the interim ones too) */

@@ -186,6 +186,7 @@ struct sampler_state {
 #define CONN_F_IGNORED  4   /* detection gave up, or protocol not enabled */
 #define CONN_F_ACCT     8   /* the connection has an entry in map `kacct` */
 #define CONN_F_UNANNOUNCED 16  /* protocol known, EVT_OPEN not delivered yet (ring full) */
+#define CONN_F_PIPELINED 0x20  /* HTTP: requests were pipelined in one syscall: never sampled */
 #define CONN_F_MISSED_EGRESS  0x40  /* data of this direction failed detection (l7.h) */
 #define CONN_F_MISSED_INGRESS 0x80
 
