@@ -845,7 +845,7 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
                 c->fifo_head += 1;
             }
         }
-        if (c->fifo_head == c->fifo_tail && http_final(status)) {
+        if (!has && http_final(status)) {
             /* An answer to a request the kernel did not see start: one of several pipelined
                in one syscall.  From now on every transaction of this connection is
                delivered.  If that syscall was not delivered, its request is counted here,
