@@ -33,7 +33,8 @@ def measure(seconds, probe_path=None):
             probe.stop()
         made = int(re.search(r"total:\s+(\d+)", out).group(1))
         tps = float(re.search(r"transactions:\s+\d+\s+\(([\d.]+) per sec", out).group(1))
-        rows = [r for r in probe.records("l7_rpc") if r["server_port"] == str(db.port)
+        from bench.run import rpc_rows
+        rows = [r for r in rpc_rows(probe) if r["server_port"] == str(db.port)
                 and r["l7_role"] == "server"]
         return made, total(rows, "req_count"), tps
 

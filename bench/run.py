@@ -114,12 +114,27 @@ def probes():
     return out
 
 
-def run_load(ng, delay, probe_args, probe_path=None, threads=2, conns=CONNS, port=None):
+def rpc_rows(probe):
+    """l7_rpc rows of this or of BENCH_REF's probe: upstream's fields keep their order, and
+    extensions come after them, so the fields known to both are read by position."""
+    from pipeline.meta import FIELDS
+    names = FIELDS["l7_rpc"]
+    out = []
+    for line in getattr(probe, "lines", ()):       # _Reference prints no records
+        if line.startswith("|l7_rpc|"):
+            vals = line[1:-1].split("|")[1:]
+            out.append(dict(zip(names, vals)))
+    return out
+
+
+def run_load(ng, delay, probe_args, probe_path=None, threads=2, conns=CONNS, port=None,
+             env=None):
     """(requests, wall s, nginx cpu s, probe cpu s or None, reported server requests)."""
     if probe_args == "reference":
         probe = _Reference()
     elif probe_args is not None:
-        probe = ProbeRun(probe_args, probe=probe_path)
+        probe = ProbeRun(probe_args, probe=probe_path,
+                         env=dict(os.environ, **env) if env else None)
     else:
         probe = None
     try:
@@ -136,7 +151,7 @@ def run_load(ng, delay, probe_args, probe_path=None, threads=2, conns=CONNS, por
             probe.stop()
     reported = None
     if probe:
-        rows = [r for r in probe.records("l7_rpc")
+        rows = [r for r in rpc_rows(probe)
                 if r["server_port"] == str(port or ng.port) and r["l7_role"] == "server"]
         reported = total(rows, "req_count")
     return reqs, secs, c1 - c0, (p1 - p0) if probe else None, reported
@@ -154,11 +169,13 @@ def bench_load(tls=False):
         print("  without probe: %d req (%.0f req/s), nginx CPU %.2f us/req"
               % (base[0], base[0] / base[1], 1e6 * base[2] / base[0]))
         base_per_req = base[2] / base[0]
-        for who, path in probes():
+        variants = [(who, path, None) for who, path in probes()]
+        variants.insert(1, ("this (raw_syscalls)", variants[0][1], {"L7PROBE_RAW_SYSCALLS": "1"}))
+        for who, path, env in variants:
             for label, args in (("all processes", ["--proto", "http", "-P", "2"]),
                                 ("--pid nginx", ["--proto", "http", "-P", "2", "-p",
                                                  ",".join(map(str, ng.pids()))])):
-                r = run_load(ng, True, args, path)
+                r = run_load(ng, True, args, path, env=env)
                 added = (r[3] + r[2] - base_per_req * r[0]) / r[0]
                 print("  %s probe, %s: %d req (%.0f req/s, %.0f %% of the rate without), "
                       "nginx CPU %.2f us/req, probe CPU %.2f us/req, added CPU %.2f us/req "
