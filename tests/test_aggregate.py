@@ -203,11 +203,12 @@ def test_completeness_is_attributed_to_the_affected_link_only():
     _data(tr, lossy, 0, ts + 1, resp[:20])
     _data(tr, lossy, 0, ts + 2, resp, lost=1000)
     # the ring buffer refused a response: the next record says so (lost_msgs), and the
-    # kernel counted a whole transaction it refused
+    # kernel counted a whole transaction whose request record it refused (the response of
+    # such a transaction is not even offered): 2 refused records, conn_acct.refused
     _data(tr, refused, 1, ts, req)
     _data(tr, refused, 1, ts + 1, req, lost_msgs=1)
     tr.add_kernel_counts(refused.conn_id, tuple(
-        {"req": 1, "resp": 1}.get(f, 0) for f in LAYOUTS["conn_acct"].fields))
+        {"req": 1, "resp": 2, "refused": 2}.get(f, 0) for f in LAYOUTS["conn_acct"].fields))
     tr.stitch_dirty()
     zero = {"bytes_lost": 0, "msgs_unparsed": 0, "msgs_dropped": 0}
     assert completeness(clean.link) == zero
