@@ -316,6 +316,11 @@ class Probe:
             log.warning("http: %d request(s) counted by the kernel on connections that closed "
                         "before the ring buffer could announce them: not reported", tr.unplaced)
             tr.unplaced = 0
+        if tr.udp_unplaced_dropped:
+            log.warning("dns: %d datagram(s) this period whose peer the kernel could not tell "
+                        "and no later datagram of the same DNS id named: not reported",
+                        tr.udp_unplaced_dropped)
+            tr.udp_unplaced_dropped = 0
 
     def _kernel_counts(self):
         """What the kernel counted itself (maps kapi, then kacct) into this period's links."""

@@ -170,7 +170,8 @@ def bench_load(tls=False):
               % (base[0], base[0] / base[1], 1e6 * base[2] / base[0]))
         base_per_req = base[2] / base[0]
         variants = [(who, path, None) for who, path in probes()]
-        variants.insert(1, ("this (raw_syscalls)", variants[0][1], {"L7PROBE_RAW_SYSCALLS": "1"}))
+        variants.insert(1, ("this (L7PROBE_HOOKS=syscalls)", variants[0][1],
+                            {"L7PROBE_HOOKS": "syscalls"}))
         for who, path, env in variants:
             for label, args in (("all processes", ["--proto", "http", "-P", "2"]),
                                 ("--pid nginx", ["--proto", "http", "-P", "2", "-p",

@@ -1,5 +1,6 @@
 """Cost of the probe for processes it does not trace: ns per syscall of a C loop, without
-the probe and with it (per-syscall tracepoints, the default, and the raw_syscalls pair).
+the probe and with it: its default hooks (socket tracepoints, no syscall hook), per-syscall
+tracepoints (L7PROBE_HOOKS=syscalls) and the raw_syscalls pair (L7PROBE_HOOKS=raw).
 
 Two loops: getppid() (a syscall the probe does not hook) and write() of 1 byte to
 /dev/null (a hooked syscall, on a file descriptor that is no tracked connection).
@@ -68,9 +69,9 @@ def measure():
     with tempfile.TemporaryDirectory() as d:
         exe = _build(d)
         out["no probe"] = _measure(exe)
-        for label, env in (("probe (syscall tracepoints)", {}),
-                           ("probe (raw_syscalls, L7PROBE_RAW_SYSCALLS=1)",
-                            {"L7PROBE_RAW_SYSCALLS": "1"})):
+        for label, env in (("probe (default: socket tracepoints)", {}),
+                           ("probe (L7PROBE_HOOKS=syscalls)", {"L7PROBE_HOOKS": "syscalls"}),
+                           ("probe (L7PROBE_HOOKS=raw)", {"L7PROBE_HOOKS": "raw"})):
             with ProbeRun(["--proto", "http", "-P", "5"], env=dict(os.environ, **env)):
                 out[label] = _measure(exe)
         out["no probe, again"] = _measure(exe)
@@ -87,7 +88,7 @@ def main(fig=None):
                  r["write"] - base["write"]))
     print("  target: <= +10 ns per syscall the probe does not need")
     if fig is not None:
-        r = res["probe (syscall tracepoints)"]
+        r = res["probe (default: socket tracepoints)"]
         fig.append(("untraced process: added ns per getppid / write",
                     "%+.1f / %+.1f ns" % (r["getppid"] - base["getppid"],
                                           r["write"] - base["write"]), "<= 10 ns"))

@@ -82,28 +82,37 @@ class Capture:
         have_sock_len = _tp_exists("sock", "sock_send_length") and \
             _tp_exists("sock", "sock_recv_length")
         have_signal = _tp_exists("signal", "signal_generate")
-        # Per-syscall tracepoints: the kernel runs them only for the syscalls they name, so
-        # every other syscall of every process costs nothing more, but each of the ~30
-        # takes its own RCU grace periods to detach (~2 s in all here).  The raw_syscalls
-        # pair (x86-64 numbers in probe.c) detaches in milliseconds and is cheaper per
-        # hooked syscall, but its programs run for every syscall on the host (they return
-        # at once for the others).  So: raw_syscalls where a stop within 2 s is asked for
-        # (gala-gopher), per-syscall tracepoints otherwise; L7PROBE_RAW_SYSCALLS=1 / =0
-        # chooses.
-        want = os.environ.get("L7PROBE_RAW_SYSCALLS")
-        raw = (platform.machine() == "x86_64" and BPF.support_raw_tracepoint() and
-               (want == "1" or (want != "0" and self.fast_stop)))
+        # Hooks.  "sock" (the default where it works): no syscall hook at all, only
+        # sock:sock_send_length/sock_recv_length, which fire inside socket sends and
+        # receives with the syscall's arguments in the thread's user registers
+        # (bpf_task_pt_regs, kernel >= 5.15), and tcp:tcp_destroy_sock for the end.  Any
+        # syscall tracepoint sends every syscall of every task through the kernel's slow
+        # path; these do not, and they run once per socket operation instead of twice per
+        # syscall.  Otherwise: per-syscall tracepoints ("syscalls"; ~30 of them take ~2 s
+        # to detach), or the raw_syscalls pair ("raw": detaches in milliseconds, for
+        # gala-gopher's stop).  L7PROBE_HOOKS=sock|syscalls|raw chooses
+        # (L7PROBE_RAW_SYSCALLS=1/0, the older switch, means raw/syscalls).
+        want = os.environ.get("L7PROBE_HOOKS") or {"1": "raw", "0": "syscalls"}.get(
+            os.environ.get("L7PROBE_RAW_SYSCALLS", ""), "")
+        x86 = platform.machine() == "x86_64"
+        can_raw = x86 and BPF.support_raw_tracepoint()
+        can_sock = (x86 and have_sock_len and kver >= (5, 15) and
+                    _tp_exists("tcp", "tcp_destroy_sock"))
+        fallback = "raw" if can_raw and (want == "raw" or self.fast_stop) else "syscalls"
+        if want == "syscalls" or (want == "raw" and can_raw):
+            hooks = fallback
+        elif can_sock:
+            hooks = "sock"
+        else:
+            hooks = fallback
         self.features = {"ringbuf": have_ringbuf, "sock_length_tracepoints": have_sock_len,
-                         "kprobes": bool(self._kprobes_available()), "raw_syscalls": raw,
-                         "signal_tracepoint": have_signal}
+                         "kprobes": bool(self._kprobes_available()), "hooks": hooks,
+                         "raw_syscalls": hooks == "raw", "signal_tracepoint": have_signal}
         defines = {"CAP_MAX": CAP_MAX, "RINGBUF": int(have_ringbuf),
                    "RINGBUF_PAGES": self.ring_pages, "HAVE_SOCK_LEN_TP": int(have_sock_len),
                    "HAVE_SIGNAL_TP": int(have_signal),
-                   "RAW_SYSCALLS": int(raw),
                    "NR_CPUS_MAX": _possible_cpus(), "TLS": int(os.environ.get("L7PROBE_TLS_BUILD", "1"))}
         defines.update(registry.c_defines())
-        cflags = ["-I" + INCLUDE, "-Wno-macro-redefined", "-Wno-unused-function"]
-        cflags += ["-D%s=%d" % kv for kv in sorted(defines.items())]
         with open(os.path.join(HERE, "probe.c")) as f:
             text = f.read()
         # BCC rewrites map calls (m.lookup()) only in the main text, not in headers:
@@ -112,10 +121,23 @@ class Capture:
             text = text.replace('#include "tls.h"', f.read())
         with open(os.path.join(HERE, "udp.h")) as f:
             text = text.replace('#include "udp.h"', f.read())
-        try:
-            self.bpf = BPF(text=text, cflags=cflags, debug=int(os.environ.get('L7PROBE_BCC_DEBUG', '0')))
-        except Exception as exc:  # BCC raises bare Exception on compile/load errors
-            raise ProbeError("failed to load the BPF program: %s" % str(exc).splitlines()[0])
+        debug = int(os.environ.get('L7PROBE_BCC_DEBUG', '0'))
+        while True:
+            defines.update(RAW_SYSCALLS=int(hooks == "raw"), SOCK_HOOKS=int(hooks == "sock"))
+            cflags = ["-I" + INCLUDE, "-Wno-macro-redefined", "-Wno-unused-function"]
+            cflags += ["-D%s=%d" % kv for kv in sorted(defines.items())]
+            try:
+                self.bpf = BPF(text=text, cflags=cflags, debug=debug)
+                break
+            except Exception as exc:  # BCC raises bare Exception on compile/load errors
+                if hooks != "sock":
+                    raise ProbeError("failed to load the BPF program: %s"
+                                     % str(exc).splitlines()[0])
+                log.warning("socket-tracepoint hooks unavailable (%s): syscall hooks instead",
+                            str(exc).splitlines()[0])
+                hooks = fallback
+                self.features.update(hooks=hooks, raw_syscalls=hooks == "raw")
+        raw = hooks == "raw"
         if have_sock_len:
             # UDP datagrams (bpf/udp.h) run as a tail call of the syscall exit programs
             try:
@@ -130,7 +152,8 @@ class Capture:
                % ("present but unused" if self.features["kprobes"] else "absent"))
         _release_compiler_memory()
         log.info("capture: %s; socket check: %s; output: %s",
-                 "raw_syscalls tracepoints" if raw else "syscall tracepoints",
+                 {"sock": "socket tracepoints (no syscall hook)", "raw":
+                  "raw_syscalls tracepoints"}.get(hooks, "syscall tracepoints"),
                  how, "ring buffer" if have_ringbuf else "perf buffer")
         # the data path is a program of its own, tail-called (probe.c data_body): one copy
         # per caller's program type, each in its own program array

@@ -1,23 +1,32 @@
-/* l7probe kernel side: raw_syscalls (or per-syscall) tracepoints + sock tracepoints, no kprobes.
+/* l7probe kernel side: socket tracepoints (default) or syscall tracepoints, no kprobes.
  *
- * Data flow of one send/recv syscall on a TCP socket:
+ * Default (SOCK_HOOKS, see sock_io): sock:sock_send_length / sock_recv_length fire inside
+ * each socket send / receive, after the data moved; the syscall's arguments come from the
+ * thread's user registers.  There: count bytes and segments in the connection (kernel-side
+ * l7_link counters), detect the protocol on the first data, and send a bounded prefix of the
+ * bytes plus their true length to user space.  A socket becomes a connection at its first
+ * data (role and addresses from sock:inet_sock_set_state, keyed by `sk`; connections that
+ * existed before the probe started are entered by user space); tcp:tcp_destroy_sock ends it.
+ *
+ * Otherwise (kernels without them, or L7PROBE_HOOKS=syscalls|raw), one send/recv syscall:
  *   sys_enter_<op>      remember (fd, buffer) of this thread's syscall, if (tgid, fd) is a
  *                       tracked connection
  *   sock:sock_*_length  the syscall really touched a socket: remember its `sk`
- *   sys_exit_<op>       count bytes and segments in the connection (kernel-side l7_link
- *                       counters), detect the protocol on the first data, and send a bounded
- *                       prefix of the bytes plus their true length to user space.
- * Connections enter map `conns` at connect()/accept() exit (or from user space, for those
- * that existed before the probe started, or at the first data of a process forked since on
- * a TCP socket it inherited, see adopt_conn); their addresses come from
- * sock:inet_sock_set_state, keyed by `sk`.  close() sends the final counters.
+ *   sys_exit_<op>       as above.
+ * Connections enter map `conns` at connect()/accept() exit (or from user space, or at the
+ * first data of a process forked since on a TCP socket it inherited, see adopt_conn).
+ * close() sends the final counters.
  *
  * Macros set by bpf/loader.py: CAP_MAX (power of two), RINGBUF (1: ring buffer, 0: perf),
- * PROTO_* / FLAG_* (protocol/registry.py), HAVE_SOCK_LEN_TP (1: sock_*_length exist).
+ * PROTO_* / FLAG_* (protocol/registry.py), HAVE_SOCK_LEN_TP (1: sock_*_length exist),
+ * SOCK_HOOKS / RAW_SYSCALLS (the hooks).
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/socket.h>
 #include <linux/uio.h>
+#if SOCK_HOOKS
+#include <net/sock.h>     /* offsetof(struct sock_common, skc_v6_daddr) only (udp.h) */
+#endif
 
 #include "l7_events.h"
 #include "l7.h"
@@ -318,7 +327,7 @@ out:
     return 0;
 }
 
-#if !RAW_SYSCALLS
+#if !RAW_SYSCALLS && !SOCK_HOOKS
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     return enter_conn_op(args->fd, 0, 1, (const struct sockaddr *)args->uservaddr);
 }
@@ -377,12 +386,9 @@ TRACEPOINT_PROBE(signal, signal_generate) {
 
 /* ---------------------------------------------------------------- close -------------- */
 
-static __always_inline int do_close(void *ctx, int fd) {
-    u64 id = bpf_get_current_pid_tgid();
-    struct conn_key k = {.tgid = id >> 32, .fd = fd};
-    struct conn_val *c = conns.lookup(&k);
-    if (!c)
-        return 0;
+/* A connection's end: its final counters to user space, its map entries deleted. */
+static __always_inline void close_conn(void *ctx, struct conn_key *kp, struct conn_val *c) {
+    struct conn_key k = *kp;
     if (c->proto && (c->flags & CONN_F_UNANNOUNCED) && (c->flags & CONN_F_ACCT))
         announce(ctx, c, &k);       /* so that user space can place the kernel's counts */
     if (c->proto && !(c->flags & CONN_F_UNANNOUNCED)) {
@@ -401,10 +407,18 @@ static __always_inline int do_close(void *ctx, int fd) {
     }
     short_reads.delete(&k);
     conns.delete(&k);
+}
+
+static __always_inline int do_close(void *ctx, int fd) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct conn_key k = {.tgid = id >> 32, .fd = fd};
+    struct conn_val *c = conns.lookup(&k);
+    if (c)
+        close_conn(ctx, &k, c);
     return 0;
 }
 
-#if !RAW_SYSCALLS
+#if !RAW_SYSCALLS && !SOCK_HOOKS
 TRACEPOINT_PROBE(syscalls, sys_enter_close) { return do_close(args, args->fd); }
 #endif
 
@@ -440,7 +454,9 @@ static __always_inline int enter_data(int fd, u64 buf, u32 iovcnt, u8 dir) {
 }
 
 #if HAVE_SOCK_LEN_TP
-static __always_inline int mark_sock(u64 sk, u16 proto) {
+static __always_inline int mark_sock(u64 sk, u16 proto, int flags) {
+    if (flags & 2)              /* MSG_PEEK: the bytes are read again later */
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
     struct active_op *op = active.lookup(&id);
     if (op) {
@@ -450,8 +466,12 @@ static __always_inline int mark_sock(u64 sk, u16 proto) {
     }
     return 0;
 }
-TRACEPOINT_PROBE(sock, sock_send_length) { return mark_sock((u64)args->sk, args->protocol); }
-TRACEPOINT_PROBE(sock, sock_recv_length) { return mark_sock((u64)args->sk, args->protocol); }
+#if !SOCK_HOOKS
+TRACEPOINT_PROBE(sock, sock_send_length) { return mark_sock((u64)args->sk, args->protocol, 0); }
+TRACEPOINT_PROBE(sock, sock_recv_length) {
+    return mark_sock((u64)args->sk, args->protocol, args->flags);
+}
+#endif
 #endif
 
 /* Copy up to `len` bytes of the syscall's data into ev->data; returns bytes copied. */
@@ -1001,6 +1021,7 @@ int l7_data_raw(struct bpf_raw_tracepoint_args *ctx) { return data_body(ctx); }
  * (inet_sock_set_state); otherwise ignore this fd until it is closed. */
 static __always_inline struct conn_val *adopt_conn(struct conn_key *k, u64 sk) {
     struct conn_val c = {};
+    c.sk = sk;          /* also of an ignored one: another socket on this fd ends it */
     struct sk_addr *a = sk ? sk_addrs.lookup(&sk) : 0;
     int ok = a && a->l4_role;
     if (ok) {
@@ -1016,6 +1037,30 @@ static __always_inline struct conn_val *adopt_conn(struct conn_key *k, u64 sk) {
     return ok ? conns.lookup(k) : 0;
 }
 #endif
+
+/* `len` bytes of a socket syscall on tracked connection `c`: count them, then deliver
+ * (plaintext) or tie them to the TLS call under way (ciphertext).  `active_id`: see
+ * handle_bytes. */
+static __always_inline void conn_io(void *ctx, u64 id, struct conn_val *c, struct conn_key *kp,
+                                    struct active_op *op, u32 len, u64 active_id) {
+    struct conn_key k = *kp;
+    u8 dir = op->dir;
+    if (dir == DIR_EGRESS) {
+        c->bytes_sent += len;
+        c->segs_sent += 1;
+    } else {
+        c->bytes_recv += len;
+        c->segs_recv += 1;
+    }
+    conn_fill_addr(c, op->sk);
+#if TLS
+    /* may end in a tail call (the plaintext of an SSL_write whose socket shows now):
+       the syscall's own bytes are ciphertext then, nothing more to do */
+    tls_nested_syscall(ctx, id, c, &k, dir);     /* may end in a tail call, see there */
+#endif
+    if (!c->ssl)            /* else ciphertext: the plaintext comes from the TLS uprobes */
+        handle_bytes(ctx, c, &k, op, len, dir, SRC_SYSCALL, 0, active_id);
+}
 
 static __always_inline int exit_data(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
@@ -1051,23 +1096,7 @@ static __always_inline int exit_data(void *ctx, long ret) {
         goto out;
 #endif
     }
-    u32 len = ret;
-    u8 dir = op->dir;
-    if (dir == DIR_EGRESS) {
-        c->bytes_sent += len;
-        c->segs_sent += 1;
-    } else {
-        c->bytes_recv += len;
-        c->segs_recv += 1;
-    }
-    conn_fill_addr(c, op->sk);
-#if TLS
-    /* may end in a tail call (the plaintext of an SSL_write whose socket shows now):
-       the syscall's own bytes are ciphertext then, nothing more to do */
-    tls_nested_syscall(ctx, id, c, &k, dir);     /* may end in a tail call, see there */
-#endif
-    if (!c->ssl)            /* else ciphertext: the plaintext comes from the TLS uprobes */
-        handle_bytes(ctx, c, &k, op, len, dir, SRC_SYSCALL, 0, id);
+    conn_io(ctx, id, c, &k, op, ret, id);
 out:
     active.delete(&id);
     return 0;
@@ -1121,11 +1150,7 @@ static __always_inline int enter_msg_dgram(int fd, const struct user_msghdr *ums
     return enter_dgram(fd, (u64)m.msg_iov, m.msg_iovlen, dir, (u64)m.msg_name, 0);
 }
 
-#if RAW_SYSCALLS
-/* Two raw tracepoints instead of 26 syscall tracepoints: the BPF program is called directly
- * with the user registers (no per-event record built by the kernel, cheaper per hooked
- * syscall), and detaching takes milliseconds instead of one RCU grace period per
- * tracepoint (~2 s in all), which matters to gala-gopher's stop.  x86-64 numbers. */
+/* x86-64 syscall numbers (raw_syscalls and sock hooks tell the syscall by them) */
 #define NR_read 0
 #define NR_write 1
 #define NR_close 3
@@ -1141,6 +1166,172 @@ static __always_inline int enter_msg_dgram(int fd, const struct user_msghdr *ums
 #define NR_accept4 288
 #define NR_recvmmsg 299
 #define NR_sendmmsg 307
+#define NR_splice 275
+
+#if SOCK_HOOKS
+/* No syscall hook at all: a syscall tracepoint, once enabled, sends every syscall of every
+ * task on the host through the slow path (measured here: +60-100 ns per syscall of processes
+ * the probe does not care about).  sock:sock_send_length / sock_recv_length fire inside the
+ * send or receive of a socket, in the calling thread, after the data moved; the syscall's
+ * arguments are in the thread's user registers (bpf_task_pt_regs), its result for this socket
+ * is the tracepoint's `ret`.  One BPF run per socket operation instead of two per syscall.
+ * Connections: a socket is adopted at its first data, its role from its handshake
+ * (sock:inet_sock_set_state, sk_addrs) or from user space (seed_connection, connections of
+ * before the start); it ends at tcp:tcp_destroy_sock (the process closed it and TCP is
+ * done), or when its fd turns up with another socket.  x86-64 (registers, numbers). */
+BPF_TABLE("lru_hash", u64, struct conn_key, sk_conn, 65536);   /* sk -> its connection */
+struct mmsg_pos {
+    u64 msgs;
+    u32 next;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", u64, struct mmsg_pos, mmsg_at, 4096);    /* by thread */
+#define MSG_PEEK_ 2
+#define IPPROTO_TCP_ 6
+
+/* Which datagram of a sendmmsg/recvmmsg (array `msgs`, `vlen` entries) this socket operation
+ * is: the kernel sends or receives them in order, one socket operation each, and stops after
+ * the first that fails (which fires too, with ret < 0). */
+static __always_inline u32 mmsg_index(u64 id, u64 msgs, u32 vlen, int ret) {
+    struct mmsg_pos *p = mmsg_at.lookup(&id);
+    u32 i = (p && p->msgs == msgs && p->next < vlen) ? p->next : 0;
+    if (ret < 0 || i + 1 >= vlen) {
+        if (p)
+            mmsg_at.delete(&id);
+    } else {
+        struct mmsg_pos n = {.msgs = msgs, .next = i + 1};
+        mmsg_at.update(&id, &n);
+    }
+    return i;
+}
+
+static __always_inline int sock_io(void *ctx, u64 sk, u16 family, u16 protocol, int ret,
+                                   int flags, u8 dir) {
+    if ((family != AF_INET_ && family != AF_INET6_) ||
+        (protocol != IPPROTO_TCP_ && protocol != IPPROTO_UDP_))
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    struct probe_config *cfg = get_config();
+    if (!cfg || !pid_wanted(id >> 32, cfg))
+        return 0;
+    if (dir == DIR_INGRESS && (flags & MSG_PEEK_))
+        return 0;               /* the bytes stay queued: the real read comes later */
+    /* user registers r8 .. orig_ax (struct pt_regs order): r8 ax cx dx si di orig_ax */
+    u64 v[7] = {};
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    if (!regs || bpf_probe_read_kernel(v, sizeof(v),
+                                       (void *)((u64)regs + offsetof(struct pt_regs, r8))))
+        return 0;
+    u64 nr = v[6], a0 = v[5], a1 = v[4], a2 = v[3], a4 = v[0];
+    struct active_op op = {};
+    op.dir = dir;
+    op.sock_seen = 1;
+    op.sk = sk;
+    op.l4proto = protocol;
+    op.fd = (s32)a0;
+    switch (nr) {
+    case NR_read:
+    case NR_write:
+        op.buf = a1;
+        break;
+    case NR_sendto:
+    case NR_recvfrom:
+        op.buf = a1;
+        op.name = dir == DIR_EGRESS ? a4 : 0;   /* a receive writes it only afterwards */
+        break;
+    case NR_readv:
+    case NR_writev:
+        op.buf = a1;
+        op.iovcnt = (u32)a2;
+        break;
+    case NR_sendmsg:
+    case NR_recvmsg:
+    case NR_sendmmsg:
+    case NR_recvmmsg: {
+        u64 at = a1;
+        if (nr == NR_sendmmsg || nr == NR_recvmmsg)
+            at += (u64)mmsg_index(id, a1, (u32)a2, ret) * 64;   /* sizeof(struct mmsghdr) */
+        if (ret <= 0)
+            return 0;
+        struct user_msghdr m = {};
+        if (bpf_probe_read_user(&m, sizeof(m), (void *)at) != 0)
+            return 0;
+        op.buf = (u64)m.msg_iov;
+        op.iovcnt = m.msg_iovlen;
+        op.name = dir == DIR_EGRESS ? (u64)m.msg_name : 0;
+        break;
+    }
+    case NR_sendfile:
+        break;                  /* no user buffer: counted, skipped by length */
+    case NR_splice:
+        op.fd = (s32)(dir == DIR_EGRESS ? a2 : a0);
+        break;
+    default:
+        return 0;               /* io_uring, kernel users of sockets, ...: not a syscall's */
+    }
+    if (ret <= 0)
+        return 0;
+    struct conn_key k = {.tgid = id >> 32, .fd = op.fd};
+    struct conn_val *c = conns.lookup(&k);
+    if (c && c->sk && c->sk != sk) {
+        close_conn(ctx, &k, c);     /* the fd names another socket now: the old one ended */
+        c = 0;
+    }
+    if (protocol == IPPROTO_UDP_) {
+        if (!(cfg->proto_flags & FLAG_DNS) || (c && (c->flags & CONN_F_IGNORED)))
+            return 0;
+        /* udp.h's datagrams, in a program of their own (tail call), which reads and
+           deletes the `active` entry */
+        op.ret = ret;
+        active.update(&id, &op);
+        udp_tail.call(ctx, 0);
+        active.delete(&id);         /* the tail call failed */
+        return 0;
+    }
+    if (!c) {
+        c = adopt_conn(&k, sk);
+        sk_conn.update(&sk, &k);    /* also an ignored one: its entry goes with the socket */
+        if (!c)
+            return 0;
+    } else if (c->sk != sk) {
+        c->sk = sk;                 /* a connection user space seeded */
+        sk_conn.update(&sk, &k);
+    }
+    if (c->flags & CONN_F_IGNORED)
+        return 0;
+    conn_io(ctx, id, c, &k, &op, ret, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, sock_send_length) {
+    return sock_io(args, (u64)args->sk, args->family, args->protocol, args->ret, args->flags,
+                   DIR_EGRESS);
+}
+TRACEPOINT_PROBE(sock, sock_recv_length) {
+    return sock_io(args, (u64)args->sk, args->family, args->protocol, args->ret, args->flags,
+                   DIR_INGRESS);
+}
+
+/* The process closed the socket and TCP is done with it. */
+TRACEPOINT_PROBE(tcp, tcp_destroy_sock) {
+    u64 sk = (u64)args->skaddr;
+    struct conn_key *kp = sk_conn.lookup(&sk);
+    if (!kp)
+        return 0;
+    struct conn_key k = *kp;
+    sk_conn.delete(&sk);
+    struct conn_val *c = conns.lookup(&k);
+    if (c && c->sk == sk)
+        close_conn(args, &k, c);
+    return 0;
+}
+#endif
+
+#if RAW_SYSCALLS
+/* Two raw tracepoints instead of 26 syscall tracepoints: the BPF program is called directly
+ * with the user registers (no per-event record built by the kernel, cheaper per hooked
+ * syscall), and detaching takes milliseconds instead of one RCU grace period per
+ * tracepoint (~2 s in all), which matters to gala-gopher's stop.  x86-64 numbers. */
 
 /* the syscalls hooked: both raw programs return at once for any other */
 #define HOOKED_NR(nr) ((nr) == NR_read || (nr) == NR_write || (nr) == NR_close ||           \
@@ -1212,7 +1403,7 @@ RAW_TRACEPOINT_PROBE(sys_exit) {
     return exit_data(ctx, ret);
 }
 
-#else
+#elif !SOCK_HOOKS
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return enter_data(args->fd, (u64)args->buf, 0, DIR_EGRESS); }
 TRACEPOINT_PROBE(syscalls, sys_exit_write) { return exit_data(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_read) { return enter_data(args->fd, (u64)args->buf, 0, DIR_INGRESS); }

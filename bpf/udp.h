@@ -23,8 +23,37 @@ struct mmsghdr_ {
     unsigned int pad;
 };
 
-/* The pseudo header at ev->data: the peer from a sockaddr, or the connection's address. */
-static __always_inline void udp_peer(struct data_evt_buf *ev, struct conn_val *c, u64 name) {
+#if SOCK_HOOKS
+/* A connected socket's peer, from the start of its struct sock_common (skc_daddr at 0,
+ * skc_dport at 12, skc_family at 16: unchanged for many kernel versions), or nothing (zeros:
+ * user space places the datagram by its DNS id, see pipeline/udp.py). */
+static __always_inline void udp_sk_peer(u8 *h, u64 sk) {
+    u8 sc[18] = {};
+    if (!sk || bpf_probe_read_kernel(sc, sizeof(sc), (void *)sk) != 0)
+        return;
+    u16 family = sc[16] | (sc[17] << 8);
+    if (family == AF_INET_) {
+        if (!(sc[0] | sc[1] | sc[2] | sc[3]))
+            return;
+        __builtin_memcpy(h + 4, sc, 4);
+    } else if (family == AF_INET6_) {
+        if (bpf_probe_read_kernel(h + 4, 16,
+                (void *)(sk + offsetof(struct sock_common, skc_v6_daddr))) != 0)
+            return;
+    } else {
+        return;
+    }
+    h[0] = sc[16];
+    h[1] = sc[17];
+    h[2] = sc[13];                  /* port: network -> host order */
+    h[3] = sc[12];
+}
+#endif
+
+/* The pseudo header at ev->data: the peer from a sockaddr, or the connection's address
+ * (sock hooks: the socket's, see udp_sk_peer). */
+static __always_inline void udp_peer(struct data_evt_buf *ev, struct conn_val *c, u64 name,
+                                     u64 sk) {
     u8 *h = ev->data;
     __builtin_memset(h, 0, UDP_HDR);
     if (name) {
@@ -42,6 +71,10 @@ static __always_inline void udp_peer(struct data_evt_buf *ev, struct conn_val *c
             return;
         }
     }
+#if SOCK_HOOKS
+    udp_sk_peer(h, sk);
+    return;
+#endif
     h[0] = c->family & 0xff;
     h[1] = c->family >> 8;
     h[2] = c->server_port & 0xff;
@@ -53,7 +86,7 @@ static __always_inline void udp_peer(struct data_evt_buf *ev, struct conn_val *c
  * where resolvers put the whole message). */
 static __always_inline void udp_one(void *ctx, struct data_evt_buf *ev, struct conn_key *k,
                                     u64 buf, u32 iovcnt, u64 name, u32 len, u8 dir,
-                                    struct probe_config *cfg) {
+                                    struct probe_config *cfg, u64 sk) {
     if (len == 0)
         return;
     struct conn_val *c = conns.lookup(k);
@@ -62,6 +95,7 @@ static __always_inline void udp_one(void *ctx, struct data_evt_buf *ev, struct c
         __builtin_memset(n, 0, sizeof(*n));
         n->conn_id = new_conn_id();
         n->l4_role = L4_UDP;
+        n->sk = sk;
         if (conns.update(k, n) != 0) {
             stat_add(STAT_CONNS_DROPPED, 1);
             return;
@@ -102,7 +136,7 @@ static __always_inline void udp_one(void *ctx, struct data_evt_buf *ev, struct c
         n = CAP_MAX - UDP_HDR;
     if (n == 0 || bpf_probe_read_user(ev->data + UDP_HDR, n, (void *)src) != 0)
         return;
-    udp_peer(ev, c, name);
+    udp_peer(ev, c, name, sk);
     if (c->proto == PROTO_UNKNOWN) {
         u32 r = n >= 12 ? detect_dns_msg(ev->data + UDP_HDR, len) : 0;
         if (r == 0) {
@@ -187,7 +221,7 @@ static __always_inline void exit_udp(void *ctx, struct active_op *op, long ret,
             name = (u64)m->msg_hdr.msg_name;
             len = m->msg_len;
         }
-        udp_one(ctx, ev, k, buf, iovcnt, name, len, op->dir, cfg);
+        udp_one(ctx, ev, k, buf, iovcnt, name, len, op->dir, cfg, op->sk);
     }
 }
 

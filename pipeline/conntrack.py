@@ -88,6 +88,7 @@ class Tracker:
         self.acct_closed = {}              # conn_id -> link, closed with kernel counts
         self.acct_unknown = {}             # conn_id -> reads of kacct that did not know it
         self.unplaced = 0                  # requests of connections never announced (period)
+        self.udp_unplaced_dropped = 0      # datagrams whose peer never showed (pipeline/udp.py)
         self.api_hashes = {}               # HTTP API name -> the kernel's hash of it
         self.api_names = {}                # the reverse
         self.new_apis = []                 # hashes to write into the kernel's apis_known

@@ -19,6 +19,8 @@ UDP_HDR = HDR.size
 L4_UDP = 0
 DIR_EGRESS = 0
 MAX_PEERS = 4096          # peers followed per socket (a DNS server's clients); more: dropped
+MAX_IDS = 4096            # recent DNS ids -> peer, per socket (see on_data)
+MAX_UNPLACED = 256        # datagrams of an unknown peer awaiting their exchange's other half
 
 
 def on_open(tracker, ev, name):
@@ -36,6 +38,7 @@ def on_open(tracker, ev, name):
     conn = Conn(ev["conn_id"], ev["tgid"], ev["fd"], link, registry.protocol_for_id(ev["proto"]),
                 ev["l7_role"])
     conn.peers = {}
+    conn.state = ({}, {})   # the socket's DNS id -> peer, and datagrams awaiting a peer
     link.conns += 1
     tracker.conns[conn.conn_id] = conn
     return conn
@@ -46,6 +49,34 @@ def on_data(tracker, conn, direction, ts, data, true_len):
         return
     family, port, addr = HDR.unpack_from(data, 0)
     peer = (family, port, addr)
+    msg_id = data[UDP_HDR:UDP_HDR + 2]
+    if family == 0:
+        # The kernel could not tell the peer (with the socket-tracepoint hooks, a datagram
+        # received on an unconnected socket: recvfrom()/recvmsg() write the address only
+        # after the tracepoint).  DNS names its exchanges: a response goes to the peer its
+        # query went to; a query waits (bounded) for the response that names its peer.
+        ids, unplaced = conn.state
+        peer = ids.get(msg_id)
+        if peer is None:
+            if len(unplaced) >= MAX_UNPLACED:
+                del unplaced[next(iter(unplaced))]
+                tracker.udp_unplaced_dropped += 1
+            unplaced[msg_id] = (direction, ts, data, true_len)
+            return
+    else:
+        ids, unplaced = conn.state
+        ids[msg_id] = peer
+        if len(ids) > MAX_IDS:
+            del ids[next(iter(ids))]
+        if unplaced:
+            held = unplaced.pop(msg_id, None)
+            if held is not None:
+                _feed(tracker, conn, peer, *held)
+    _feed(tracker, conn, peer, direction, ts, data, true_len)
+
+
+def _feed(tracker, conn, peer, direction, ts, data, true_len):
+    family, port, addr = peer
     sub = conn.peers.get(peer)
     if sub is None:
         if len(conn.peers) >= MAX_PEERS:

@@ -70,15 +70,17 @@ def test_sigterm_reports_and_exits_zero():
         assert total(rows, "req_count") == 2
 
 
-@pytest.mark.parametrize("variable, said, requests, errors", [
-    # kernels without raw tracepoints (or not x86-64): one tracepoint per syscall
-    ("L7PROBE_SYSCALL_TRACEPOINTS", "capture: syscall tracepoints", [("/status/500", 3)], 3),
+@pytest.mark.parametrize("env_extra, said, requests, errors", [
+    # kernels without socket tracepoints or bpf_task_pt_regs: one tracepoint per syscall
+    ({"L7PROBE_HOOKS": "syscalls"}, "capture: syscall tracepoints", [("/status/500", 3)], 3),
+    # the raw_syscalls pair
+    ({"L7PROBE_HOOKS": "raw"}, "capture: raw_syscalls tracepoints", [("/status/404", 2)], 2),
     # kernels before 5.8 have no ring buffer: records go through a perf buffer
-    ("L7PROBE_PERF_BUFFER", "output: perf buffer", [("/status/404", 4), ("/", 2)], 4),
-], ids=["per-syscall-tracepoints", "perf-buffer"])
-def test_capture_fallbacks(variable, said, requests, errors):
+    ({"L7PROBE_PERF_BUFFER": "1"}, "output: perf buffer", [("/status/404", 4), ("/", 2)], 4),
+], ids=["per-syscall-tracepoints", "raw-syscalls", "perf-buffer"])
+def test_capture_fallbacks(env_extra, said, requests, errors):
     """The fallbacks of older kernels, forced by their variables, report exactly."""
-    env = dict(os.environ, **{variable: "1"})
+    env = dict(os.environ, **env_extra)
     with nginx() as ng:
         with ProbeRun(["-P", "1", "--proto", "http"], env=env) as p:
             for path, n in requests:
@@ -88,34 +90,44 @@ def test_capture_fallbacks(variable, said, requests, errors):
         rows = [r for r in p.records("l7_rpc") if r["server_port"] == str(ng.port)
                 and r["l7_role"] == "server"]
         assert total(rows, "req_count") == sum(n for _, n in requests)
-        assert total(rows, "err_count") == errors
+    assert total(rows, "err_count") == errors
 
 
-def test_kernel_map_forgets_processes_that_exit_without_close():
-    """A process that exits with its sockets open makes no close() syscall: its entries in
-    the kernel's connection map are swept (Capture.sweep_dead, run every 30 s by the probe),
-    so the map cannot fill up over a long run."""
+@pytest.mark.parametrize("hooks", ["sock", "syscalls"])
+def test_kernel_map_forgets_processes_that_exit_without_close(hooks, monkeypatch):
+    """A process that exits with its sockets open makes no close() syscall.  The socket
+    hooks see its sockets end all the same (tcp:tcp_destroy_sock); with syscall hooks its
+    entries in the kernel's connection map stay until they are swept (Capture.sweep_dead,
+    run every 30 s by the probe), so the map cannot fill up over a long run."""
     from bpf.loader import Capture
+    monkeypatch.setenv("L7PROBE_HOOKS", hooks)
     cap = Capture()
     cap.load()
     try:
+        assert cap.features["hooks"] == hooks
         cap.set_config(0xffff, None, True)
         with nginx() as ng:
-            code = ("import socket, os; s = socket.create_connection(('127.0.0.1', %d)); "
+            code = ("import socket, os, sys; s = socket.create_connection(('127.0.0.1', %d)); "
                     "s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.recv(100); "
-                    "os._exit(0)" % ng.port)
-            child = subprocess.run([sys.executable, "-c", code], timeout=30)
-            assert child.returncode == 0
+                    "print(os.getpid(), flush=True); sys.stdin.read(); os._exit(0)" % ng.port)
+            child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+            pid = int(child.stdout.readline())
+            assert pid in {k.tgid for k in cap.conns.keys()}, "its connection is tracked"
+            child.stdin.close()
+            assert child.wait(30) == 0
+            time.sleep(0.5)
         tgids = {k.tgid for k in cap.conns.keys()}
+        if hooks == "sock":
+            assert pid not in tgids, "the exited client's socket ended: its entry goes"
+            return
         dead = {t for t in tgids if not os.path.exists("/proc/%d" % t)}
-        assert dead, "the exited client's connection should still be in the map"
+        assert pid in dead, "the exited client's connection should still be in the map"
         n = cap.sweep_dead(lambda t: os.path.exists("/proc/%d" % t))
         assert n >= len(dead)
         assert not {k.tgid for k in cap.conns.keys()} & dead
     finally:
         cap.close()
-
-
 
 
 def test_container_option_covers_processes_started_later():
