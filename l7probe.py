@@ -147,7 +147,7 @@ class Probe:
         self.stop_requested = False
         # L7PROBE_DUMP=FILE: every ring-buffer record, as received, length-prefixed (u32)
         dump = os.environ.get("L7PROBE_DUMP")
-        self.dump = open(dump, "ab") if dump else None
+        self.dump = open(dump, "ab", buffering=0) if dump else None   # os._exit at the end
 
     # -- set-up -------------------------------------------------------------------------
     def start(self):

@@ -38,23 +38,29 @@ def codes(d):
     elif isinstance(d, (list, tuple)):
         for v in d:
             yield from codes(v)
-# counted when the request's bytes are handed to the socket (send_bytes), not when queued:
-# a request queued on a connection closed before it was written never crosses the wire
+# counted when the socket accepted the request's bytes, not when they were queued: a
+# request queued on a connection that closes before it is written never crosses the wire
+# (the consumer's close races with a metadata refresh: seen both ways)
+import socket
 names = {}
 orig_send = KafkaProtocol.send_request
 def send_request(self, request, correlation_id=None):
     names[request.API_KEY] = name(request)
     return orig_send(self, request, correlation_id)
-orig_bytes = KafkaProtocol.send_bytes
-def send_bytes(self):
-    data = orig_bytes(self)
-    i = 0
-    while i + 6 <= len(data):
-        size = int.from_bytes(data[i:i + 4], "big")
-        sent[names.get(int.from_bytes(data[i + 4:i + 6], "big"), "?")] += 1
-        i += 4 + size
-    return data
-KafkaProtocol.send_bytes = send_bytes
+KafkaProtocol.send_request = send_request
+unsent = {}
+orig_sock_send = socket.socket.send
+def sock_send(self, data, *args):
+    n = orig_sock_send(self, data, *args)
+    if self.family != socket.AF_INET:
+        return n                    # kafka-python's wake-up socket pair
+    buf = unsent.get(id(self), b"") + bytes(data[:n])
+    while len(buf) >= 6 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+        sent[names.get(int.from_bytes(buf[4:6], "big"), "?")] += 1
+        buf = buf[4 + int.from_bytes(buf[:4], "big"):]
+    unsent[id(self)] = buf
+    return n
+socket.socket.send = sock_send
 orig_proc = KafkaProtocol._process_response
 def process(self, buf):
     cid, resp = orig_proc(self, buf)
