@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import grpcapp
 from tests.support.probe import ProbeRun
+from tests.support.servers import make_self_signed_cert
 
 START_TIMEOUT = 240       # s: BPF compile and load on a busy 2-core machine
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root")
@@ -107,3 +108,35 @@ def test_grpcio_in_the_clear_exact_per_method(clear, role):
     calls = sum(w[0] for w in want.values())
     errors = sum(w[1] + w[2] for w in want.values())
     assert link_counts(probe, port, role) == ({"no_ssl"}, calls, calls, errors)
+
+
+# ---- over TLS: grpcio's BoringSSL cannot be traced (README "TLS"): said once, nothing wrong
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    d = tmp_path_factory.mktemp("grpctls")
+    crt, key = make_self_signed_cert(str(d))
+    srv, port = start_server(crt, key)
+    try:
+        with ProbeRun(["--proto", "http2", "-P", "600", "--trace-limit", "0"],
+                      ready_timeout=START_TIMEOUT) as probe:
+            outs = run_clients(port, crt)
+            time.sleep(1)
+            probe.stop()
+    finally:
+        srv.communicate("", timeout=30)
+    yield {"probe": probe, "outs": outs, "port": port}
+
+
+def test_grpcio_over_tls_said_once_never_wrong(tls):
+    for rc, out in tls["outs"]:
+        assert rc == 0 and "done" in out, out
+    probe, port = tls["probe"], str(tls["port"])
+    said = [line for line in probe.err_lines
+            if "TLS: skipping" in line and "cygrpc" in line]
+    assert len(said) == 1, probe.err_lines
+    assert "BoringSSL is linked in statically without symbols" in said[0]
+    assert "PyInit_cygrpc" in said[0] and "no .symtab" in said[0]
+    # the ciphertext is never taken for a protocol, and no plaintext is attributed to it
+    assert not [r for t in ("l7_rpc", "l7_rpc_api", "l7_link", "l7_trace")
+                for r in probe.records(t) if r.get("server_port") == port]
