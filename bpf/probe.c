@@ -109,10 +109,11 @@ BPF_PERCPU_ARRAY(pending, struct pending_data, 1);
 BPF_PROG_ARRAY(data_tail_sys, 2);
 BPF_PROG_ARRAY(data_tail_up, 1);
 /* Syscalls with more iovecs than copy_data walks (gRPC's C core writes dozens per sendmsg):
- * gather_body copies them into gather_buf, GATHER_IOV per run, tail-calling itself up to
- * GATHER_CALLS times, then tail-calls the data program again, whose send_data sends
- * gather_buf: still one record per syscall.  A tail-call chain is at most 33 programs
- * (32 before Linux 5.17): hook, data program, GATHER_CALLS, data program. */
+ * gather_body copies them into gather_buf, GATHER_IOV per run, tail-calling itself for up
+ * to GATHER_CALLS runs, then tail-calls the data program again, whose send_data sends
+ * gather_buf: still one record per syscall.  Tail calls in all, at most: handle_bytes's,
+ * the data program's, GATHER_CALLS - 1 of gather_body's own, its call back: 31 (the kernel
+ * allows 32, 33 since Linux 5.17). */
 #define GATHER_NONE 0
 #define GATHER_RUNNING 1
 #define GATHER_DONE 2
@@ -1065,26 +1066,36 @@ static __always_inline int gather_body(void *ctx) {
         return 0;
     }
     u32 idx = p->g_idx, off = p->g_off, want = p->g_want, cnt = p->op.iovcnt;
-    u64 base = p->op.buf;
     if (want > CAP_MAX)
         want = CAP_MAX;
+    /* this run's iovecs, read at once into the buffer's upper half, which the bytes never
+       reach (they stay below want <= CAP_MAX) */
+    struct iovec *vec = (struct iovec *)(g->data + CAP_MAX);
+    u32 batch = idx < cnt ? cnt - idx : 0;
+    if (batch > GATHER_IOV)
+        batch = GATHER_IOV;
+    u32 size = batch * sizeof(struct iovec);
+    asm volatile("" : "+r"(size));
+    if (size > GATHER_IOV * sizeof(struct iovec))
+        size = GATHER_IOV * sizeof(struct iovec);
+    if (size == 0 ||
+        bpf_probe_read_user(vec, size, (void *)(p->op.buf + (u64)idx * sizeof(struct iovec))))
+        batch = 0;
+    if (batch == 0)
+        cnt = 0;                        /* unreadable: the walk ends here */
 #pragma unroll
     for (int i = 0; i < GATHER_IOV; i++) {
-        if (idx >= cnt || off >= want)
+        if (i >= batch || off >= want)
             break;
-        struct iovec iov = {};
-        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(base + (u64)idx * sizeof(iov)))) {
-            cnt = 0;
-            break;
-        }
         idx += 1;
-        u32 n = iov.iov_len > (want - off) ? (want - off) : (u32)iov.iov_len;
+        u64 ilen = vec[i].iov_len;
+        u32 n = ilen > (want - off) ? (want - off) : (u32)ilen;
         u32 o = off;
         asm volatile("" : "+r"(o));     /* keep the mask: the verifier needs it */
         o &= (CAP_MAX - 1);
         CLAMP_CAP(n);
         /* n may be 0 (an empty iovec): the helper accepts a zero size */
-        if (bpf_probe_read_user(g->data + o, n, iov.iov_base) != 0) {
+        if (bpf_probe_read_user(g->data + o, n, vec[i].iov_base) != 0) {
             cnt = 0;
             break;
         }
