@@ -63,7 +63,8 @@ def main():
             rows.append(prog_info(int(fd)))
     for n, name, pid in sorted(rows):
         print("%9d  %s (id %d)" % (n, name, pid))
-    print("max verified_insns: %d (%s syscalls)" % (max(rows)[0], "raw" if raw else "per-"))
+    print("max verified_insns: %d (%s)" % (max(rows)[0], "raw_syscalls" if raw else
+                                           "per-syscall tracepoints"))
     cap.close()
 
 
