@@ -156,12 +156,15 @@ class Capture:
                   "raw_syscalls tracepoints"}.get(hooks, "syscall tracepoints"),
                  how, "ring buffer" if have_ringbuf else "perf buffer")
         # the data path is a program of its own, tail-called (probe.c data_body): one copy
-        # per caller's program type, each in its own program array
-        for table, fn, kind in (("data_tail_sys", "l7_data_raw" if raw else "l7_data_tp",
-                                 BPF.RAW_TRACEPOINT if raw else BPF.TRACEPOINT),
-                                ("data_tail_up", "l7_data_kp", BPF.KPROBE)):
+        # per caller's program type, each in its own program array; [1]: the syscalls'
+        # iovec gatherer (probe.c gather_body)
+        sys_kind = BPF.RAW_TRACEPOINT if raw else BPF.TRACEPOINT
+        for table, idx, fn, kind in (
+                ("data_tail_sys", 0, "l7_data_raw" if raw else "l7_data_tp", sys_kind),
+                ("data_tail_sys", 1, "l7_gather_raw" if raw else "l7_gather_tp", sys_kind),
+                ("data_tail_up", 0, "l7_data_kp", BPF.KPROBE)):
             try:
-                self.bpf.get_table(table)[ctypes.c_int(0)] = ctypes.c_int(
+                self.bpf.get_table(table)[ctypes.c_int(idx)] = ctypes.c_int(
                     self.bpf.load_func(fn, kind).fd)
             except Exception as exc:
                 raise ProbeError("failed to load the BPF program %s: %s"
@@ -351,9 +354,10 @@ class Capture:
         """Empty the program arrays (tail calls) first: a program array holding a program
         that refers to another array outlives the process's fds until the kernel's deferred
         clean-up gets to it; emptied, everything goes with the last fd."""
-        for name in ("data_tail_sys", "data_tail_up", "udp_tail"):
+        for name, idx in (("data_tail_sys", 0), ("data_tail_sys", 1), ("data_tail_up", 0),
+                          ("udp_tail", 0)):
             try:
-                del self.bpf[name][ctypes.c_int(0)]
+                del self.bpf[name][ctypes.c_int(idx)]
             except Exception:       # absent (no UDP build) or already empty
                 pass
 

@@ -104,13 +104,32 @@ struct pending_data {
     u32 len;
     u8 dir;
     u8 source;
-    u8 pad[2];
+    u8 gather;        /* GATHER_*: the iovec walk of gather_body */
+    u8 g_calls;       /* gather_body runs so far */
+    u32 g_idx;        /* the next iovec to gather */
+    u32 g_off;        /* bytes gathered so far (in gather_buf) */
+    u32 g_want;       /* bytes to gather: the record's captured prefix */
+    u32 pad;
 };
 BPF_PERCPU_ARRAY(pending, struct pending_data, 1);
 /* one program array per caller type (the kernel wants one program type per array): the
-   syscall hooks' (tracepoint or raw tracepoint) and the TLS uprobes' */
-BPF_PROG_ARRAY(data_tail_sys, 1);
+   syscall hooks' (tracepoint or raw tracepoint) and the TLS uprobes'.  [0]: the data
+   program, [1] (syscalls only): gather_body */
+BPF_PROG_ARRAY(data_tail_sys, 2);
 BPF_PROG_ARRAY(data_tail_up, 1);
+/* Syscalls with more iovecs than copy_data walks (gRPC's C core writes dozens per sendmsg):
+ * gather_body copies them into gather_buf, GATHER_IOV per run, tail-calling itself for up
+ * to GATHER_CALLS runs, then tail-calls the data program again, whose send_data sends
+ * gather_buf: still one record per syscall.  Tail calls in all, at most: handle_bytes's,
+ * the data program's, GATHER_CALLS - 1 of gather_body's own, its call back: 31 (the kernel
+ * allows 32, 33 since Linux 5.17). */
+#define GATHER_NONE 0
+#define GATHER_RUNNING 1
+#define GATHER_DONE 2
+#define GATHER_FAILED 3
+#define GATHER_IOV 36        /* GATHER_IOV * GATHER_CALLS >= 1024, UIO_MAXIOV: every iovec */
+#define GATHER_CALLS 29
+BPF_ARRAY(gather_buf, struct data_evt_buf, NR_CPUS_MAX);
 #if HAVE_SOCK_LEN_TP
 BPF_PROG_ARRAY(udp_tail, 1);    /* [0]: udp_exit_tail (udp.h), set by bpf/loader.py */
 #endif
@@ -669,6 +688,22 @@ static __always_inline struct conn_acct *acct_of(struct conn_val *c, struct conn
     return kacct.lookup_or_try_init(&c->conn_id, zero);
 }
 
+/* The buffer gather_body filled for this syscall's bytes, if it ran (*n: the bytes of it to
+ * send, at most `want`), else 0. */
+static __always_inline struct data_evt_buf *gathered(u32 want, u32 *n) {
+    int zero = 0;
+    struct pending_data *p = pending.lookup(&zero);
+    if (!p || p->gather != GATHER_DONE)
+        return 0;
+    int cpu = bpf_get_smp_processor_id();
+    struct data_evt_buf *g = gather_buf.lookup(&cpu);
+    if (!g)
+        return 0;
+    u32 m = p->g_off;
+    *n = m < want ? m : want;
+    return g;
+}
+
 /* Send `len` bytes (a bounded prefix of them) of buffer `op` as a data record.  `flags`:
  * EVF_*.  Returns 1 if the record was delivered; if not, its bytes are a gap for user space. */
 static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_key *k,
@@ -678,7 +713,12 @@ static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_
     if (cap > CAP_MAX)
         cap = CAP_MAX;
     u32 want = len < cap ? len : cap;
-    u32 n = copy_data(ev, op, want);
+    u32 n = 0;
+    struct data_evt_buf *g = gathered(want, &n);
+    if (g)
+        ev = g;             /* the bytes of every iovec, gathered by gather_body */
+    else
+        n = copy_data(ev, op, want);
     CLAMP_CAP(n);
     ev->hdr.type = EVT_DATA;
     ev->hdr.tgid = k->tgid;
@@ -941,6 +981,7 @@ static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct c
     p->len = len;
     p->dir = dir;
     p->source = source;
+    p->gather = GATHER_NONE;
     /* `from_uprobe` (the caller's program type) is a constant at each inlined call site: a
        program references only the array of its own type */
     if (from_uprobe)
@@ -950,9 +991,18 @@ static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct c
     stat_add(STAT_RECORDS_DROPPED, 1);      /* the tail call failed (not set up) */
 }
 
+/* A tail call that failed (the program arrays emptied at stop): the bytes are a gap. */
+static __always_inline void data_gap(struct conn_val *c, u8 dir, u32 len) {
+    stat_add(STAT_RECORDS_DROPPED, 1);
+    if (dir == DIR_EGRESS)
+        c->lost_sent += len;
+    else
+        c->lost_recv += len;
+}
+
 /* Bytes of a tracked connection (handle_bytes, then a tail call): detect, then deliver or
- * count them. */
-static __always_inline int data_body(void *ctx) {
+ * count them.  `sys`: called by the syscall hooks (a constant per program). */
+static __always_inline int data_body(void *ctx, int sys) {
     int zero = 0;
     struct pending_data *p = pending.lookup(&zero);
     if (!p)
@@ -967,6 +1017,24 @@ static __always_inline int data_body(void *ctx) {
     u32 len = p->len;
     u8 dir = p->dir;
     struct active_op *op = &p->op;
+    if (sys && p->gather == GATHER_NONE && op->iovcnt > MAX_IOV && op->buf &&
+        cfg->emit_data && !(c->flags & CONN_F_IGNORED)) {
+        /* more iovecs than copy_data walks: gather them first (gather_body), which comes
+           back here with p->gather GATHER_DONE */
+        u32 cap = cfg->cap_bytes;
+        if (cap > CAP_MAX)
+            cap = CAP_MAX;
+        p->g_want = len < cap ? len : cap;
+        p->g_idx = 0;
+        p->g_off = 0;
+        p->g_calls = 0;
+        p->gather = GATHER_RUNNING;
+        data_tail_sys.call(ctx, 1);
+        /* not reached (bpf/loader.py sets it up, or fails): the bytes are a gap (going on
+           here would double what the verifier explores) */
+        data_gap(c, dir, len);
+        return 0;
+    }
     if (c->proto == PROTO_UNKNOWN) {
         if (!detect_proto(ctx, c, &k, ev, op, len, dir, cfg, p->source))
             return 0;
@@ -1000,11 +1068,80 @@ static __always_inline int data_body(void *ctx) {
     return 0;
 }
 
+/* Gather the bytes of a syscall's iovecs past what copy_data walks (see gather_buf), from
+ * iovec p->g_idx on, GATHER_IOV per run; then again (a tail call of itself) or back to the
+ * data program, which sends them.  The walk stops at g_want bytes, at the last iovec, at a
+ * read that fails (the bytes after are not captured: a gap for user space, as past
+ * --capture-bytes), or after GATHER_CALLS runs. */
+static __always_inline int gather_body(void *ctx) {
+    int zero = 0;
+    struct pending_data *p = pending.lookup(&zero);
+    if (!p)
+        return 0;
+    int cpu = bpf_get_smp_processor_id();
+    struct data_evt_buf *g = gather_buf.lookup(&cpu);
+    if (!g || p->gather != GATHER_RUNNING) {
+        p->gather = GATHER_FAILED;      /* the data program uses copy_data instead */
+        data_tail_sys.call(ctx, 0);
+        return 0;
+    }
+    u32 idx = p->g_idx, off = p->g_off, want = p->g_want, cnt = p->op.iovcnt;
+    if (want > CAP_MAX)
+        want = CAP_MAX;
+    /* this run's iovecs, read at once into the buffer's upper half, which the bytes never
+       reach (they stay below want <= CAP_MAX) */
+    struct iovec *vec = (struct iovec *)(g->data + CAP_MAX);
+    u32 batch = idx < cnt ? cnt - idx : 0;
+    if (batch > GATHER_IOV)
+        batch = GATHER_IOV;
+    u32 size = batch * sizeof(struct iovec);
+    asm volatile("" : "+r"(size));
+    if (size > GATHER_IOV * sizeof(struct iovec))
+        size = GATHER_IOV * sizeof(struct iovec);
+    if (size == 0 ||
+        bpf_probe_read_user(vec, size, (void *)(p->op.buf + (u64)idx * sizeof(struct iovec))))
+        batch = 0;
+    if (batch == 0)
+        cnt = 0;                        /* unreadable: the walk ends here */
+#pragma unroll
+    for (int i = 0; i < GATHER_IOV; i++) {
+        if (i >= batch || off >= want)
+            break;
+        idx += 1;
+        u64 ilen = vec[i].iov_len;
+        u32 n = ilen > (want - off) ? (want - off) : (u32)ilen;
+        u32 o = off;
+        asm volatile("" : "+r"(o));     /* keep the mask: the verifier needs it */
+        o &= (CAP_MAX - 1);
+        CLAMP_CAP(n);
+        /* n may be 0 (an empty iovec): the helper accepts a zero size */
+        if (bpf_probe_read_user(g->data + o, n, vec[i].iov_base) != 0) {
+            cnt = 0;
+            break;
+        }
+        off += n;
+    }
+    p->g_idx = idx;
+    p->g_off = off;
+    p->g_calls += 1;
+    if (idx < cnt && off < want && p->g_calls < GATHER_CALLS)
+        data_tail_sys.call(ctx, 1);
+    p->gather = GATHER_DONE;
+    data_tail_sys.call(ctx, 0);
+    struct conn_key k = p->k;
+    struct conn_val *c = conns.lookup(&k);
+    if (c)
+        data_gap(c, p->dir, p->len);
+    return 0;
+}
+
 /* One copy per program type that tail-calls it (bpf/loader.py fills data_tail_*). */
-int l7_data_tp(void *ctx) { return data_body(ctx); }
-int l7_data_kp(struct pt_regs *ctx) { return data_body(ctx); }
+int l7_data_tp(void *ctx) { return data_body(ctx, 1); }
+int l7_data_kp(struct pt_regs *ctx) { return data_body(ctx, 0); }
+int l7_gather_tp(void *ctx) { return gather_body(ctx); }
 #if RAW_SYSCALLS
-int l7_data_raw(struct bpf_raw_tracepoint_args *ctx) { return data_body(ctx); }
+int l7_data_raw(struct bpf_raw_tracepoint_args *ctx) { return data_body(ctx, 1); }
+int l7_gather_raw(struct bpf_raw_tracepoint_args *ctx) { return gather_body(ctx); }
 #endif
 
 #if TLS

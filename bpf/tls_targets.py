@@ -87,6 +87,9 @@ OPENSSL_ABI = {
 }
 
 _LIBSSL_RE = re.compile(r"^lib(?:boring)?ssl(?:-[\w.]+)?\.so(?:\.[\d.]+)?$")
+# gRPC's C core: grpcio's Cython extension (cygrpc.cpython-*.so) or a shared libgrpc; it may
+# carry its own BoringSSL, linked in statically (see _analyse_grpc_core)
+_GRPC_CORE_RE = re.compile(r"^(?:cygrpc\..*\.so|libgrpc(?:\+\+)?(?:_unsecure)?\.so(?:\.[\d.]+)?)$")
 _VERSION_RE = re.compile(rb"(?:OpenSSL|LibreSSL|BoringSSL) \d+\.\d+\.\d+[a-z]*(?:[-+][\w.]+)?"
                          rb"(?: +\d{1,2} [A-Z][a-z]{2} \d{4})?")
 
@@ -306,6 +309,39 @@ def _analyse_openssl(path: str, static: bool):
         return ("skip", _describe_error(exc, path))
 
 
+def _analyse_grpc_core(path: str):
+    """("skip", reason) for a gRPC core library with BoringSSL linked in and no SSL_read/
+    SSL_write symbol (grpcio's wheels: cygrpc*.so exports one name, PyInit_cygrpc, and has
+    no .symtab), else ("none",).  Never raises.
+
+    Its TLS cannot be followed: the uprobes need the functions' addresses, and stripped
+    BoringSSL can only be found by guessing at compiled code (README, "TLS").  A gRPC
+    library that uses the system's libssl is not this case: that libssl is a target."""
+    try:
+        with ElfImage(path) as img:
+            if img.find_functions(OPENSSL_DATA_FUNCS):
+                return ("none",)
+            rodata = img.section_data(".rodata") or b""
+            if b"boringssl" not in rodata.lower():
+                return ("none",)
+            exported = []
+            tables = img.symbol_tables()
+            for tab in tables:
+                if tab.name == ".dynsym":
+                    exported = [sym.name for sym in tab.iter_symbols()
+                                if sym.name and sym["st_shndx"] != "SHN_UNDEF"]
+            names = ", ".join(exported[:3]) + (", ..." if len(exported) > 3 else "")
+            return ("skip", "BoringSSL is linked in statically without symbols (.dynsym "
+                    "defines %d name%s%s, %s): no SSL_read/SSL_write to attach to, so gRPC "
+                    "over TLS in this process is not parsed (its connections are not "
+                    "reported)" % (len(exported), "" if len(exported) == 1 else "s",
+                                   ": " + names if names else "",
+                                   "with .symtab" if any(t.name == ".symtab" for t in tables)
+                                   else "no .symtab"))
+    except Exception as exc:          # corrupt input may raise anything from pyelftools
+        return ("skip", _describe_error(exc, path))
+
+
 def _analyse_go(path: str):
     """("ok", analysis) / ("notgo",) / ("skip", reason). Never raises."""
     try:
@@ -461,7 +497,8 @@ def _exe_path(pid: int) -> str:
     return _host_path(pid, link, exe)
 
 
-def _libssl_mappings(pid: int) -> list:
+def _libssl_mappings(pid: int, pattern=_LIBSSL_RE) -> list:
+    """Host-visible paths of the files mapped by ``pid`` whose name matches ``pattern``."""
     out = []
     seen = set()
     with open("/proc/%d/maps" % pid) as f:
@@ -473,7 +510,7 @@ def _libssl_mappings(pid: int) -> list:
         path = parts[5].rstrip("\n")
         if path.endswith(" (deleted)"):
             path = path[:-len(" (deleted)")]
-        if not path.startswith("/") or not _LIBSSL_RE.match(os.path.basename(path)):
+        if not path.startswith("/") or not pattern.match(os.path.basename(path)):
             continue
         if path in seen:
             continue
@@ -520,7 +557,8 @@ def discover(pid: int, cache: Optional[TargetCache] = None) -> list:
     * the executable: GoTarget when it is a Go binary (Skip with the reason
       when the Go binary is unusable), else OpenSSLTarget(static=True) when it
       defines the OpenSSL functions; nothing for an ordinary executable;
-    * every mapped libssl: OpenSSLTarget, or Skip with the reason.
+    * every mapped libssl: OpenSSLTarget, or Skip with the reason;
+    * a mapped gRPC core library with BoringSSL inside and no SSL symbols: Skip saying why.
 
     Results are cached per file (see TargetCache): repeated calls for
     processes sharing a binary or library cost no ELF parsing. Targets of the
@@ -569,6 +607,21 @@ def discover(pid: int, cache: Optional[TargetCache] = None) -> list:
             continue
         keys.add(ident)
         out.append(_openssl_result(lib, ident, mtime, False, cache))
+    try:
+        grpc_libs = _libssl_mappings(pid, _GRPC_CORE_RE)
+    except OSError:
+        grpc_libs = []
+    for lib in grpc_libs:
+        try:
+            ident, mtime = _file_id(lib)
+        except OSError:
+            continue
+        if ident in keys:
+            continue
+        keys.add(ident)
+        res = cache.get(ident, mtime, "grpc-core", lambda: _analyse_grpc_core(lib))
+        if res[0] == "skip":
+            out.append(Skip(lib, res[1]))
     return out
 
 

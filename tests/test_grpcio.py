@@ -4,9 +4,7 @@ are recorded by a TCP relay between them (each read as one chunk, in order) and 
 through the pipeline's streams and the HTTP/2 parser: exact calls per method, statuses,
 and the error split by the gRPC code table.
 
-(With the probe attached, gRPC's C core writes more iovecs per sendmsg than the kernel
-side captures (bpf/probe.c MAX_IOV 8), so the tails of such writes are gaps; see
-protocol/http2/README.md "Known gaps".)"""
+(With the probe attached, the same calls: tests/test_e2e_grpcio.py.)"""
 import collections
 import os
 import socket

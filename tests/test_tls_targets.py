@@ -241,6 +241,26 @@ def test_library_without_ssl_symbols_gives_reason():
         assert openssl_symbols(path) == {}
 
 
+def test_grpcio_boringssl_without_symbols_is_a_skip_with_the_evidence(procs):
+    """A process that imported grpc maps grpcio's cygrpc*.so, BoringSSL linked in without
+    symbols: one Skip naming it and why (logged once by bpf/tls_attach.py); the system
+    libssl it also maps is still a target."""
+    p = start(procs, [sys.executable, "-c", "import grpc, sys; print('ready', flush=True); "
+                      "sys.stdin.read()"], stdin=subprocess.PIPE)
+    assert p.stdout.readline().strip() == "ready"
+    cache = TargetCache()
+    found = discover(p.pid, cache)
+    skips = [t for t in found if isinstance(t, Skip) and "cygrpc" in t.path]
+    assert len(skips) == 1, found
+    reason = skips[0].reason
+    assert reason.startswith("BoringSSL is linked in statically without symbols")
+    assert "1 name: PyInit_cygrpc" in reason and "no .symtab" in reason
+    assert "gRPC over TLS in this process is not parsed" in reason
+    parses = cache.parses
+    discover(p.pid, cache)              # the analysis is cached per file
+    assert cache.parses == parses
+
+
 @pytest.fixture(scope="session")
 def static_ssl_exe(work):
     src = work / "sslstatic.c"
