@@ -42,9 +42,9 @@ class RingReader:
         prod_pos = _u64.unpack_from(self.prod, 0)[0]
         if cons_pos == prod_pos:
             return []
-        # Each record is sliced out of the mapping (no copy of the whole span first: that
-        # copy, up to the ring's size, is what made the heap grow under load).  A header
-        # read as committed was published after its data (x86 does not reorder loads).
+        # Each record is sliced out of the mapping, without a copy of the whole span first
+        # (up to the ring's size, in one transient allocation).  A header read as
+        # committed was published after its data (x86 does not reorder loads).
         avail = min(prod_pos - cons_pos, self.size)
         m = self.prod
         page = self.page
