@@ -11,9 +11,9 @@ import struct
 
 from bpf.layout import DEFINES, LAYOUTS
 from pipeline.aggregate import Links, RpcStats, add_kernel_acct as _add_acct
-from pipeline.stream import DataStream, StreamStats
+from pipeline.stream import MAX_FRAMES, DataStream, StreamStats
 from protocol import registry
-from protocol.base import MessageType
+from protocol.base import MessageType, ParseState
 
 log = logging.getLogger("l7probe")
 
@@ -30,6 +30,8 @@ EVT_OPEN = DEFINES["EVT_OPEN"]
 EVT_DATA = DEFINES["EVT_DATA"]
 EVT_CLOSE = DEFINES["EVT_CLOSE"]
 EVF_CLEAN_GAP = DEFINES["EVF_CLEAN_GAP"]
+SUCCESS = ParseState.SUCCESS
+IGNORE = ParseState.IGNORE
 _DATA = LAYOUTS["evt_data"].struct
 _DATA_SIZE = _DATA.size
 _OPEN = LAYOUTS["evt_open"]
@@ -164,10 +166,33 @@ class Tracker:
                 lost = 0
             frames = stream.frames
             n = len(frames)
-            if cap_len:
+            if not cap_len:
+                stream.gap(lost + true_len)
+            elif lost or stream.buf or stream.skip or stream.resync:
                 stream.append(raw[h:h + cap_len], true_len, ts, lost)
             else:
-                stream.gap(lost + true_len)
+                # In sync (nothing buffered, nothing to skip): parse the new bytes in place,
+                # DataStream.append's outcome without its buffering (the common case; tests/
+                # test_http_parser.py test_feed_fast_path_equals_stream_append).
+                data = raw[h:h + cap_len]
+                try:
+                    state, frame, end = stream.parser.parse(data, 0, ts)
+                except Exception as exc:  # a parser bug must not take the probe down
+                    stream.parse_failed(exc)
+                else:
+                    if (state is SUCCESS or state is IGNORE) and end >= cap_len:
+                        if frame is not None:
+                            if n >= MAX_FRAMES:
+                                frames.popleft()
+                                stream.stats.dropped_frames += 1
+                            frames.append(frame)
+                        stream.skip = end - cap_len
+                    else:
+                        stream.buf = data
+                        stream.base_ts = ts
+                        stream._parse(ts, (state, frame, end))
+                if true_len > cap_len:
+                    stream._gap(true_len - cap_len)
             m = len(frames)
             if m != n:
                 mark_dirty(conn)
