@@ -328,6 +328,12 @@ def _isolated(fn, *args):
     if os.environ.get("L7PROBE_TLS_IN_PROCESS") == "1":
         return fn(*args)
     import pickle
+    import sys
+    for f in (sys.stdout, sys.stderr):      # nothing buffered that the child could repeat
+        try:
+            f.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
     try:
         r, w = os.pipe()
         pid = os.fork()
