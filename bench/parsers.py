@@ -78,7 +78,7 @@ def bench_http():
         assert st.req == st.resp == messages // 2, (st.req, st.resp)
         best = max(best, messages / dt)
     print("http pipeline parse rate: %.0f messages/s (%.0f requests/s) per core, from "
-          "recorded events (target >= 200k messages/s)" % (best, best / 2))
+          "recorded events (target >= 400k messages/s)" % (best, best / 2))
 
 
 def main():

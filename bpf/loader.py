@@ -298,13 +298,19 @@ class Capture:
             bpf._del_uprobe_fd(name)
 
     def read_acct(self):
-        """[(conn_id, counts)] of map kacct: what the kernel counted itself, cumulative per
-        connection; counts in struct conn_acct's field order (include/l7_events.h)."""
-        return [(k.value, _acct_tuple(v)) for k, v in self.kacct.items()]
+        """(conn_id, counts) of map kacct, one entry at a time: what the kernel counted
+        itself, cumulative per connection; counts in struct conn_acct's field order
+        (include/l7_events.h).  An iterator (BCC's iteritems), not its items() list: with
+        20k connections that list, its ctypes objects and tuples are many MB at once, and
+        the arenas they leave fragmented stay in the probe's RSS (measured: 126 -> 114 MB
+        with 10k connections traced on both ends)."""
+        for k, v in self.kacct.iteritems():
+            yield k.value, _acct_tuple(v)
 
     def read_api_acct(self):
-        """[((conn_id, api hash), counts)] of map kapi, the same per API."""
-        return [((k.conn_id, k.api), _acct_tuple(v)) for k, v in self.kapi.items()]
+        """((conn_id, api hash), counts) of map kapi, the same per API."""
+        for k, v in self.kapi.iteritems():
+            yield (k.conn_id, k.api), _acct_tuple(v)
 
     def delete_acct(self, conn_ids):
         for cid in conn_ids:

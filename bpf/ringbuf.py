@@ -3,9 +3,12 @@
 BCC's ``ring_buffer_consume`` calls a ctypes callback per record, which costs more than the
 record's whole processing in Python.  The ring's memory layout is a stable kernel ABI
 (include/uapi/linux/bpf.h, kernel/bpf/ringbuf.c): page 0 holds the consumer position
-(read-write), page 1 the producer position, and the data area follows, mapped twice in a row
-so a record never wraps.  Each record has an 8-byte header: u32 length with the BUSY (bit 31)
-and DISCARD (bit 30) flags, u32 page offset.  Records are 8-byte aligned.
+(read-write), page 1 the producer position, and the data area follows.  The kernel offers the
+data area mapped twice in a row so that a record never wraps; this reader maps it once (a
+second mapping doubles the ring's share of the probe's RSS: 8 MiB more) and joins the two
+pieces of the rare record that wraps.  Each record has an 8-byte header: u32 length with the
+BUSY (bit 31) and DISCARD (bit 30) flags, u32 page offset.  Records are 8-byte aligned, so a
+header never wraps.
 
 x86-64's store ordering makes plain loads sufficient (header before data, as the kernel
 publishes them with a release store); other architectures would need acquire loads.
@@ -29,7 +32,7 @@ class RingReader:
         self.mask = data_size - 1
         self.cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
                               mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self.prod = mmap.mmap(map_fd, page + 2 * data_size, mmap.MAP_SHARED,
+        self.prod = mmap.mmap(map_fd, page + data_size, mmap.MAP_SHARED,
                               mmap.PROT_READ, offset=page)
         self.page = page
 
@@ -39,13 +42,15 @@ class RingReader:
         prod_pos = _u64.unpack_from(self.prod, 0)[0]
         if cons_pos == prod_pos:
             return []
-        # Copy everything between the positions at once (the data area is mapped twice, so
-        # it is contiguous), then walk the copy: cheaper than slicing the mmap per record.
-        # A header read as committed in the copy was published after its data (the header
-        # lies below the data and x86 does not reorder loads), as with reads in place.
+        # Each record is sliced out of the mapping, without a copy of the whole span first
+        # (up to the ring's size, in one transient allocation).  A header read as
+        # committed was published after its data (x86 does not reorder loads).
         avail = min(prod_pos - cons_pos, self.size)
-        off = self.page + (cons_pos & self.mask)
-        chunk = self.prod[off:off + avail]
+        m = self.prod
+        page = self.page
+        size = self.size
+        mask = self.mask
+        start = cons_pos & mask
         out = []
         append = out.append
         u32 = _u32.unpack_from
@@ -53,12 +58,17 @@ class RingReader:
         pos = 0
         total = 0
         while pos < avail and total < limit:
-            ln = u32(chunk, pos)[0]
+            h = (start + pos) & mask
+            ln = u32(m, page + h)[0]
             if ln & busy:
                 break
             n = ln & len_mask
             if not ln & discard:
-                append(chunk[pos + 8:pos + 8 + n])        # HDR == 8
+                d = (h + 8) & mask                                # HDR == 8
+                if d + n <= size:
+                    append(m[page + d:page + d + n])
+                else:                                             # wraps: two pieces
+                    append(m[page + d:page + size] + m[page:page + d + n - size])
             pos += (n + 15) & ~7                          # HDR + 7
             total += n
         _u64.pack_into(self.cons, 0, cons_pos + pos)

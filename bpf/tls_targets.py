@@ -354,6 +354,49 @@ def _analyse_go(path: str):
         return ("skip", _describe_error(exc, path))
 
 
+def _isolated(fn, *args):
+    """``fn(*args)`` computed in a forked child, its (picklable) result returned here: the
+    disassembler (capstone: ~5 MB of Python modules and ~4 MB of relocated library) and
+    pyelftools' parse state then never enter the probe's memory, which stays small for as
+    long as it runs.  If the child fails to answer, the analysis runs here.  The analyses
+    never raise (``_analyse_*``), so the child has nothing to report but its result.
+    L7PROBE_TLS_IN_PROCESS=1 keeps them here (debugging)."""
+    if os.environ.get("L7PROBE_TLS_IN_PROCESS") == "1":
+        return fn(*args)
+    import pickle
+    import sys
+    for f in (sys.stdout, sys.stderr):      # nothing buffered that the child could repeat
+        try:
+            f.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+    except OSError:
+        return fn(*args)
+    if pid == 0:                                   # the child: compute, send, leave
+        code = 1
+        try:
+            os.close(r)
+            data = pickle.dumps(fn(*args), pickle.HIGHEST_PROTOCOL)
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+            code = 0
+        finally:
+            os._exit(code)                         # no atexit (BCC's) in the child
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if status == 0:
+        try:
+            return pickle.loads(data)
+        except Exception:
+            pass
+    return fn(*args)
+
+
 def _file_id(path: str):
     st = os.stat(path)
     return (st.st_dev, st.st_ino), st.st_mtime_ns
@@ -394,7 +437,7 @@ DEFAULT_CACHE = TargetCache()
 
 def _openssl_result(path, ident, mtime, static, cache) -> Target:
     res = cache.get(ident, mtime, "openssl-static" if static else "openssl",
-                    lambda: _analyse_openssl(path, static))
+                    lambda: _isolated(_analyse_openssl, path, static))
     if res[0] != "ok":
         return Skip(path, res[1])
     return OpenSSLTarget(path, ident, res[2], res[1], static, sites=res[3],
@@ -402,7 +445,7 @@ def _openssl_result(path, ident, mtime, static, cache) -> Target:
 
 
 def _go_result(path, ident, mtime, cache) -> Optional[Target]:
-    res = cache.get(ident, mtime, "go", lambda: _analyse_go(path))
+    res = cache.get(ident, mtime, "go", lambda: _isolated(_analyse_go, path))
     if res[0] == "notgo":
         return None
     if res[0] == "skip":

@@ -11,9 +11,9 @@ import struct
 
 from bpf.layout import DEFINES, LAYOUTS
 from pipeline.aggregate import Links, RpcStats, add_kernel_acct as _add_acct
-from pipeline.stream import DataStream, StreamStats
+from pipeline.stream import MAX_FRAMES, DataStream, StreamStats
 from protocol import registry
-from protocol.base import MessageType
+from protocol.base import MessageType, ParseState
 
 log = logging.getLogger("l7probe")
 
@@ -30,12 +30,18 @@ EVT_OPEN = DEFINES["EVT_OPEN"]
 EVT_DATA = DEFINES["EVT_DATA"]
 EVT_CLOSE = DEFINES["EVT_CLOSE"]
 EVF_CLEAN_GAP = DEFINES["EVF_CLEAN_GAP"]
+SUCCESS = ParseState.SUCCESS
+IGNORE = ParseState.IGNORE
 _DATA = LAYOUTS["evt_data"].struct
 _DATA_SIZE = _DATA.size
 _OPEN = LAYOUTS["evt_open"]
 _CLOSE = LAYOUTS["evt_close"]
 _TYPE = struct.Struct("<I")
 _ACCT_FIELDS = LAYOUTS["conn_acct"].fields
+# the last counts read of each connection (and API) are kept packed as the kernel's struct:
+# 113 bytes instead of ~240 for a tuple of 18 ints (two entries per HTTP connection)
+_ACCT_PACK = LAYOUTS["conn_acct"].struct.pack
+_ACCT_UNPACK = LAYOUTS["conn_acct"].struct.unpack
 REFUSED = _ACCT_FIELDS.index("refused")    # conn_acct's count of refused records
 
 
@@ -84,7 +90,8 @@ class Tracker:
         self.record_sink = record_sink     # callable(link, record) for l7_trace
         self.unknown_data = 0
         self.now = 0.0                     # wall seconds, set by the main loop
-        self.acct_base = {}                # conn_id -> the kernel's counts last read (kacct)
+        self.acct_base = {}                # conn_id -> the kernel's counts last read (kacct),
+                                           # packed (_ACCT_PACK)
         self.acct_closed = {}              # conn_id -> link, closed with kernel counts
         self.acct_unknown = {}             # conn_id -> reads of kacct that did not know it
         self.unplaced = 0                  # requests of connections never announced (period)
@@ -160,10 +167,33 @@ class Tracker:
                 lost = 0
             frames = stream.frames
             n = len(frames)
-            if cap_len:
+            if not cap_len:
+                stream.gap(lost + true_len)
+            elif lost or stream.buf or stream.skip or stream.resync:
                 stream.append(raw[h:h + cap_len], true_len, ts, lost)
             else:
-                stream.gap(lost + true_len)
+                # In sync (nothing buffered, nothing to skip): parse the new bytes in place,
+                # DataStream.append's outcome without its buffering (the common case; tests/
+                # test_http_parser.py test_feed_fast_path_equals_stream_append).
+                data = raw[h:h + cap_len]
+                try:
+                    state, frame, end = stream.parser.parse(data, 0, ts)
+                except Exception as exc:  # a parser bug must not take the probe down
+                    stream.parse_failed(exc)
+                else:
+                    if (state is SUCCESS or state is IGNORE) and end >= cap_len:
+                        if frame is not None:
+                            if n >= MAX_FRAMES:
+                                frames.popleft()
+                                stream.stats.dropped_frames += 1
+                            frames.append(frame)
+                        stream.skip = end - cap_len
+                    else:
+                        stream.buf = data
+                        stream.base_ts = ts
+                        stream._parse(ts, (state, frame, end))
+                if true_len > cap_len:
+                    stream._gap(true_len - cap_len)
             m = len(frames)
             if m != n:
                 mark_dirty(conn)
@@ -405,6 +435,8 @@ class Tracker:
         """What is new in the cumulative ``vals`` of ``key`` since the last read, or None if
         nothing is."""
         base = self.acct_base.get(key)
+        if base is not None:
+            base = _ACCT_UNPACK(base)
         if base is not None and all(v >= b for v, b in zip(vals, base)):
             delta = [v - b for v, b in zip(vals, base)]
         else:
@@ -412,7 +444,7 @@ class Tracker:
         if gone:
             self.acct_base.pop(key, None)
         else:
-            self.acct_base[key] = vals
+            self.acct_base[key] = _ACCT_PACK(*vals)
         if not any(delta):
             return None
         return delta

@@ -99,33 +99,9 @@ class DataStream:
                 self.skip -= lost
             else:
                 self._gap(lost)
+        # (pipeline.conntrack.Tracker.feed parses a connection in sync in place, with the
+        # same outcome: tests/test_http_parser.py test_feed_fast_path_equals_stream_append)
         cap = len(data)
-        if not (self.buf or self.skip or self.resync) and cap:
-            # Fast path, the common case of a connection in sync: nothing buffered, nothing
-            # to skip, so parse straight from the new bytes (``need`` is 0 when buf is empty).
-            # Same outcome as the general path below.
-            try:
-                state, frame, end = self.parser.parse(data, 0, ts)
-            except Exception as exc:  # a parser bug must not take the probe down
-                self.stats.exceptions += 1
-                self.stats.last_error = self.last_error = exc
-                self.resync = True
-            else:
-                if (state is SUCCESS or state is IGNORE) and end >= cap:
-                    if frame is not None:
-                        frames = self.frames
-                        if len(frames) >= MAX_FRAMES:
-                            frames.popleft()
-                            self.stats.dropped_frames += 1
-                        frames.append(frame)
-                    self.skip = end - cap
-                else:
-                    self.buf = data
-                    self.base_ts = ts
-                    self._parse(ts, (state, frame, end))
-            if true_len > cap:
-                self._gap(true_len - cap)
-            return
         if true_len < cap:
             true_len = cap
         if self.skip:
@@ -152,6 +128,13 @@ class DataStream:
                 self._parse(ts)
         if missing:
             self._gap(missing)
+
+    def parse_failed(self, exc) -> None:
+        """The parser raised on new bytes: a bug, counted; resynchronise after them."""
+        self.stats.exceptions += 1
+        self.stats.last_error = self.last_error = exc
+        self.buf = b""
+        self.resync = True
 
     def clean_gap(self, nbytes: int) -> None:
         """``nbytes`` crossed the socket before the next bytes as whole messages that the
@@ -251,10 +234,7 @@ class DataStream:
                     pos = b
                     frame_ts = ts
         except Exception as exc:  # a parser bug must not take the probe down
-            self.stats.exceptions += 1
-            self.stats.last_error = self.last_error = exc
-            self.buf = b""
-            self.resync = True
+            self.parse_failed(exc)
             return
         rest = n - pos
         if rest > MAX_BUFFERED:

@@ -29,8 +29,8 @@ Three functions make a protocol, as in upstream gala-gopher's guide and Pixie:
    ``buf`` is a ``bytes``/``bytearray``; never keep a reference to it in a frame.
 
 3. ``Protocol.stitch(reqs, resps, state) -> list[Record]``
-   Pair queued request frames with response frames (both ``collections.deque``, oldest
-   first), popping what it consumes.  Frames it cannot decide on yet stay queued.
+   Pair queued request frames with response frames (both :class:`Fifo`, oldest
+   first), taking out what it consumes.  Frames it cannot decide on yet stay queued.
    A request that will never get an answer and a response without a request are reported
    as records with ``resp_ts == 0`` / ``req_ts == 0`` respectively, so that ``req_count``
    and ``resp_count`` stay honest.  ``Protocol.flush(reqs, resps, state)`` is called when the

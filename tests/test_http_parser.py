@@ -545,3 +545,110 @@ def test_huge_length_hint_keeps_the_buffer_bounded():
         st.append(chunk, len(chunk), i)
         assert len(st.buf) <= stream_mod.MAX_BUFFERED + len(chunk)
     assert st.stats.dropped_bytes > 0
+
+
+def test_feed_fast_path_equals_stream_append():
+    """Tracker.feed parses a connection in sync in place (its fast path); DataStream.append
+    buffers.  The same records through both give the same pairs, statistics and stream
+    state, with messages whole, cut anywhere, longer than their capture, after lost bytes,
+    chunked, garbage, and a parser that raises."""
+    from bpf.layout import DEFINES, LAYOUTS
+    from pipeline.aggregate import Links
+    from pipeline.conntrack import Tracker
+    from protocol.http.parse import HttpParser
+
+    op, data_l = LAYOUTS["evt_open"], LAYOUTS["evt_data"]
+    d_in, d_out = DEFINES["DIR_INGRESS"], DEFINES["DIR_EGRESS"]
+
+    class Boom(Exception):
+        pass
+
+    real_parse = HttpParser.parse
+
+    def parse(self, buf, start, ts):        # raises on a marked message (a parser bug)
+        if buf.startswith(b"BOOM", start):
+            raise Boom()
+        return real_parse(self, buf, start, ts)
+
+    def messages(rng):
+        """[(direction, payload, true_len, lost)] of one server-side connection."""
+        out = []
+        for i in range(300):
+            k = rng.random()
+            q = req(target="/p%d" % rng.randrange(5))
+            if k < 0.05:
+                q = b"BOOM " + q
+            elif k < 0.1:
+                q = b"\x00garbage\r\n" + q
+            out.append((d_in, q, len(q), 0))
+            body = b"b" * rng.choice([0, 10, 3000])
+            if rng.random() < 0.15:
+                r = resp(200, b"Transfer-Encoding: chunked\r\n", chunked(body, b"z"),
+                         length=False)
+            else:
+                r = resp(rng.choice([200, 200, 404, 500]), body=body)
+            out.append((d_out, r, len(r), rng.choice([0] * 12 + [7, 100])))
+        recs = []
+        for d, payload, true_len, lost in out:
+            i = 0
+            while i < len(payload):           # cut into syscalls, some captured short
+                n = rng.choice([len(payload)] * 4 + [1, 20, 200])
+                piece = payload[i:i + n]
+                cap = len(piece) if rng.random() < 0.8 else rng.randrange(len(piece) + 1)
+                recs.append((d, piece[:cap], len(piece), lost if i == 0 else 0))
+                i += n
+        return recs
+
+    def open_rec():
+        return op.pack(type=DEFINES["EVT_OPEN"], tgid=1, conn_id=7, ts=0, fd=3, family=2,
+                       server_port=80, client_port=5000, l4_role=DEFINES["L4_SERVER"],
+                       l7_role=DEFINES["L7_SERVER"], proto=1, ssl=0, pad=b"",
+                       client_ip=b"\x7f\0\0\1" + b"\0" * 12,
+                       server_ip=b"\x7f\0\0\1" + b"\0" * 12)
+
+    def rec_row(r):
+        return (r.req_ts, r.resp_ts, r.api, r.method, r.path, r.status, r.err)
+
+    def stream_row(s):
+        st = s.stats
+        return (bytes(s.buf), s.skip, s.resync, s.need, st.invalid, st.resyncs, st.gaps,
+                st.dropped_bytes, st.lost_bytes, st.exceptions)
+
+    HttpParser.parse = parse
+    try:
+        for seed in range(6):
+            recs = messages(random.Random(seed))
+            # through Tracker.feed (fast path where in sync), one batch of 8 at a time
+            got = []
+            tr = Tracker(Links(), lambda link, r: got.append(rec_row(r)))
+            tr.feed([open_rec()])
+            conn = tr.conns[7]
+            for i in range(0, len(recs), 8):
+                batch = [data_l.pack(type=DEFINES["EVT_DATA"], tgid=1, conn_id=7, ts=j + 1,
+                                     true_len=t, cap_len=len(c), lost=lost, direction=d,
+                                     source=0, proto=1, l7_role=2) + c
+                         for j, (d, c, t, lost) in enumerate(recs[i:i + 8], i)]
+                tr.feed(batch)
+                tr.stitch_dirty()
+            fast = (got, stream_row(conn.req_stream), stream_row(conn.resp_stream))
+            # through DataStream.append alone
+            state = PROTOCOL.new_state()
+            stats = StreamStats()      # as a link's: one for both directions
+            streams = {d_in: DataStream(PROTOCOL.new_parser(MessageType.REQUEST, state),
+                                        stats),
+                       d_out: DataStream(PROTOCOL.new_parser(MessageType.RESPONSE, state),
+                                         stats)}
+            want = []
+            for i in range(0, len(recs), 8):
+                for j, (d, c, t, lost) in enumerate(recs[i:i + 8], i):
+                    if c:
+                        streams[d].append(c, t, j + 1, lost)
+                    else:
+                        streams[d].gap(lost + t)
+                want += [rec_row(r) for r in PROTOCOL.stitch(streams[d_in].frames,
+                                                              streams[d_out].frames, state)]
+            slow = (want, stream_row(streams[d_in]), stream_row(streams[d_out]))
+            assert fast == slow
+            assert len(got) > 200 and fast[1][-1] > 0      # pairs, and the parser raised
+    finally:
+        HttpParser.parse = real_parse

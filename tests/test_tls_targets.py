@@ -1434,3 +1434,28 @@ def test_int_and_ex_functions_byte_for_byte_at_the_chosen_sites(which, certs, pr
         cli.close()
     assert bytes(cap.got[1]) == bytes(sent)
     assert bytes(cap.got[0]) == bytes(got)
+
+
+def test_analysis_runs_in_a_child_and_keeps_capstone_out_of_the_probe():
+    """The disassembly of a real libssl happens in a forked child (tls_targets._isolated):
+    the sites come back, capstone's modules never load in the probe's process; with
+    L7PROBE_TLS_IN_PROCESS=1 the same sites are found here."""
+    import subprocess
+    import sys
+    lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+    code = (
+        "import sys; from bpf import tls_targets as t\n"
+        "r = t.openssl_target(%r)\n"
+        "print(sorted((f, s.vaddr, s.kind) for f, s in r.sites.items()))\n"
+        "print('capstone' in sys.modules)\n" % lib)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outs = []
+    for inproc in ("0", "1"):
+        env = dict(os.environ, L7PROBE_TLS_IN_PROCESS=inproc, PYTHONPATH=root)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, cwd=root, timeout=120)
+        assert out.returncode == 0, out.stderr
+        outs.append(out.stdout.splitlines())
+    (sites, loaded), (sites_here, loaded_here) = outs
+    assert sites == sites_here and "SSL_read" in sites, sites
+    assert loaded == "False" and loaded_here == "True"

@@ -50,10 +50,6 @@ _METHOD_TEXT = {m: m.decode("latin-1") for m in METHODS}
 _STATUS_INT = {b"%d" % i: i for i in range(100, 600)}
 
 
-def _decode(b):
-    return b.decode("latin-1")
-
-
 def _body_end(buf, hstart, hend):
     """(end, chunked) for a message whose headers are buf[hstart:hend+4]; end -1: invalid.
 
@@ -126,9 +122,9 @@ class HttpParser(Parser):
 
     # -- frames -------------------------------------------------------------------------
     def parse(self, buf, start, ts):
-        # The common cases (a request, a response with or without Content-Length) are
-        # handled inline, once per message; _parse_request/_parse_response are the same
-        # logic, kept for reading and for the rare branches.
+        # Requests, and the common responses (a final status to a request whose method
+        # lets the headers decide the body), are handled here; _parse_response takes the
+        # other responses (1xx, 204, 304, HEAD, CONNECT, no request seen).
         state = self.state
         if state.upgraded:
             if state.switch_to:     # keep the bytes for the protocol that takes over
@@ -178,7 +174,7 @@ class HttpParser(Parser):
         method = methods[0]
         if method == "HEAD" or method == "CONNECT":
             return self._parse_response(buf, start, hend, ts)
-        methods.popleft()
+        del methods[0]
         he = hend + 2
         b = _BODY_HDR.search(buf, m.end() - 2, he)
         if b is None:
@@ -241,26 +237,6 @@ class HttpParser(Parser):
         return SUCCESS, HttpRequest(ts, method, target.decode("latin-1"),
                                     1 if major is None else major[0] - 48), hend + 4
 
-    def _body_end(self, buf, hstart, hend):
-        return _body_end(buf, hstart, hend)
-
-    def _parse_request(self, buf, start, hend, ts):
-        m = _REQ_LINE.match(buf, start, hend + 2)
-        if m is None:
-            return INVALID, None, start
-        end, chunked = self._body_end(buf, m.end() - 2, hend)
-        if end < 0:
-            return INVALID, None, start
-        method = _decode(m.group(1))
-        frame = HttpRequest(ts, method, _decode(m.group(2)), m.group(3)[0] - 48)
-        methods = self.state.methods
-        methods.append(method)
-        if len(methods) > MAX_PENDING:
-            del methods[0]
-            self.count_truncated()
-        self.chunked = chunked
-        return SUCCESS, frame, end
-
     def _parse_response(self, buf, start, hend, ts):
         m = _RESP_LINE.match(buf, start, hend + 2)
         if m is None:
@@ -283,7 +259,7 @@ class HttpParser(Parser):
         if method == "CONNECT" and status < 300:
             self.state.upgraded = True
             return SUCCESS, frame, body
-        end, chunked = self._body_end(buf, m.end() - 2, hend)
+        end, chunked = _body_end(buf, m.end() - 2, hend)
         if end < 0:
             return INVALID, None, start
         if method is None and end > body and buf.startswith(b"HTTP/1.", body):

@@ -55,36 +55,47 @@ class HttpProtocol(Protocol):
         return HttpState()
 
     def stitch(self, reqs, resps, state):
+        # every response is consumed, requests as they are answered: walked by index and
+        # taken out once at the end (what a bug's exception interrupts stays queued)
         out = []
         append = out.append
         cache = _API_CACHE
-        while resps:
-            resp = resps.popleft()
-            status = resp.status
-            if status == 101 and state.switch_to:
-                # h2c upgrade: the request is answered on the new protocol's stream 1
-                if reqs and reqs[0].ts <= resp.ts:
-                    req = reqs.popleft()
-                    state.upgrade_req = (req.ts, req.method, req.target)
-                continue
-            if status < 200 and status != 101:
-                continue          # interim response (100 Continue, 103): not an answer
-            text = _STATUS_TEXT.get(status) or str(status)
-            err = ERR_SERVER if status >= 500 else ERR_CLIENT if status >= 400 else ERR_NONE
-            # requests sent after this response cannot be what it answers
-            if not reqs or reqs[0].ts > resp.ts:
-                append(Record(0, resp.ts, None, "", "", text, err))
-                continue
-            req = reqs.popleft()
-            method = req.method
-            target = req.target
-            key = (method, target)
-            api = cache.get(key)
-            if api is None:
-                if len(cache) >= _API_CACHE_MAX:
-                    cache.clear()
-                api = cache[key] = api_name(method, target)
-            append(Record(req.ts, resp.ts, api, method, target, text, err))
+        nreq = len(reqs)
+        ri = 0                    # requests answered so far
+        k = 0                     # responses consumed so far
+        try:
+            for resp in resps:
+                k += 1
+                status = resp.status
+                if status == 101 and state.switch_to:
+                    # h2c upgrade: the request is answered on the new protocol's stream 1
+                    if ri < nreq and reqs[ri].ts <= resp.ts:
+                        req = reqs[ri]
+                        ri += 1
+                        state.upgrade_req = (req.ts, req.method, req.target)
+                    continue
+                if status < 200 and status != 101:
+                    continue          # interim response (100 Continue, 103): not an answer
+                text = _STATUS_TEXT.get(status) or str(status)
+                err = ERR_SERVER if status >= 500 else ERR_CLIENT if status >= 400 else ERR_NONE
+                # requests sent after this response cannot be what it answers
+                if ri >= nreq or reqs[ri].ts > resp.ts:
+                    append(Record(0, resp.ts, None, "", "", text, err))
+                    continue
+                req = reqs[ri]
+                ri += 1
+                method = req.method
+                target = req.target
+                key = (method, target)
+                api = cache.get(key)
+                if api is None:
+                    if len(cache) >= _API_CACHE_MAX:
+                        cache.clear()
+                    api = cache[key] = api_name(method, target)
+                append(Record(req.ts, resp.ts, api, method, target, text, err))
+        finally:
+            del resps[:k]
+            del reqs[:ri]
         return out
 
     def retire(self, reqs, state, n):

@@ -15,10 +15,8 @@ Ways of cutting the same traffic:
 """
 from __future__ import annotations
 
-from collections import deque
-
 from pipeline.stream import DataStream, StreamStats
-from protocol.base import MessageType
+from protocol.base import Fifo, MessageType
 
 
 class FeedResult:
@@ -53,8 +51,8 @@ class Feeder:
         self.req = DataStream(proto.new_parser(MessageType.REQUEST, state), self.result.req_stats)
         self.resp = DataStream(proto.new_parser(MessageType.RESPONSE, state),
                                self.result.resp_stats)
-        self.reqs = deque()
-        self.resps = deque()
+        self.reqs = Fifo()          # the pipeline's queue type (a stream's frames)
+        self.resps = Fifo()
 
     def feed(self, direction, ts, data, true_len=None):
         stream = self.req if direction == "c2s" else self.resp
