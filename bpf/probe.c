@@ -649,8 +649,50 @@ static __always_inline struct conn_acct *acct_of(struct conn_val *c, struct conn
     return kacct.lookup_or_try_init(&c->conn_id, zero);
 }
 
+/* ---------------------------------------------------------------- DB capture policy ----
+ *
+ * MySQL and PostgreSQL clients wait for a response before they send the next command (the
+ * classic protocol; PostgreSQL's pipeline mode aside), so a server answers in turns: the
+ * server->client bytes between two client->server syscalls.  Their parsers need the head of
+ * a turn (MySQL: OK / ERR / column count / a prepare's statement id; PostgreSQL: the first
+ * messages, whole when the turn is short) and not the result rows.  So of each response turn
+ * the kernel delivers the first DB_TURN_HEAD bytes (EVF_TURN on the first record,
+ * EVF_TURN_CUT on the record where the head ends if more may follow) and skips the rest by
+ * length: the next turn's first record carries it in `lost`, which user space skips cleanly
+ * (pipeline/stream.py DataStream.cut_turn; the parsers count the answers they did not see
+ * whole, protocol/mysql, protocol/pgsql).  Requests are captured as before. */
+static __always_inline int db_turns(u8 proto) {
+    return proto == PROTO_MYSQL || proto == PROTO_PGSQL;
+}
+
+/* The capture of one syscall of a DB connection: 0 to send nothing (the rest of a cut
+ * response turn), else 1 with *want (bytes to copy) and *flags set. */
+static __always_inline int db_capture(struct conn_val *c, u8 dir, u32 len, u32 *want,
+                                      u32 *flags) {
+    if ((dir == DIR_EGRESS) != (c->l7_role == L7_SERVER)) {
+        c->turn_seen = 0;           /* a request: the next response bytes start a turn */
+        return 1;
+    }
+    u32 seen = c->turn_seen;
+    if (seen >= DB_TURN_HEAD)
+        return 0;
+    if (seen == 0)
+        *flags |= EVF_TURN;
+    u32 room = DB_TURN_HEAD - seen;
+    if (len >= room) {
+        *flags |= EVF_TURN_CUT;
+        if (*want > room)
+            *want = room;
+        c->turn_seen = DB_TURN_HEAD;
+    } else {
+        c->turn_seen = seen + len;
+    }
+    return 1;
+}
+
 /* Send `len` bytes (a bounded prefix of them) of buffer `op` as a data record.  `flags`:
- * EVF_*.  Returns 1 if the record was delivered; if not, its bytes are a gap for user space. */
+ * EVF_*.  Returns 1 if the record was delivered (or skipped by the capture policy); if not,
+ * its bytes are a gap for user space. */
 static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_key *k,
                                      struct data_evt_buf *ev, struct active_op *op, u32 len,
                                      u8 dir, u8 source, struct probe_config *cfg, u32 flags) {
@@ -658,6 +700,13 @@ static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_
     if (cap > CAP_MAX)
         cap = CAP_MAX;
     u32 want = len < cap ? len : cap;
+    if (db_turns(c->proto) && !db_capture(c, dir, len, &want, &flags)) {
+        if (dir == DIR_EGRESS)      /* skipped by length: see db_capture */
+            c->lost_sent += len;
+        else
+            c->lost_recv += len;
+        return 1;
+    }
     u32 n = copy_data(ev, op, want);
     CLAMP_CAP(n);
     ev->hdr.type = EVT_DATA;

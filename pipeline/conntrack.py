@@ -30,6 +30,7 @@ EVT_OPEN = DEFINES["EVT_OPEN"]
 EVT_DATA = DEFINES["EVT_DATA"]
 EVT_CLOSE = DEFINES["EVT_CLOSE"]
 EVF_CLEAN_GAP = DEFINES["EVF_CLEAN_GAP"]
+EVF_TURN_CUT = DEFINES["EVF_TURN_CUT"]
 _DATA = LAYOUTS["evt_data"].struct
 _DATA_SIZE = _DATA.size
 _OPEN = LAYOUTS["evt_open"]
@@ -157,9 +158,14 @@ class Tracker:
             if flags & EVF_CLEAN_GAP:
                 stream.clean_gap(lost)
                 lost = 0
+            elif stream.cut:
+                lost = stream.turn_start(flags, lost)
             frames = stream.frames
             n = len(frames)
-            if cap_len:
+            if flags & EVF_TURN_CUT:        # the rest of this response turn is skipped
+                stream.append(raw[h:h + cap_len], cap_len, ts, lost)
+                stream.cut_turn(ts)
+            elif cap_len:
                 stream.append(raw[h:h + cap_len], true_len, ts, lost)
             else:
                 stream.gap(lost + true_len)
