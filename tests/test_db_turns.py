@@ -198,3 +198,53 @@ def test_pgsql_result_rows_are_skipped_and_every_statement_counted():
     stats = t.tr.stream_stats["pgsql"]
     assert (stats.gaps, stats.lost_bytes, stats.resyncs, stats.invalid) == (0, 0, 0, 0)
     assert stats.cut_turns == 3
+
+
+def _pieces(data, size):
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+# response syscalls of these sizes: the head ends anywhere in a packet, in a header, at a
+# syscall's end, in the first syscall or a later one
+SIZES = (1, 3, 4, 5, 17, 100, 333, 1000, HEAD - 1, HEAD, HEAD + 1, 4096)
+
+
+def test_mysql_cut_anywhere_counts_stay_exact():
+    for size in SIZES:
+        t = Turns("mysql")
+        for i in range(3):
+            t.request(query("SELECT c FROM t"))
+            t.response(*_pieces(result(30 + i), size))
+            t.request(query("INSERT INTO t VALUES (1)"))
+            t.response(*_pieces(ok(), size))
+            t.request(query("SELEC oops"))
+            t.response(*_pieces(err(), size))
+        link = t.link()
+        st = link.rpc
+        assert (st.req, st.resp, st.err) == (9, 9, 3), size
+        assert {a: s.req for a, s in link.apis.items()} == {
+            "SELECT": 3, "INSERT": 3, "SELEC": 3}, size
+        stats = t.tr.stream_stats["mysql"]
+        assert (stats.gaps, stats.lost_bytes, stats.exceptions) == (0, 0, 0), size
+
+
+def test_pgsql_cut_anywhere_counts_stay_exact():
+    for size in SIZES:
+        t = Turns("pgsql")
+        t.request(startup())
+        t.response(*_pieces(startup_answer(), size))
+        for i in range(3):
+            t.request(pg_query("SELECT c FROM t"))
+            t.response(*_pieces(pg_result(30 + i), size))
+            t.request(pg_query("INSERT INTO t VALUES (1)"))
+            t.response(*_pieces(msg(b"C", b"INSERT 0 1\0") + msg(b"Z", b"I"), size))
+            t.request(pg_query("SELEC oops"))
+            t.response(*_pieces(msg(b"E", b"SERROR\0C42601\0Msyntax\0\0") + msg(b"Z", b"I"),
+                                size))
+        link = t.link()
+        st = link.rpc
+        assert (st.req, st.resp, st.err) == (9, 9, 3), size
+        assert {a: s.req for a, s in link.apis.items()} == {
+            "SELECT": 3, "INSERT": 3, "SELEC": 3}, size
+        stats = t.tr.stream_stats["pgsql"]
+        assert (stats.gaps, stats.lost_bytes, stats.exceptions) == (0, 0, 0), size
