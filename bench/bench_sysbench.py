@@ -1,5 +1,6 @@
 """sysbench oltp_read_write at full speed against MariaDB: the share of statements the probe
-counted (server side l7_rpc req_count against sysbench's own "queries performed" total)."""
+counted (server side l7_rpc req_count against sysbench's own "queries performed" total).
+SYSBENCH_RING_PAGES=N adds the same measurement with an N-page ring buffer."""
 from __future__ import annotations
 
 import os
