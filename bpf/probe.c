@@ -690,6 +690,48 @@ static __always_inline int db_capture(struct conn_val *c, u8 dir, u32 len, u32 *
     return 1;
 }
 
+/* MySQL servers (mariadbd) read a command packet's 4-byte header and its payload in two
+ * syscalls: the header is held here and delivered in front of the payload, one record
+ * instead of two.  Only a plain read of exactly a header with sequence 0 is held (a command
+ * is never shorter than 5 bytes, so its payload follows before any answer). */
+BPF_TABLE("lru_hash", u64, u32, db_hdrs, 4096);
+
+/* 1 if this syscall's bytes are such a header, now held (nothing to send). */
+static __always_inline int db_hold_header(struct conn_val *c, struct active_op *op, u8 dir,
+                                          u32 len) {
+    if (c->proto != PROTO_MYSQL || len != 4 || op->iovcnt || !op->buf ||
+        (dir == DIR_EGRESS) != (c->l7_role == L7_CLIENT))
+        return 0;
+    u32 h = 0;
+    if (bpf_probe_read_user(&h, 4, (void *)op->buf) != 0 || (h >> 24) != 0 ||
+        db_hdrs.lookup(&c->conn_id))
+        return 0;
+    db_hdrs.update(&c->conn_id, &h);
+    return 1;
+}
+
+/* The header held for this connection (then forgotten), or 0 with *held 0.  A response
+ * before the payload (never seen) leaves the header's bytes a gap. */
+static __always_inline u32 db_take_header(struct conn_val *c, u8 dir, int *held) {
+    *held = 0;
+    if (c->proto != PROTO_MYSQL)
+        return 0;
+    u32 *h = db_hdrs.lookup(&c->conn_id);
+    if (!h)
+        return 0;
+    u32 v = *h;
+    db_hdrs.delete(&c->conn_id);
+    if ((dir == DIR_EGRESS) != (c->l7_role == L7_CLIENT)) {
+        if (dir == DIR_EGRESS)
+            c->lost_recv += 4;
+        else
+            c->lost_sent += 4;
+        return 0;
+    }
+    *held = 1;
+    return v;
+}
+
 /* Send `len` bytes (a bounded prefix of them) of buffer `op` as a data record.  `flags`:
  * EVF_*.  Returns 1 if the record was delivered (or skipped by the capture policy); if not,
  * its bytes are a gap for user space. */
@@ -700,14 +742,39 @@ static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_
     if (cap > CAP_MAX)
         cap = CAP_MAX;
     u32 want = len < cap ? len : cap;
-    if (db_turns(c->proto) && !db_capture(c, dir, len, &want, &flags)) {
-        if (dir == DIR_EGRESS)      /* skipped by length: see db_capture */
-            c->lost_sent += len;
-        else
-            c->lost_recv += len;
-        return 1;
+    int held = 0;
+    u32 hdr = 0;
+    if (db_turns(c->proto)) {
+        if (!db_capture(c, dir, len, &want, &flags)) {
+            if (dir == DIR_EGRESS)  /* skipped by length: see db_capture */
+                c->lost_sent += len;
+            else
+                c->lost_recv += len;
+            return 1;
+        }
+        if (db_hold_header(c, op, dir, len))
+            return 1;
+        hdr = db_take_header(c, dir, &held);
     }
-    u32 n = copy_data(ev, op, want);
+    u32 n;
+    if (held && op->iovcnt == 0) {
+        /* the held header, then this syscall's bytes (a plain buffer) */
+        __builtin_memcpy(ev->data, &hdr, 4);
+        n = want > CAP_MAX - 4 ? CAP_MAX - 4 : want;
+        CLAMP_CAP(n);
+        if (n == 0 || bpf_probe_read_user(ev->data + 4, n, (void *)op->buf) != 0)
+            n = 0;
+        n += 4;
+        len += 4;
+    } else {
+        if (held) {                 /* not a plain buffer: the header's bytes are a gap */
+            if (dir == DIR_EGRESS)
+                c->lost_sent += 4;
+            else
+                c->lost_recv += 4;
+        }
+        n = copy_data(ev, op, want);
+    }
     CLAMP_CAP(n);
     ev->hdr.type = EVT_DATA;
     ev->hdr.tgid = k->tgid;
