@@ -704,8 +704,92 @@ static __always_inline struct data_evt_buf *gathered(u32 want, u32 *n) {
     return g;
 }
 
+/* ---------------------------------------------------------------- DB capture policy ----
+ *
+ * MySQL and PostgreSQL clients wait for a response before they send the next command (the
+ * classic protocol; PostgreSQL's pipeline mode aside), so a server answers in turns: the
+ * server->client bytes between two client->server syscalls.  Their parsers need the head of
+ * a turn (MySQL: OK / ERR / column count / a prepare's statement id; PostgreSQL: the first
+ * messages, whole when the turn is short) and not the result rows.  So of each response turn
+ * the kernel delivers the first DB_TURN_HEAD bytes (EVF_TURN on the first record,
+ * EVF_TURN_CUT on the record where the head ends if more may follow) and skips the rest by
+ * length: the next turn's first record carries it in `lost`, which user space skips cleanly
+ * (pipeline/stream.py DataStream.cut_turn; the parsers count the answers they did not see
+ * whole, protocol/mysql, protocol/pgsql).  Requests are captured as before. */
+static __always_inline int db_turns(u8 proto) {
+    return proto == PROTO_MYSQL || proto == PROTO_PGSQL;
+}
+
+/* The capture of one syscall of a DB connection: 0 to send nothing (the rest of a cut
+ * response turn), else 1 with *want (bytes to copy) and *flags set. */
+static __always_inline int db_capture(struct conn_val *c, u8 dir, u32 len, u32 *want,
+                                      u32 *flags) {
+    if ((dir == DIR_EGRESS) != (c->l7_role == L7_SERVER)) {
+        c->turn_seen = 0;           /* a request: the next response bytes start a turn */
+        return 1;
+    }
+    u32 seen = c->turn_seen;
+    if (seen >= DB_TURN_HEAD)
+        return 0;
+    if (seen == 0)
+        *flags |= EVF_TURN;
+    u32 room = DB_TURN_HEAD - seen;
+    if (len >= room) {
+        *flags |= EVF_TURN_CUT;
+        if (*want > room)
+            *want = room;
+        c->turn_seen = DB_TURN_HEAD;
+    } else {
+        c->turn_seen = seen + len;
+    }
+    return 1;
+}
+
+/* MySQL servers (mariadbd) read a command packet's 4-byte header and its payload in two
+ * syscalls: the header is held here and delivered in front of the payload, one record
+ * instead of two.  Only a plain read of exactly a header with sequence 0 is held (a command
+ * is never shorter than 5 bytes, so its payload follows before any answer). */
+BPF_TABLE("lru_hash", u64, u32, db_hdrs, 4096);
+
+/* 1 if this syscall's bytes are such a header, now held (nothing to send). */
+static __always_inline int db_hold_header(struct conn_val *c, struct active_op *op, u8 dir,
+                                          u32 len) {
+    if (c->proto != PROTO_MYSQL || len != 4 || op->iovcnt || !op->buf ||
+        (dir == DIR_EGRESS) != (c->l7_role == L7_CLIENT))
+        return 0;
+    u32 h = 0;
+    if (bpf_probe_read_user(&h, 4, (void *)op->buf) != 0 || (h >> 24) != 0 ||
+        db_hdrs.lookup(&c->conn_id))
+        return 0;
+    db_hdrs.update(&c->conn_id, &h);
+    return 1;
+}
+
+/* The header held for this connection (then forgotten), or 0 with *held 0.  A response
+ * before the payload (never seen) leaves the header's bytes a gap. */
+static __always_inline u32 db_take_header(struct conn_val *c, u8 dir, int *held) {
+    *held = 0;
+    if (c->proto != PROTO_MYSQL)
+        return 0;
+    u32 *h = db_hdrs.lookup(&c->conn_id);
+    if (!h)
+        return 0;
+    u32 v = *h;
+    db_hdrs.delete(&c->conn_id);
+    if ((dir == DIR_EGRESS) != (c->l7_role == L7_CLIENT)) {
+        if (dir == DIR_EGRESS)
+            c->lost_recv += 4;
+        else
+            c->lost_sent += 4;
+        return 0;
+    }
+    *held = 1;
+    return v;
+}
+
 /* Send `len` bytes (a bounded prefix of them) of buffer `op` as a data record.  `flags`:
- * EVF_*.  Returns 1 if the record was delivered; if not, its bytes are a gap for user space. */
+ * EVF_*.  Returns 1 if the record was delivered (or skipped by the capture policy); if not,
+ * its bytes are a gap for user space. */
 static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_key *k,
                                      struct data_evt_buf *ev, struct active_op *op, u32 len,
                                      u8 dir, u8 source, struct probe_config *cfg, u32 flags) {
@@ -713,12 +797,43 @@ static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_
     if (cap > CAP_MAX)
         cap = CAP_MAX;
     u32 want = len < cap ? len : cap;
+    int held = 0;
+    u32 hdr = 0;
+    if (db_turns(c->proto)) {
+        if (!db_capture(c, dir, len, &want, &flags)) {
+            if (dir == DIR_EGRESS)  /* skipped by length: see db_capture */
+                c->lost_sent += len;
+            else
+                c->lost_recv += len;
+            return 1;
+        }
+        if (db_hold_header(c, op, dir, len))
+            return 1;
+        hdr = db_take_header(c, dir, &held);
+    }
     u32 n = 0;
     struct data_evt_buf *g = gathered(want, &n);
-    if (g)
+    if (g) {
         ev = g;             /* the bytes of every iovec, gathered by gather_body */
-    else
+    } else if (held && op->iovcnt == 0) {
+        /* the held header, then this syscall's bytes (a plain buffer) */
+        __builtin_memcpy(ev->data, &hdr, 4);
+        n = want > CAP_MAX - 4 ? CAP_MAX - 4 : want;
+        CLAMP_CAP(n);
+        if (n == 0 || bpf_probe_read_user(ev->data + 4, n, (void *)op->buf) != 0)
+            n = 0;
+        n += 4;
+        len += 4;
+        held = 0;
+    } else {
         n = copy_data(ev, op, want);
+    }
+    if (held) {                     /* not a plain buffer: the header's bytes are a gap */
+        if (dir == DIR_EGRESS)
+            c->lost_sent += 4;
+        else
+            c->lost_recv += 4;
+    }
     CLAMP_CAP(n);
     ev->hdr.type = EVT_DATA;
     ev->hdr.tgid = k->tgid;

@@ -78,6 +78,17 @@ struct evt_data {
 
 #define EVF_CLEAN_GAP 1  /* the `lost` bytes before this record are whole messages the kernel
                             counted itself (sampled out), and this record starts a message */
+/* MySQL and PostgreSQL answer in turns: a response turn is the server->client bytes between
+ * two client->server syscalls.  The kernel delivers the first DB_TURN_HEAD bytes of a turn
+ * (what the parsers need: OK / ERR / column count / the first messages) and skips the rest
+ * (result rows) by length. */
+#define EVF_TURN      2  /* this record starts a response turn; if the previous turn was cut
+                            (EVF_TURN_CUT), the `lost` bytes before it are that turn's
+                            uncaptured rest, not a loss */
+#define EVF_TURN_CUT  4  /* the bytes of this response turn after this record's captured ones
+                            (the rest of true_len, and later syscalls up to the next EVF_TURN
+                            record) are not delivered */
+#define DB_TURN_HEAD  1024  /* bytes delivered of a MySQL / PostgreSQL response turn */
 
 struct evt_close {
     u32 type;
@@ -129,7 +140,9 @@ struct conn_val {
     u8 shed;         /* SHED_* bits: the current message of a direction is not delivered */
     u8 hard_gap;     /* SHED_* bits: a direction lost bytes the kernel could not account */
     u32 lost_msgs;   /* see evt_data.lost_msgs */
-    u32 pad2;
+    u32 turn_seen;   /* MySQL / PostgreSQL: bytes of the current response turn seen so far,
+                        at most DB_TURN_HEAD (0: the next response bytes start a turn; see
+                        db_capture in bpf/probe.c) */
 };
 
 #define FIFO_LEN 4

@@ -32,6 +32,7 @@ EVT_CLOSE = DEFINES["EVT_CLOSE"]
 EVF_CLEAN_GAP = DEFINES["EVF_CLEAN_GAP"]
 SUCCESS = ParseState.SUCCESS
 IGNORE = ParseState.IGNORE
+EVF_TURN_CUT = DEFINES["EVF_TURN_CUT"]
 _DATA = LAYOUTS["evt_data"].struct
 _DATA_SIZE = _DATA.size
 _OPEN = LAYOUTS["evt_open"]
@@ -165,9 +166,14 @@ class Tracker:
             if flags & EVF_CLEAN_GAP:
                 stream.clean_gap(lost)
                 lost = 0
+            elif stream.cut:
+                lost = stream.turn_start(flags, lost)
             frames = stream.frames
             n = len(frames)
-            if not cap_len:
+            if flags & EVF_TURN_CUT:        # the rest of this response turn is skipped
+                stream.append(raw[h:h + cap_len], cap_len, ts, lost)
+                stream.cut_turn(ts)
+            elif not cap_len:
                 stream.gap(lost + true_len)
             elif lost or stream.buf or stream.skip or stream.resync:
                 stream.append(raw[h:h + cap_len], true_len, ts, lost)

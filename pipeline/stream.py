@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from bpf.layout import DEFINES
 from protocol.base import Fifo, ParseState
 
 SUCCESS = ParseState.SUCCESS
@@ -19,11 +20,13 @@ IGNORE = ParseState.IGNORE
 
 MAX_BUFFERED = 256 * 1024   # bytes held waiting for a frame to complete
 MAX_FRAMES = 4096           # frames waiting for the stitcher
+DB_TURN_HEAD = DEFINES["DB_TURN_HEAD"]
+EVF_TURN = DEFINES["EVF_TURN"]   # bytes of a response turn the kernel delivers
 
 
 class StreamStats:
     __slots__ = ("invalid", "resyncs", "gaps", "dropped_bytes", "dropped_frames", "exceptions",
-                 "last_error", "truncated", "lost_bytes")
+                 "last_error", "truncated", "lost_bytes", "cut_turns", "presumed")
 
     def __init__(self):
         self.clear()
@@ -35,6 +38,8 @@ class StreamStats:
         self.last_error = None      # the last exception a parser raised (a bug to report)
         self.truncated = 0          # per-connection state a parser cut to stay bounded
         self.lost_bytes = 0         # uncaptured bytes that no frame claimed (in gaps)
+        self.cut_turns = 0          # response turns the kernel cut after their head
+        self.presumed = 0           # answers counted in a cut turn without their status
 
     def add_into(self, total: "StreamStats") -> None:
         """Add these counts to ``total`` (per-link stats summed per protocol)."""
@@ -46,6 +51,8 @@ class StreamStats:
         total.exceptions += self.exceptions
         total.truncated += self.truncated
         total.lost_bytes += self.lost_bytes
+        total.cut_turns += self.cut_turns
+        total.presumed += self.presumed
         if self.last_error is not None:
             total.last_error = self.last_error
 
@@ -66,6 +73,12 @@ class StreamStats:
             log.info("%s: %d item(s) of per-connection parser state dropped or cut this "
                      "period to keep it bounded (statements of a query string, prepared "
                      "names, nesting levels, pending commands)", proto_name, self.truncated)
+        if self.cut_turns:
+            log.info("%s: %d response turn(s) this period delivered by the kernel up to their "
+                     "first %d bytes, the rest (result rows) skipped by length; %d answer(s) "
+                     "in them counted without their start or status (errors after a turn's "
+                     "head are not seen)", proto_name, self.cut_turns, DB_TURN_HEAD,
+                     self.presumed)
         if self.dropped_frames:
             log.warning("%s: %d parsed message(s) dropped: more than %d waited for pairing on "
                         "one connection", proto_name, self.dropped_frames, MAX_FRAMES)
@@ -74,7 +87,7 @@ class StreamStats:
 
 class DataStream:
     __slots__ = ("parser", "frames", "buf", "base_ts", "skip", "need", "resync", "stats",
-                 "last_error")
+                 "last_error", "cut")
 
     def __init__(self, parser, stats: StreamStats | None = None):
         self.parser = parser
@@ -84,6 +97,7 @@ class DataStream:
         self.skip = 0           # bytes still to skip (a frame's uncaptured tail)
         self.need = 0           # len(buf) the parser asked for before it is worth retrying
         self.resync = False     # the next bytes must be searched for a frame boundary
+        self.cut = False        # the kernel cut the current response turn (see cut_turn)
         self.stats = stats if stats is not None else StreamStats()
         self.last_error = None
         parser.stats = self.stats   # where the parser counts the state it had to cut
@@ -149,6 +163,40 @@ class DataStream:
             self.buf = b""
         self.need = 0
         self.resync = False
+
+    def cut_turn(self, ts: int) -> None:
+        """The kernel delivered the head of this response turn and skips the rest
+        (EVF_TURN_CUT, bpf/probe.c db_capture): the parser answers what it still expected
+        of the turn (``Parser.turn_cut``), and the bytes up to the next turn's start are
+        skipped without a loss to report (``turn_start``)."""
+        self.buf = b""
+        self.skip = self.need = 0
+        self.resync = False
+        self.cut = True
+        self.stats.cut_turns += 1
+        frames = self.frames
+        try:
+            more = self.parser.turn_cut(ts)
+        except Exception as exc:  # a parser bug must not take the probe down
+            self.stats.exceptions += 1
+            self.stats.last_error = self.last_error = exc
+            self.resync = True
+            return
+        for frame in more:
+            if len(frames) >= MAX_FRAMES:
+                frames.popleft()
+                self.stats.dropped_frames += 1
+            frames.append(frame)
+
+    def turn_start(self, flags: int, lost: int) -> int:
+        """A record of a stream that the kernel cut: with EVF_TURN it starts the next turn
+        and ``lost`` is the cut turn's rest, skipped (returns 0, the loss left); without
+        (the ring refused the turn's start) ``lost`` stays a loss."""
+        self.cut = False
+        if flags & EVF_TURN:
+            self.clean_gap(lost)
+            return 0
+        return lost
 
     def gap(self, nbytes: int) -> None:
         """Bytes that crossed the socket but were not captured at all (sendfile, drops)."""

@@ -122,6 +122,19 @@ class Parser:
         if st is not None:
             st.truncated += n
 
+    def count_presumed(self, n: int) -> None:
+        """``n`` answers counted in a cut response turn without their start (turn_cut)."""
+        st = self.stats
+        if st is not None:
+            st.presumed += n
+
+    def turn_cut(self, ts: int):
+        """Responses only (MySQL, PostgreSQL): the kernel cut this response turn after its
+        head (README "Cost of watching"); the turn's other bytes are skipped and the next
+        bytes start the next turn.  Returns the frames that stand for what the turn still
+        answered, unseen (timestamp ``ts``), and resets any walk in progress."""
+        return ()
+
     def find_boundary(self, buf, start: int) -> int:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -33,6 +33,13 @@ N_MSG = 50
 PG_TX = 300            # pgbench -t per client
 PG_CLIENTS = 2
 MY_QUERIES = 20
+# result sets far longer than the head of a response turn the kernel delivers
+# (DB_TURN_HEAD): their rows are skipped in the kernel, every statement still counted
+MY_BIG = ["SELECT seq, REPEAT('x', 100) FROM seq_1_to_3000", "SELECT 1",
+          "SELECT seq, REPEAT('y', 200) FROM seq_1_to_2000 WHERE seq % 2 = 0",
+          "SELECT seq FROM seq_1_to_5000", "SELECT nosuchcol FROM seq_1_to_3000"]
+PG_BIG = ["SELECT g, repeat('x', 100) FROM generate_series(1, 3000) g", "SELECT 1",
+          "SELECT g FROM generate_series(1, 5000) g", "SELECT nosuchcol FROM pg_class"]
 MY_PREPARED = 50
 
 
@@ -373,6 +380,15 @@ def pg_run():
             assert q.returncode != 0 and "does not exist" in err, err
             time.sleep(0.3)
             res["segments"]["error"] = (q.pid, None, start, os.path.getsize(pg.log_path))
+            start = os.path.getsize(pg.log_path)
+            q = subprocess.Popen([os.path.join(PG_BIN, "psql"), "-X", "-q", "-A", "-t",
+                                  "-h", LOOP, "-p", str(pg.port), "-U", pg.user,
+                                  "-d", pg.dbname] + [a for c in PG_BIG for a in ("-c", c)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            out, err = q.communicate(timeout=30)
+            assert q.returncode != 0 and len(out.splitlines()) == 3000 + 1 + 5000, err
+            time.sleep(0.3)
+            res["segments"]["big"] = (q.pid, None, start, os.path.getsize(pg.log_path))
             time.sleep(1.5)
         finally:
             probe.stop()
@@ -423,6 +439,25 @@ def test_pgsql_failing_query(pg_run):
     api = _port_rows(pg_run["probe"], "l7_rpc_api", pg.port)
     assert _apis(_sel(api, "server", backends)) == {"SELECT": [1, 1, 1, 1, 0]}
     assert _apis(_sel(api, "client", {pid})) == {"SELECT": [1, 1, 1, 1, 0]}
+
+
+def test_pgsql_big_results_rows_skipped_statements_exact(pg_run):
+    """Result rows are not delivered (the kernel cuts each response turn after its head);
+    every statement is counted, errors before the rows too."""
+    pg = pg_run["pg"]
+    pid, _, start, end = pg_run["segments"]["big"]
+    backends, done = _pg_segment(pg.log_path, start, end)
+    assert len(backends) == 1 and _sum_verbs(done) == {"SELECT": len(PG_BIG)}
+    exp = {"SELECT": [len(PG_BIG), len(PG_BIG), 1, 1, 0]}
+    api = _port_rows(pg_run["probe"], "l7_rpc_api", pg.port)
+    assert _apis(_sel(api, "server", backends)) == exp
+    assert _apis(_sel(api, "client", {pid})) == exp
+    for role, pids in (("server", backends), ("client", {pid})):
+        link = _sel(_port_rows(pg_run["probe"], "l7_link", pg.port), role, pids)
+        assert (total(link, "bytes_lost"), total(link, "msgs_unparsed"),
+                total(link, "msgs_dropped")) == (0, 0, 0), role
+    assert any("pgsql: " in l and "response turn(s) this period delivered by the kernel "
+               "up to their first" in l for l in pg_run["probe"].err_lines)
 
 
 def test_pgsql_no_stray_rows(pg_run):
@@ -514,6 +549,7 @@ def my_run():
                                  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  str(db.port), str(MY_PREPARED)])
             segment("compressed", cli[:-1] + ["--compress", "-e", "SELECT 42"])
+            segment("big", cli + ["; ".join(MY_BIG)])   # the last one fails
             res["server_pids"] = set(db.pids())
             time.sleep(1.5)
         finally:
@@ -545,6 +581,23 @@ def _my_check_client(my_run, name, exp):
     assert (total(rpc, "req_count"), total(rpc, "resp_count"), total(rpc, "err_count")) == \
         tuple(sum(v[i] for v in exp.values()) for i in range(3))
     assert _apis(api) == exp
+
+
+def test_mysql_big_results_rows_skipped_statements_exact(my_run):
+    """Result rows are not delivered (the kernel cuts each response turn after its head);
+    every statement is counted, with its error where the head holds it."""
+    _, rc, out, err, _, _ = my_run["segments"]["big"]
+    assert len(out.splitlines()) == 3000 + 1 + 1000 + 5000, err
+    cmds, exp = _my_expect(my_run, "big", errors={"SELECT": 1})
+    assert cmds["SELECT"] == [len(MY_BIG), len(MY_BIG)]
+    _my_check_client(my_run, "big", exp)
+    pid = my_run["segments"]["big"][0]
+    link = _sel(_port_rows(my_run["probe"], "l7_link", my_run["db"].port), "client", {pid})
+    assert total(link, "bytes_recv") > 3000 * 100 + 1000 * 200
+    assert (total(link, "bytes_lost"), total(link, "msgs_unparsed"),
+            total(link, "msgs_dropped")) == (0, 0, 0)
+    assert any("mysql: " in l and "response turn(s) this period delivered by the kernel "
+               "up to their first" in l for l in my_run["probe"].err_lines)
 
 
 def test_mysql_rows_sane(my_run):
@@ -603,7 +656,7 @@ def test_mysql_server_side_all_sessions(my_run):
     """mariadbd is one process: its rows hold every scenario; they sum exactly."""
     exp = {}
     for name, extra, errors in (("queries", None, None), ("syntax", None, {"SELECT": 1}),
-                                ("prepared", "pings", None)):
+                                ("prepared", "pings", None), ("big", None, {"SELECT": 1})):
         if extra == "pings":
             pings = int(my_run["segments"]["prepared"][2].split()[1])
             extra = {"PING": pings} if pings else None

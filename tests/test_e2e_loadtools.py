@@ -101,8 +101,9 @@ def _probe(proto, pids=None):
     args = ["-P", "1", "--proto", proto, "--no-ssl"]
     if pids:
         args += ["-p", ",".join(str(p) for p in sorted(pids))]
-    # a 32 MiB ring buffer: sysbench's result sets come in bursts of megabytes, and MySQL
-    # is not counted in the kernel when the ring refuses its records (README)
+    # a 32 MiB ring buffer: Redis, PostgreSQL and MySQL are not counted in the kernel when
+    # the ring refuses their records (README; MySQL's result rows no longer reach the ring
+    # buffer, "Result rows are not copied", but this VM's load starves the probe at times)
     probe = ProbeRun(args, env=dict(os.environ, L7PROBE_RINGBUF_PAGES="8192"))
     # This VM runs many sessions' loads at once: a probe starved of CPU fills its ring
     # buffer, and at saturation counts are not exact yet (issue 8).  A higher priority

@@ -114,6 +114,21 @@ class MySQLParser(Parser):
         self.cur = None     # responses: _Walk of the response in progress
         self.lost = False   # responses: bytes were lost since the last response started
 
+    def turn_cut(self, ts):
+        """The rest of this response turn was not delivered (the kernel keeps its head):
+        the response walked so far ends in it, and so does the answer to every command
+        still waiting (a client waits for its answers before its next command; one that
+        pipelines gets those of the commands it sent before the turn), counted here with
+        an unknown status."""
+        self.cur = None
+        self.lost = False
+        pending = self.state.pending
+        out = [MyResponse(ts, p.id, "", ERR_NONE) for p in pending]
+        if out:
+            pending.clear()
+            self.count_presumed(len(out))
+        return out
+
     # -- boundaries --------------------------------------------------------------------
     def find_boundary(self, buf, start):
         n = len(buf)

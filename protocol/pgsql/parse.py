@@ -13,7 +13,7 @@ import re
 import struct
 
 from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER, MessageType, ParseState, Parser
-from protocol.pgsql.types import (COMPLETE, ERROR, EXEC, FUNC, MAX_STATEMENTS, QUERY, READY,
+from protocol.pgsql.types import (COMPLETE, CUT, ERROR, EXEC, FUNC, MAX_STATEMENTS, QUERY, READY,
                                   MAX_QUERY_STATEMENTS, SYNC, PgRequest, PgResponse, name_key,
                                   sql_path, sql_verb, split_statements)
 
@@ -73,6 +73,15 @@ class PgParser(Parser):
     def __init__(self, msg_type, state):
         super().__init__(msg_type, state)
         self.parsed_since_sync = None   # requests: (verb, path) of a Parse not yet executed
+
+    def turn_cut(self, ts):
+        """The rest of this response turn was not delivered (the kernel keeps its head):
+        a CUT frame, on which the stitcher answers the requests sent before it (a client
+        waits for the ReadyForQuery of its last Sync or Query before it sends more).  The
+        turn that ends the startup phase (ParameterStatus messages, then ReadyForQuery) can
+        be the one cut: its ReadyForQuery ended the startup all the same."""
+        self.state.startup = False
+        return (PgResponse(ts, CUT, "", ERR_NONE),)
 
     # -- boundaries --------------------------------------------------------------------
     def find_boundary(self, buf, start):

@@ -11,6 +11,9 @@
   response when the ReadyForQuery arrives.  An error before any Execute of a Sync group
   (a failed Parse or Bind) is a record of its own, on the Sync.
 * Parse/Bind/Close completions, row data and ReadyForQuery are not records.
+* A response turn the kernel cut after its head (``CUT``, see README "Cost of watching")
+  answers every request sent before it that is not answered yet: one record per statement
+  result still expected, with no status (the CommandComplete was not delivered).
 * A result with no request waiting (capture started mid-stream) is a record with
   ``req_ts == 0``; a ReadyForQuery with nothing waiting is dropped.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from protocol.base import Protocol, Record
 from protocol.pgsql.parse import PgParser
-from protocol.pgsql.types import ERROR, QUERY, READY, SYNC, PgState
+from protocol.pgsql.types import CUT, ERROR, QUERY, READY, SYNC, PgState
 
 
 class PgProtocol(Protocol):
@@ -40,6 +43,10 @@ class PgProtocol(Protocol):
                     q = reqs.popleft()
                     if q.kind == QUERY and not q.done:
                         out.append(Record(q.ts, r.ts, q.api, q.api, q.path, "", 0))
+                continue
+            if r.kind == CUT:
+                resps.popleft()
+                out.extend(self._cut(reqs, r.ts))
                 continue
             if not reqs or r.ts < reqs[0].ts:
                 resps.popleft()
@@ -67,6 +74,19 @@ class PgProtocol(Protocol):
                 continue
             reqs.popleft()
             out.append(Record(q.ts, r.ts, q.api, q.api, q.path, r.status, r.err))
+        return out
+
+    def _cut(self, reqs, ts):
+        out = []
+        while reqs and reqs[0].ts <= ts:
+            q = reqs.popleft()
+            if q.kind == QUERY:
+                rest = q.stmts[q.done:] if q.done < len(q.stmts) else (
+                    () if q.done else ((q.api, q.path),))
+                for api, path in rest:
+                    out.append(Record(q.ts, ts, api, api, path, "", 0))
+            elif q.kind != SYNC:
+                out.append(Record(q.ts, ts, q.api, q.api, q.path, "", 0))
         return out
 
     def flush(self, reqs, resps, state):

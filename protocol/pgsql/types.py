@@ -15,6 +15,8 @@ FUNC = 3       # 'F' function call: answered by V or E
 COMPLETE = 0   # 'C' CommandComplete, 'I' EmptyQueryResponse, 's' PortalSuspended, 'V'
 ERROR = 1      # 'E' ErrorResponse
 READY = 2      # 'Z' ReadyForQuery
+CUT = 3        # not a message: the kernel cut the response turn here (Parser.turn_cut); the
+               # requests sent before it are answered, unseen
 
 MAX_STATEMENTS = 4096    # prepared statements / portals remembered per connection
 MAX_QUERY_STATEMENTS = 8  # statements of one simple-query string named from its text
