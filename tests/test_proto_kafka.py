@@ -175,3 +175,28 @@ def test_hostile_lengths_and_garbage():
     res = feed.run_pairs(PROTOCOL, ("c2s", b"\x01\x02garbage" + request(18, 0, 4)),
                          ("s2c", response(4, b"\x00\x00")))
     assert feed.records(res)[-1] == ("ApiVersions", "", "NONE", ERR_NONE, True, True)
+
+
+def test_responses_behind_many_waiting_requests_cost_no_search_per_waiting_id():
+    """Found with the worst-case shapes (bench/parser_worstcase.py): with 4096 requests
+    waiting, the response stream's resynchronisation searched the buffer once per waiting
+    correlation id, on every retry (minutes of CPU for 8 kB of zeros), and each response
+    with an unknown id scanned the whole queue.  Now: one pass, and an unknown id is a
+    record without request at once; the stream still finds the next real answer."""
+    import time
+    f = feed.Feeder(PROTOCOL)
+    for cid in range(1, 4097):
+        f.feed("c2s", 10 + cid, request(12, 0, cid))
+    t0 = time.process_time()
+    for i in range(2000):                       # answers to nothing
+        f.feed("s2c", 10000 + i, response(1 << 20 | i, b"\x00\x00"))
+    f.feed("s2c", 20000, b"\x00\x00\x00\x01" + b"\x00" * 8192)   # garbage of zeros
+    f.feed("s2c", 20001, response(4096, b"\x00\x00"))
+    res = f.close()
+    assert time.process_time() - t0 < 10        # minutes before
+    assert res.exceptions == 0
+    assert sum(1 for r in res.records if not r.req_ts) == 2000
+    paired = [r for r in res.records if r.req_ts and r.resp_ts]
+    assert len(paired) == 1 and paired[0].req_ts == 10 + 4096
+    # the requests skipped by that answer left the ids waiting for responses too
+    assert len(res.state.pending) == 0
