@@ -171,3 +171,27 @@ def test_hostile():
         assert all(r.path in ("", ) for r in res.records if r.req_ts)
     res = feed.run_pairs(PROTOCOL, ("c2s", b"\x00\x05junk!" + framed(query("ok.test", "MX", 9))))
     assert feed.records(res)[-1] == ("MX", "ok.test", "", ERR_NONE, True, False)
+
+
+def test_lost_length_read_over_tcp_costs_one_query():
+    """Found by the resync tests on header-then-payload reads (BIND and Unbound read a
+    TCP message's 2-byte length, then the message): when one length read was lost, the
+    search for a message start took the "one question" of a name's class (00 01) near
+    the end of the next read as a message start and waited 512 bytes for it, swallowing
+    every query after; and a lone length read was never taken as a start.  Now only the
+    query whose length was lost goes unpaired."""
+    chunks = []
+    for i, name in enumerate(("a.example.", "bb.example.", "ccc.example.", "d.example.")):
+        q = query(name, "AAAA", 100 + i)
+        r = dns.message.make_response(q)
+        r.set_rcode(dns.rcode.NXDOMAIN)
+        fq = framed(q)
+        chunks += [("c2s", 10 * i + 1, fq[:2]), ("c2s", 10 * i + 2, fq[2:]),
+                   ("s2c", 10 * i + 3, framed(r))]
+    for lost in (0, 3):                        # the first, the second query's length read
+        f = feed.Feeder(PROTOCOL)
+        for j, (d, ts, data) in enumerate(chunks):
+            f.feed(d, ts, b"" if j == lost else data, len(data))
+        res = f.close()
+        assert res.exceptions == 0
+        assert len(res.paired()) == 3, feed.records(res)

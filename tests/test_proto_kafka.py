@@ -200,3 +200,24 @@ def test_responses_behind_many_waiting_requests_cost_no_search_per_waiting_id():
     assert len(paired) == 1 and paired[0].req_ts == 10 + 4096
     # the requests skipped by that answer left the ids waiting for responses too
     assert len(res.state.pending) == 0
+
+
+def test_lost_size_read_costs_one_request():
+    """Found by the resync tests on header-then-payload reads (the broker reads a
+    request's 4-byte size, then the request): when one size read was lost, the payload's
+    bytes 4 on from its start looked like a request header of a megabyte and were waited
+    for (the rest of the connection lost), and a lone size read was never taken as a
+    start.  Now only the request whose size was lost goes unpaired."""
+    chunks = []
+    for cid in range(1, 6):
+        q = request(3, 4, cid, struct.pack(">i", 1) + b"\x00\x05topic" + b"\x00",
+                    client=b"console-producer")
+        chunks += [("c2s", 10 * cid, q[:4]), ("c2s", 10 * cid + 1, q[4:]),
+                   ("s2c", 10 * cid + 2, response(cid, metadata_resp_v0(b"topic", 0)))]
+    for lost in (0, 3, 6):
+        f = feed.Feeder(PROTOCOL)
+        for j, (d, ts, data) in enumerate(chunks):
+            f.feed(d, ts, b"" if j == lost else data, len(data))
+        res = f.close()
+        assert res.exceptions == 0
+        assert len(res.paired()) == 4, feed.records(res)

@@ -328,9 +328,22 @@ class KafkaParser(LengthPrefixedParser):
                              error_class(code))
 
     def find_boundary(self, buf, start):
+        if self.lone_length(buf, start) and buf[0] == 0:
+            return 0
         if self.msg_type == MessageType.REQUEST:
-            m = RE_REQ_START.search(buf, start)
-            return m.start() if m else -1
+            # a request header whose client id length, when captured, is the kernel
+            # rule's (-1 to 255, include/l7.h detect_kafka): inside a request's payload,
+            # the bytes 4 on from its start (a lost 4-byte size read) look like a request
+            # of a megabyte, and waiting for it cost the rest of the connection
+            n = len(buf)
+            for m in RE_REQ_START.finditer(buf, start):
+                i = m.start()
+                if i + 14 > n:
+                    return i
+                cn = BE16.unpack_from(buf, i + 12)[0]
+                if -1 <= cn <= 255 and 10 + cn <= BE32.unpack_from(buf, i)[0]:
+                    return i
+            return -1
         # a response: a size under 16 MB, then the correlation id of a request still
         # waiting; one pass over the candidates (a search per waiting id cost the buffer
         # times the 4096 ids that may wait)
