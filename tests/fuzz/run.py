@@ -10,7 +10,10 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARSERS = ("http", "redis", "pgsql", "mysql")
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+from protocol.registry import PROTOCOLS  # noqa: E402
+
+PARSERS = tuple(p.name for p in PROTOCOLS if p.module)
 
 
 def main():
@@ -31,7 +34,7 @@ def main():
         if not runs:
             runs = re.findall(r"Done (\d+) runs", p.stdout)
         n = int(runs[-1]) if runs else 0
-        print("%-6s %10d executions in %d s%s" % (name, n, seconds,
+        print("%-8s %10d executions in %d s%s" % (name, n, seconds,
                                                    "" if p.returncode == 0 else
                                                    "  FINDING (exit %d)" % p.returncode),
               flush=True)
