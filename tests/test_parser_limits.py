@@ -59,6 +59,10 @@ def _peak(fn):
     ("redis", "deep nesting", 1 << 20),
     ("pgsql", "long statement names", 2 << 20),
     ("http", "unanswered pipeline, 1-byte chunks", 4 << 20),
+    ("kafka", "unanswered pipeline", 4 << 20),
+    ("rocketmq", "unanswered pipeline, one frame per read", 2 << 20),
+    ("http2", "unanswered streams", 8 << 20),
+    ("http2", "CONTINUATION flood", 4 << 20),
 ])
 def test_state_is_bounded(proto_name, shape, bound):
     """1 MB of input that piles up state (unanswered queries of many statements, nesting,
