@@ -33,7 +33,7 @@ with atheris.instrument_imports(include=["protocol", "pipeline.stream"]):
     from protocol.base import MessageType  # noqa: E402
     from protocol.registry import BY_NAME, protocol_for_id  # noqa: E402
 
-MAX_LEN = 1024     # -max_len: inputs of a few dozen events keep executions fast (10^6 per parser)
+MAX_LEN = 512      # -max_len: inputs of a few dozen events keep executions fast (10^6 per parser)
 _KIND = struct.Struct("<BH")
 
 
