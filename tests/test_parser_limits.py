@@ -5,7 +5,6 @@ Linearity is checked without absolute timings: the CPU cost per byte of one slow
 input (bench/parser_worstcase.py) at 8 times the size must stay within 3 times the cost per
 byte at the smaller size (a quadratic parser is 8 times dearer per byte there).
 """
-import os
 import struct
 import time
 import tracemalloc

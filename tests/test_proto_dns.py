@@ -13,7 +13,6 @@ import pytest
 from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER
 from protocol.dns import PROTOCOL
 from tests.support import feed
-from tests.support.pcap import read_tcp_connections, read_udp_datagrams
 from tests.support.tshark import fixture, read_tsv, values
 
 FIXTURES = ["a-and-ns.pcap", "dns-edns-ecs.pcap", "dns-edns-tcp-keepalive.pcap",
@@ -22,23 +21,7 @@ FIXTURES = ["a-and-ns.pcap", "dns-edns-ecs.pcap", "dns-edns-tcp-keepalive.pcap",
 
 def flows(name):
     """{(transport, client ip, client port): [(direction, ts, framed bytes, true length)]}."""
-    out = {}
-    for ts, src, sport, dst, dport, payload, true_len in read_udp_datagrams(
-            fixture("dns", name)):
-        if sport == 53 and dport != 53:
-            key, d = ("udp", dst, dport), "s2c"
-        else:
-            key, d = ("udp", src, sport), "c2s"
-        out.setdefault(key, []).append((d, ts, struct.pack(">H", true_len) + payload,
-                                        true_len + 2))
-    for c in read_tcp_connections(fixture("dns", name), server_ports=(53,)):
-        if c.client[1] == 53:          # only the server's side was captured
-            chunks = [("s2c", ts, d) for _, ts, d in c.chunks]
-            key = ("tcp", "?", -1)     # its client port is not known: merged
-        else:
-            chunks, key = c.chunks, ("tcp",) + c.client
-        out.setdefault(key, []).extend((d, ts, b, len(b)) for d, ts, b in chunks)
-    return out
+    return feed.dns_flows(fixture("dns", name))
 
 
 def run_flow(chunks, prefix=None):

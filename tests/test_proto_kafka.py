@@ -11,18 +11,15 @@ from protocol.kafka import PROTOCOL
 from protocol.kafka.types import API_NAMES
 from protocol.lenprefix import HEAD_MIN
 from tests.support import feed
-from tests.support.pcap import read_tcp_connections
 from tests.support.tshark import fixture, read_tsv
 
 FIXTURES = ["00-produce-v2.pcap", "00-produce-v7-sw8.pcap", "00-produce-v9.pcap",
             "01-fetch-v12-ok.pcap", "11-join-group-v7.pcap", "13-leave-group-v4.pcap",
             "14-sync-group-v5.pcap", "18-api-versions-v3.pcap", "kafka.pcap", "kafka.pcapng",
             "mixed-with-unsupported.pcap"]
-PORTS = (9092, 36333)
-
 
 def conns(name):
-    return read_tcp_connections(fixture("kafka", name), server_ports=PORTS)
+    return feed.file_conns("kafka", name)
 
 
 def oracle(name):
