@@ -120,12 +120,14 @@ class LengthPrefixedParser(Parser):
         return True
 
     def lone_length(self, buf, start):
-        """After lost bytes, a read holding exactly a plausible length field starts the
-        next message: servers that read the length, then the message (the Kafka broker,
-        DNS servers over TCP) make such reads, and the search for a message start wants
+        """After lost bytes, a read holding exactly a plausible length field (or a part of
+        one) starts the next message: servers that read the length, then the message (the
+        Kafka broker, DNS servers over TCP; dnsmasq a byte at a time) make such reads, and the search for a message start wants
         more bytes than they hold (one lost read would cost the rest of the connection)."""
-        if start or len(buf) != self.LEN_SIZE:
+        if start or len(buf) > self.LEN_SIZE:
             return False
+        if len(buf) < self.LEN_SIZE:     # dnsmasq reads the length a byte at a time
+            return True
         size = self.size_of(buf, 0)
         return self.MIN_LEN <= size <= self.MAX_LEN
 

@@ -92,6 +92,18 @@ class DnsParser(LengthPrefixedParser):
         err = ERR_NONE if rcode == 0 else (ERR_SERVER if rcode in SERVER_RCODES else ERR_CLIENT)
         return DnsResponse(ts, qid, q, rcode_name(rcode), err)
 
+    def plausible(self, buf, start, size):
+        """The header as far as buffered: a known opcode, the Z bit clear, at most 4
+        questions (else a length byte read alone after lost bytes, dnsmasq's way, made
+        the message's first byte part of a length of kilobytes, awaited for 512 bytes)."""
+        n = len(buf)
+        if start + 6 > n:
+            return True
+        flags = BEU16.unpack_from(buf, start + 4)[0]
+        if (flags >> 11) & 0xF > 6 or flags & 0x40:
+            return False
+        return start + 8 > n or BEU16.unpack_from(buf, start + 6)[0] <= 4
+
     def find_boundary(self, buf, start):
         if self.lone_length(buf, start):
             return 0
