@@ -232,7 +232,7 @@ SHAPES = {
         "responses to no query, behind a full queue":
             lambda n: [(C2S, _dns_run(256 * 23))]
             + pieces(S2C, _dns_run(n, flags=0x8180, start=30000), 64),
-        "long compressed names":
+        "names compressed into a loop":
             lambda n: pieces(C2S, _dns_run(n, name=b"\x3f" + b"a" * 63 + b"\xc0\x0c"), 4096),
     },
     "http2": {
