@@ -11,7 +11,7 @@ import tracemalloc
 
 import pytest
 
-from bench.parser_worstcase import SHAPES, drive, protocol
+from bench.parser_worstcase import LINEAR_TEST_SIZE, SHAPES, drive, protocol
 from tests.support.feed import Feeder, fixture_streams, run
 
 HTTP = protocol("http")
@@ -37,8 +37,9 @@ def _cost_per_byte(proto_name, shape, size):
 # -- 4. linear however chunked -------------------------------------------------------------
 @pytest.mark.parametrize("proto_name,shape", [(p, s) for p in sorted(SHAPES) for s in SHAPES[p]])
 def test_cost_per_byte_does_not_grow_with_size(proto_name, shape):
-    small = _cost_per_byte(proto_name, shape, 12_000)
-    big = _cost_per_byte(proto_name, shape, 96_000)
+    size = LINEAR_TEST_SIZE.get((proto_name, shape), 12_000)
+    small = _cost_per_byte(proto_name, shape, size)
+    big = _cost_per_byte(proto_name, shape, 8 * size)
     # a floor of 0.05 us/byte: below it the measurement is noise, and no shape is that cheap
     # when it is quadratic
     assert big <= 3 * max(small, 5e-8), (small, big)
