@@ -32,10 +32,12 @@ bench: venv
 	$(VPY) bench/run.py
 
 # Coverage-guided fuzzing of every parser through the stream/stitch path (tests/fuzz/);
-# FUZZ_SECONDS per parser; non-zero exit on a finding.
+# FUZZ_SECONDS per parser (FUZZ_RUNS: stop a parser after that many executions); non-zero
+# exit on a finding.
 FUZZ_SECONDS ?= 120
+FUZZ_RUNS    ?=
 fuzz: venv
-	FUZZ_SECONDS=$(FUZZ_SECONDS) $(VPY) tests/fuzz/run.py
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) $(VPY) tests/fuzz/run.py
 
 # Installs the probe where gala-gopher looks for it: the executable as
 # $(PREFIX)/extend_probes/l7probe (a Python script that finds its libraries in

@@ -64,6 +64,66 @@ def _my(seq, payload):
     return struct.pack("<I", len(payload))[:3] + bytes([seq]) + payload
 
 
+def _kafka_req(cid, key=3, ver=0, client=b"c"):
+    hdr = struct.pack(">hhih", key, ver, cid, len(client)) + client
+    return struct.pack(">i", len(hdr)) + hdr
+
+
+def _kafka_reqs(n, start=0):
+    unit = len(_kafka_req(0))
+    return b"".join(_kafka_req(start + i) for i in range(max(1, n // unit)))
+
+
+def _kafka_resps(n, start):
+    return b"".join(struct.pack(">ii", 4, start + i) for i in range(max(1, n // 8)))
+
+
+def _mongo_msg(rid, resp_to=0, op=2013, body=b"\0\0\0\0\0\x05\0\0\0\0"):
+    return struct.pack("<iiii", 16 + len(body), rid, resp_to, op) + body
+
+
+def _mongo_run(n, resp_to=None):
+    unit = len(_mongo_msg(0))
+    return b"".join(_mongo_msg(i + 1, 0 if resp_to is None else resp_to + i)
+                    for i in range(max(1, n // unit)))
+
+
+def _rmq(code, opaque, flag):
+    hb = b'{"code":%d,"flag":%d,"language":"JAVA","opaque":%d,"version":1}' % (
+        code, flag, opaque)
+    return struct.pack(">ii", 4 + len(hb), len(hb)) + hb
+
+
+def _rmq_run(n, code, flag, start=0):
+    unit = len(_rmq(code, start, flag))
+    return b"".join(_rmq(code, start + i, flag) for i in range(max(1, n // unit)))
+
+
+def _dns(qid, flags=0x0100, name=b"\x01a\x00"):
+    msg = struct.pack(">HHHHHH", qid & 0xFFFF, flags, 1, 0, 0, 0) + name + b"\0\1\0\1"
+    return struct.pack(">H", len(msg)) + msg
+
+
+def _dns_run(n, flags=0x0100, start=0, name=b"\x01a\x00"):
+    unit = len(_dns(0, flags, name))
+    return b"".join(_dns(start + i, flags, name) for i in range(max(1, n // unit)))
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _h2(t, flags, sid, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes((t, flags)) + sid.to_bytes(4, "big") + \
+        payload
+
+
+def _h2_headers_run(n):
+    """HEADERS of new streams never answered (an indexed :method GET, :path /)."""
+    unit = len(_h2(1, 5, 1, b"\x82\x84\x86"))
+    return _H2_PREFACE + b"".join(_h2(1, 5, 2 * i + 1, b"\x82\x84\x86")
+                                  for i in range(max(1, n // unit)))
+
+
 SHAPES = {
     "http": {
         "head without end, 1-byte chunks":
@@ -128,7 +188,71 @@ SHAPES = {
                                                   b"\0\0\0\0\0") + _my(3, b"\xfe\0\0\2\0")
                      + repeat_to(_my(4, b"\x01x"), n), 1),
     },
+    "kafka": {
+        "unanswered pipeline, 1-byte chunks":
+            lambda n: pieces(C2S, _kafka_reqs(n), 1),
+        "unanswered pipeline":
+            lambda n: pieces(C2S, _kafka_reqs(n), 4096),
+        "responses to no request, behind a full queue":
+            lambda n: [(C2S, _kafka_reqs(4096 * 15))]
+            + pieces(S2C, _kafka_resps(n, 1 << 20), 64),
+        "tiny responses, 1-byte chunks":
+            lambda n: pieces(S2C, _kafka_resps(n, 0), 1),
+        "garbage without a frame start":
+            lambda n: pieces(C2S, b"\xff" * n, 4096),
+        "response resync over zeros, behind a full queue":
+            lambda n: [(C2S, _kafka_reqs(4096 * 15))]
+            + pieces(S2C, b"\0\0\0\1" + b"\0" * n, 4096),
+    },
+    "mongo": {
+        "unanswered pipeline, 1-byte chunks":
+            lambda n: pieces(C2S, _mongo_run(n), 1),
+        "replies to no request, behind a full queue":
+            lambda n: [(C2S, _mongo_run(256 * 26))]
+            + pieces(S2C, _mongo_run(n, resp_to=1 << 20), 64),
+        "exhaust replies, 1-byte chunks":
+            lambda n: pieces(S2C, b"".join(_mongo_msg(i + 2, i + 1, body=b"\2\0\0\0\0\x05"
+                                                      b"\0\0\0\0") for i in range(
+                max(1, n // 26))), 1),
+    },
+    "rocketmq": {
+        "unanswered pipeline, 1-byte chunks":
+            lambda n: pieces(C2S, _rmq_run(n, 11, 0), 1),
+        "unanswered pipeline, one frame per read":
+            lambda n: [(C2S, _rmq(11, i, 0)) for i in range(max(1, n // 72))],
+        "responses to no request, behind a full queue":
+            lambda n: [(C2S, _rmq_run(1024 * 72, 11, 0))]
+            + pieces(S2C, _rmq_run(n, 0, 1, start=1 << 20), 64),
+        "header cut without its end":
+            lambda n: pieces(C2S, struct.pack(">ii", n + 4, n) + b'{"code":' + b"1" * n, 512),
+    },
+    "dns": {
+        "unanswered queries, 1-byte chunks":
+            lambda n: pieces(C2S, _dns_run(n), 1),
+        "responses to no query, behind a full queue":
+            lambda n: [(C2S, _dns_run(256 * 23))]
+            + pieces(S2C, _dns_run(n, flags=0x8180, start=30000), 64),
+        "names compressed into a loop":
+            lambda n: pieces(C2S, _dns_run(n, name=b"\x3f" + b"a" * 63 + b"\xc0\x0c"), 4096),
+    },
+    "http2": {
+        "tiny frames, 1-byte chunks":
+            lambda n: [(C2S, _H2_PREFACE)]
+            + pieces(C2S, repeat_to(_h2(6, 0, 0, b"\0" * 8), n), 1),
+        "unanswered streams":
+            lambda n: pieces(C2S, _h2_headers_run(n), 4096),
+        "CONTINUATION flood":
+            lambda n: [(C2S, _H2_PREFACE + _h2(1, 0, 1, b"\x82"))]
+            + pieces(C2S, repeat_to(_h2(9, 0, 1, b"\x84"), n), 64),
+        "responses to no stream":
+            lambda n: pieces(S2C, repeat_to(_h2(1, 4, 7, b"\x88"), n), 4096),
+    },
 }
+
+# Smallest size at which tests/test_parser_limits.py compares a shape's cost per byte with
+# 8 times the size (default 12 kB): shapes whose fixed prefix (1024 queued RocketMQ requests,
+# 72 kB) outweighs the part that grows at 12 kB.
+LINEAR_TEST_SIZE = {("rocketmq", "responses to no request, behind a full queue"): 96_000}
 
 
 def protocol(name):

@@ -119,6 +119,18 @@ class LengthPrefixedParser(Parser):
         before waiting for the rest, so garbage with a large "length" is not awaited)."""
         return True
 
+    def lone_length(self, buf, start):
+        """After lost bytes, a read holding exactly a plausible length field (or a part of
+        one) starts the next message: servers that read the length, then the message (the
+        Kafka broker, DNS servers over TCP; dnsmasq a byte at a time) make such reads, and the search for a message start wants
+        more bytes than they hold (one lost read would cost the rest of the connection)."""
+        if start or len(buf) > self.LEN_SIZE:
+            return False
+        if len(buf) < self.LEN_SIZE:     # dnsmasq reads the length a byte at a time
+            return True
+        size = self.size_of(buf, 0)
+        return self.MIN_LEN <= size <= self.MAX_LEN
+
     def min_decode(self, buf, start, size):
         """Bytes of a message (longer than what is buffered) needed before decoding it."""
         return HEAD_MIN

@@ -202,3 +202,23 @@ def test_hostile_input_keeps_parsing_and_next_requests_are_exact():
     res = feed.run(PROTOCOL, good)
     assert sorted((x.path, x.status) for x in res.records) == [
         ("/ok/1", "200"), ("/ok/3", "200"), ("/ok/5", "200")]
+
+
+def test_padded_headers_without_room_for_the_pad_length():
+    """Fuzz finding: an empty HEADERS (or PUSH_PROMISE) frame flagged PADDED, alone in a
+    read, made the parser read the pad length past the frame (IndexError); it is a broken
+    frame, skipped, and the stream goes on."""
+    from hpack import Encoder
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b"")
+    e, r = Encoder(), Encoder()
+    good = _frame(1, 5, 3, e.encode([(":method", "GET"), (":path", "/ok")]))
+    for t in (1, 5):
+        res = feed.run(PROTOCOL, [("c2s", 1, preface), ("c2s", 2, _frame(t, 0x0C, 1, b"")),
+                                  ("c2s", 3, good),
+                                  ("s2c", 4, _frame(4, 0, 0, b"") + _frame(1, 5, 3, r.encode(
+                                      [(":status", "200")])))])
+        assert res.exceptions == 0
+        assert [(x.method, x.path, x.status) for x in res.records if x.resp_ts] == [
+            ("GET", "/ok", "200")]
+        e, r = Encoder(), Encoder()
+        good = _frame(1, 5, 3, e.encode([(":method", "GET"), (":path", "/ok")]))

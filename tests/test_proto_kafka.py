@@ -11,18 +11,15 @@ from protocol.kafka import PROTOCOL
 from protocol.kafka.types import API_NAMES
 from protocol.lenprefix import HEAD_MIN
 from tests.support import feed
-from tests.support.pcap import read_tcp_connections
 from tests.support.tshark import fixture, read_tsv
 
 FIXTURES = ["00-produce-v2.pcap", "00-produce-v7-sw8.pcap", "00-produce-v9.pcap",
             "01-fetch-v12-ok.pcap", "11-join-group-v7.pcap", "13-leave-group-v4.pcap",
             "14-sync-group-v5.pcap", "18-api-versions-v3.pcap", "kafka.pcap", "kafka.pcapng",
             "mixed-with-unsupported.pcap"]
-PORTS = (9092, 36333)
-
 
 def conns(name):
-    return read_tcp_connections(fixture("kafka", name), server_ports=PORTS)
+    return feed.file_conns("kafka", name)
 
 
 def oracle(name):
@@ -175,3 +172,49 @@ def test_hostile_lengths_and_garbage():
     res = feed.run_pairs(PROTOCOL, ("c2s", b"\x01\x02garbage" + request(18, 0, 4)),
                          ("s2c", response(4, b"\x00\x00")))
     assert feed.records(res)[-1] == ("ApiVersions", "", "NONE", ERR_NONE, True, True)
+
+
+def test_responses_behind_many_waiting_requests_cost_no_search_per_waiting_id():
+    """Found with the worst-case shapes (bench/parser_worstcase.py): with 4096 requests
+    waiting, the response stream's resynchronisation searched the buffer once per waiting
+    correlation id, on every retry (minutes of CPU for 8 kB of zeros), and each response
+    with an unknown id scanned the whole queue.  Now: one pass, and an unknown id is a
+    record without request at once; the stream still finds the next real answer."""
+    import time
+    f = feed.Feeder(PROTOCOL)
+    for cid in range(1, 4097):
+        f.feed("c2s", 10 + cid, request(12, 0, cid))
+    t0 = time.process_time()
+    for i in range(2000):                       # answers to nothing
+        f.feed("s2c", 10000 + i, response(1 << 20 | i, b"\x00\x00"))
+    f.feed("s2c", 20000, b"\x00\x00\x00\x01" + b"\x00" * 8192)   # garbage of zeros
+    f.feed("s2c", 20001, response(4096, b"\x00\x00"))
+    res = f.close()
+    assert time.process_time() - t0 < 10        # minutes before
+    assert res.exceptions == 0
+    assert sum(1 for r in res.records if not r.req_ts) == 2000
+    paired = [r for r in res.records if r.req_ts and r.resp_ts]
+    assert len(paired) == 1 and paired[0].req_ts == 10 + 4096
+    # the requests skipped by that answer left the ids waiting for responses too
+    assert len(res.state.pending) == 0
+
+
+def test_lost_size_read_costs_one_request():
+    """Found by the resync tests on header-then-payload reads (the broker reads a
+    request's 4-byte size, then the request): when one size read was lost, the payload's
+    bytes 4 on from its start looked like a request header of a megabyte and were waited
+    for (the rest of the connection lost), and a lone size read was never taken as a
+    start.  Now only the request whose size was lost goes unpaired."""
+    chunks = []
+    for cid in range(1, 6):
+        q = request(3, 4, cid, struct.pack(">i", 1) + b"\x00\x05topic" + b"\x00",
+                    client=b"console-producer")
+        chunks += [("c2s", 10 * cid, q[:4]), ("c2s", 10 * cid + 1, q[4:]),
+                   ("s2c", 10 * cid + 2, response(cid, metadata_resp_v0(b"topic", 0)))]
+    for lost in (0, 3, 6):
+        f = feed.Feeder(PROTOCOL)
+        for j, (d, ts, data) in enumerate(chunks):
+            f.feed(d, ts, b"" if j == lost else data, len(data))
+        res = f.close()
+        assert res.exceptions == 0
+        assert len(res.paired()) == 4, feed.records(res)

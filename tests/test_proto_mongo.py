@@ -12,16 +12,15 @@ from protocol.base import ERR_CLIENT, ERR_NONE, ERR_SERVER
 from protocol.lenprefix import HEAD_MIN
 from protocol.mongo import PROTOCOL
 from tests.support import feed
-from tests.support.pcap import read_tcp_connections
 from tests.support.tshark import fixture, read_tsv
 
 FIXTURES = ["compressed.pcap", "mongo-msg.pcap", "mongo.pcap", "mongo_3.0_session.pcap",
             "mongodb_inserts.pcap", "mongodb_more_rows.pcap"]
-PORTS = (27017, 3717)
+PORTS = feed.FIXTURE_SETS["mongo"][1]
 
 
 def conns(name):
-    return read_tcp_connections(fixture("mongodb", name), server_ports=PORTS)
+    return feed.file_conns("mongo", name)
 
 
 def oracle(name):

@@ -14,7 +14,6 @@ from protocol.lenprefix import HEAD_MIN
 from protocol.rocketmq import PROTOCOL
 from protocol.rocketmq.types import REQUEST_CODES, RESPONSE_CODES
 from tests.support import feed
-from tests.support.pcap import read_tcp_connections
 from tests.support.tshark import fixture
 
 FIXTURES = ["rocketmq-consumer-otel.pcap", "rocketmq-consumer-skywalking.pcap",
@@ -22,11 +21,9 @@ FIXTURES = ["rocketmq-consumer-otel.pcap", "rocketmq-consumer-skywalking.pcap",
             "rocketmq-heartbeat.pcap", "rocketmq-producer-otel.pcap",
             "rocketmq-producer-skywalking.pcap", "rocketmq-pull-message.pcap",
             "rocketmq-send-message-v2.pcap", "rocketmq-update-consumer-offset.pcap"]
-PORTS = (10911, 10909, 9876)
-
 
 def conns(name):
-    return read_tcp_connections(fixture("rocketmq", name), server_ports=PORTS)
+    return feed.file_conns("rocketmq", name)
 
 
 def oracle(name):

@@ -92,10 +92,53 @@ class DnsParser(LengthPrefixedParser):
         err = ERR_NONE if rcode == 0 else (ERR_SERVER if rcode in SERVER_RCODES else ERR_CLIENT)
         return DnsResponse(ts, qid, q, rcode_name(rcode), err)
 
+    def plausible(self, buf, start, size):
+        """The header as far as buffered: a known opcode, the Z bit clear, at most 4
+        questions (else a length byte read alone after lost bytes, dnsmasq's way, made
+        the message's first byte part of a length of kilobytes, awaited for 512 bytes)."""
+        n = len(buf)
+        if start + 6 > n:
+            return True
+        flags = BEU16.unpack_from(buf, start + 4)[0]
+        if (flags >> 11) & 0xF > 6 or flags & 0x40:
+            return False
+        return start + 8 > n or BEU16.unpack_from(buf, start + 6)[0] <= 4
+
     def find_boundary(self, buf, start):
+        if self.lone_length(buf, start):
+            return 0
+        # a length, then a header with a known opcode and the Z bit clear, then labels of
+        # at most 63 bytes as far as captured; one that starts too near the end to show its
+        # header and a name byte (15 bytes) only at the buffer's start: else the "one
+        # question" of a name's class (00 01) near the end of a read, or inside a query,
+        # was awaited for 512 bytes, swallowing the next messages
+        n = len(buf)
         for m in RE_START.finditer(buf, start):
             i = m.start()
-            n = BEU16.unpack_from(buf, i)[0] + 2
-            if n >= self.MIN_LEN:
-                return i
+            if BEU16.unpack_from(buf, i)[0] + 2 < self.MIN_LEN:
+                continue
+            flags = BEU16.unpack_from(buf, i + 4)[0]
+            if (flags >> 11) & 0xF > 6 or flags & 0x40:
+                continue
+            if i + 15 > n:
+                if i != start:
+                    continue
+            elif not _labels_ok(buf, i + 14, min(n, i + 2 + BEU16.unpack_from(buf, i)[0])):
+                continue
+            return i
         return -1
+
+
+def _labels_ok(buf, p, n):
+    """The name at ``buf[p:]`` has labels of at most 63 bytes as far as ``n`` (a
+    compression pointer or the root label ends it), looking at 8 labels at most."""
+    for _ in range(8):
+        if p >= n:
+            return True
+        b = buf[p]
+        if b == 0 or b >= 0xC0:
+            return True
+        if b > 63:
+            return False
+        p += b + 1
+    return True

@@ -162,6 +162,8 @@ class H2Parser(Parser):
         pos = start + 9
         pad = 0
         if flags & F_PADDED:
+            if pos >= end:                  # no room for the pad length (fuzz finding)
+                return INVALID, None, start
             pad = buf[pos]
             pos += 1
         if ftype == HEADERS:

@@ -23,6 +23,7 @@ from protocol.lenprefix import BE16, BE32, Cut, LengthPrefixedParser, Reader, te
 MAX_REQUEST = 100 * 1024 * 1024 + 4   # the broker's socket.request.max.bytes default
 KEY_LIMIT = 127          # api keys accepted (named up to MAX_API_KEY, "ApiKey<n>" above)
 _HH = struct.Struct(">hh")
+RE_RESP_START = re.compile(rb"(?s)\x00(?=[\x00-\xff]{7})")
 RE_REQ_START = re.compile(rb"(?s)\x00[\x00-\xff]{3}\x00[\x00-\x7f]\x00[\x00-\x14]")
 
 # Offset of a top-level error_code in the response body: (from version, offset) pairs,
@@ -327,15 +328,31 @@ class KafkaParser(LengthPrefixedParser):
                              error_class(code))
 
     def find_boundary(self, buf, start):
+        if self.lone_length(buf, start) and buf[0] == 0:
+            return 0
         if self.msg_type == MessageType.REQUEST:
-            m = RE_REQ_START.search(buf, start)
-            return m.start() if m else -1
-        best = -1
-        for cid in self.state.pending:
-            i = buf.find(BE32.pack(cid), start + 4)
-            while i >= 0 and buf[i - 4] != 0:
-                i = buf.find(BE32.pack(cid), i + 1)
-            if i >= 0 and (best < 0 or i - 4 < best):
-                best = i - 4
-        return best
-
+            # a request header whose client id length, when captured, is the kernel
+            # rule's (-1 to 255, include/l7.h detect_kafka): inside a request's payload,
+            # the bytes 4 on from its start (a lost 4-byte size read) look like a request
+            # of a megabyte, and waiting for it cost the rest of the connection
+            n = len(buf)
+            for m in RE_REQ_START.finditer(buf, start):
+                i = m.start()
+                if i + 14 > n:
+                    return i
+                cn = BE16.unpack_from(buf, i + 12)[0]
+                if -1 <= cn <= 255 and 10 + cn <= BE32.unpack_from(buf, i)[0]:
+                    return i
+            return -1
+        # a response: a size under 16 MB, then the correlation id of a request still
+        # waiting; one pass over the candidates (a search per waiting id cost the buffer
+        # times the 4096 ids that may wait)
+        pending = self.state.pending
+        if not pending:
+            return -1
+        unpack = BE32.unpack_from
+        for m in RE_RESP_START.finditer(buf, start):
+            i = m.start()
+            if unpack(buf, i + 4)[0] in pending:
+                return i
+        return -1

@@ -5,6 +5,8 @@
   are still unanswered never will be: they become records without a response.
 * Produce with ``acks=0`` gets no response: a record without response as soon as it is at
   the head of the queue (never a pending one).
+* A response whose correlation id is not in ``KafkaState.pending`` (the ids of the requests
+  waiting, kept by the request parser) answers nothing: the queue is not searched for it.
 * A response whose correlation id no waiting request has (capture started mid-stream, or
   lost bytes) is a record with ``req_ts == 0`` and api None.
 """
@@ -42,15 +44,19 @@ class KafkaProtocol(IdProtocol):
         while resps:
             r = resps.popleft()
             idx = -1
-            for i, q in enumerate(reqs):
-                if q.cid == r.cid and not q.noreply:
-                    idx = i
-                    break
+            if r.cid in pending:         # else no request waits for it: no scan
+                for i, q in enumerate(reqs):
+                    if q.cid == r.cid and not q.noreply:
+                        idx = i
+                        break
             if idx < 0:
                 out.append(Record(0, r.ts, None, "", "", r.status, r.err))
                 continue
             for _ in range(idx):
-                out.append(self.unmatched_request(reqs.popleft()))
+                q = reqs.popleft()
+                if not q.noreply:
+                    pending.pop(q.cid, None)
+                out.append(self.unmatched_request(q))
             q = reqs.popleft()
             pending.pop(q.cid, None)
             out.append(Record(q.ts, r.ts, q.api, q.api, q.path, r.status, r.err))

@@ -8,7 +8,8 @@ An input is a sequence of events, each ``kind`` (1 byte) + ``length`` (2 bytes L
 ``length`` bytes; ``kind & 1``: direction (0 client to server), ``kind >> 1 & 3``:
 0 data, 1 data whose true length is larger (2 more bytes LE: the uncaptured rest),
 2 a gap of ``length`` uncaptured bytes (no data follows), 3 stitch now.  The seed corpus is
-every connection of the protocol's fixtures (/work/shared/fixtures) in this encoding.
+every captured stream of the protocol's fixtures (/work/shared/fixtures, loaded by
+tests/support/feed.py) in this encoding, cut into inputs of at most MAX_LEN bytes.
 
 A finding is an exception from a parser or stitcher (the stream would swallow and count
 it: the harness re-raises it), a buffer or queue past its bound, or a hang (-timeout).
@@ -32,20 +33,46 @@ with atheris.instrument_imports(include=["protocol", "pipeline.stream"]):
     from protocol.base import MessageType  # noqa: E402
     from protocol.registry import BY_NAME, protocol_for_id  # noqa: E402
 
-FIXTURE_DIRS = {"http": "http", "redis": "redis", "pgsql": "postgresql", "mysql": "mysql"}
-SERVER_PORTS = (80, 8080, 5000, 3000, 6379, 6380, 5432, 8000, 3306, 30130)
+MAX_LEN = 512      # -max_len: inputs of a few dozen events keep executions fast (10^6 per parser)
 _KIND = struct.Struct("<BH")
 
 
 def encode(chunks):
-    """Fixture chunks (direction, ts, data) -> one fuzz input."""
+    """Fixture chunks (direction, ts, data[, true length]) -> one fuzz input."""
     out = bytearray()
-    for d, _, data in chunks:
+    for d, _, data, *true_len in chunks:
         bit = 0 if d == "c2s" else 1
+        rest = (true_len[0] if true_len else len(data)) - len(data)
         for i in range(0, len(data), 0xFFFF):
             piece = data[i:i + 0xFFFF]
-            out += _KIND.pack(bit, len(piece)) + piece
+            if rest > 0 and i + 0xFFFF >= len(data):
+                out += _KIND.pack(bit | 2, len(piece)) + struct.pack("<H", min(rest, 0xFFFF))
+                out += piece
+            else:
+                out += _KIND.pack(bit, len(piece)) + piece
     return bytes(out)
+
+
+def windows(chunks, size=MAX_LEN):
+    """One stream's fuzz input cut at event boundaries into inputs of at most ``size``
+    bytes (each event cut to fit): the later ones start mid-stream, as a probe started
+    late does."""
+    out, cur = [], []
+    n = 0
+    for d, ts, data, *true_len in chunks:
+        t = true_len[0] if true_len else len(data)
+        room = size - 5 - n
+        if room < 64 and cur:
+            out.append(encode(cur))
+            cur, n = [], 0
+            room = size - 5
+        if len(data) > room:
+            data = data[:room]
+        cur.append((d, ts, data, t))
+        n += len(data) + 5
+    if cur:
+        out.append(encode(cur))
+    return out
 
 
 def events(data):
@@ -106,20 +133,15 @@ def make_target(proto):
 
 
 def seed_corpus(name, directory):
-    from tests.support.pcap import read_tcp_connections
-    fdir = os.path.join(os.environ.get("L7PROBE_FIXTURES", "/work/shared/fixtures"),
-                        FIXTURE_DIRS[name])
+    """Every captured stream of the parser's fixtures (tests/support/feed.py), in windows."""
+    from tests.support.feed import fixture_streams
     os.makedirs(directory, exist_ok=True)
     k = 0
-    for f in sorted(os.listdir(fdir)):
-        if not (f.endswith(".pcap") or f.endswith(".pcapng")):
-            continue
-        for c in read_tcp_connections(os.path.join(fdir, f), server_ports=SERVER_PORTS):
-            blob = encode(c.chunks)
-            if blob:
-                with open(os.path.join(directory, "seed-%04d" % k), "wb") as out:
-                    out.write(blob[:65536])      # = -max_len: fast executions
-                k += 1
+    for _, chunks in fixture_streams(name):
+        for blob in windows(chunks):
+            with open(os.path.join(directory, "seed-%04d" % k), "wb") as out:
+                out.write(blob)
+            k += 1
     return k
 
 
@@ -128,7 +150,9 @@ def main():
     corpus = sys.argv[3] if len(sys.argv) > 3 else None
     proto = protocol_for_id(BY_NAME[name].proto_id)
     args = [sys.argv[0], "-max_total_time=%d" % seconds, "-timeout=20", "-rss_limit_mb=1536",
-            "-max_len=65536", "-print_final_stats=1"]
+            "-max_len=%d" % MAX_LEN, "-print_final_stats=1"]
+    if os.environ.get("FUZZ_RUNS"):           # stop after this many executions
+        args.append("-runs=%d" % int(os.environ["FUZZ_RUNS"]))
     if corpus:
         seed_corpus(name, corpus)
         args.append(corpus)

@@ -12,8 +12,14 @@ Ways of cutting the same traffic:
 * ``run(proto, byte_chunks(chunks))``       one byte at a time;
 * ``run(proto, chunks, prefix=64)``         each chunk cut to its first 64 bytes, its true
                                             length kept (a capture gap for the rest).
+
+A chunk may carry a fourth item, its true length (a capture shorter than the syscall).
+``fixture_streams(name)`` gives every real captured stream of a parser.
 """
 from __future__ import annotations
+
+import os
+import struct
 
 from pipeline.stream import DataStream, StreamStats
 from protocol.base import Fifo, MessageType
@@ -78,11 +84,12 @@ def run(proto, chunks, prefix=None):
     """Feed ``chunks``; with ``prefix``, only the first ``prefix`` bytes of each chunk are
     delivered, with its true length (what a bounded capture produces)."""
     f = Feeder(proto)
-    for direction, ts, data in chunks:
+    for direction, ts, data, *true_len in chunks:
+        n = true_len[0] if true_len else len(data)
         if prefix is not None and len(data) > prefix:
-            f.feed(direction, ts, data[:prefix], len(data))
+            f.feed(direction, ts, data[:prefix], n)
         else:
-            f.feed(direction, ts, data)
+            f.feed(direction, ts, data, n)
     return f.close()
 
 
@@ -204,3 +211,80 @@ def robustness_runs(proto, chunks, rng, max_runs=120):
             rng.randrange(1, 300)))) for i in range(6)]
         exceptions += run(proto, noise).exceptions
     return exceptions
+
+
+# -- real captures of each parser's protocol ----------------------------------------------
+# parser name -> (fixtures directory, server ports orienting its connections); the fuzz
+# seeds (tests/fuzz/), the resync tests (tests/test_parser_limits.py) and the protocols'
+# own tests load the captures from here.
+FIXTURE_SETS = {
+    "http": ("http", (80, 8080, 5000, 3000)),
+    "redis": ("redis", (6379, 6380)),
+    "pgsql": ("postgresql", (5432, 8000)),
+    "mysql": ("mysql", (3306, 30130)),
+    "kafka": ("kafka", (9092, 36333)),
+    "mongo": ("mongodb", (27017, 3717)),
+    "rocketmq": ("rocketmq", (10911, 10909, 9876)),
+    "dns": ("dns", (53,)),
+    "http2": (("http2", "grpc"), ()),
+}
+
+
+def _fixture_dirs(proto_name):
+    from tests.support.tshark import fixture
+    dirs = FIXTURE_SETS[proto_name][0]
+    return [os.path.dirname(fixture(d, "x")) for d in ((dirs,) if isinstance(dirs, str)
+                                                       else dirs)]
+
+
+def fixture_files(proto_name):
+    """Paths of the captures of ``proto_name`` (sorted)."""
+    return [os.path.join(d, f) for d in _fixture_dirs(proto_name) for f in sorted(os.listdir(d))
+            if f.endswith((".pcap", ".pcapng"))]
+
+
+def file_conns(proto_name, path):
+    """TCP connections of one capture (``path``: a path or a name in the protocol's fixture
+    directory), oriented by the protocol's server ports."""
+    from tests.support.pcap import read_tcp_connections
+    if not os.path.isabs(path):
+        path = os.path.join(_fixture_dirs(proto_name)[0], path)
+    return read_tcp_connections(path, server_ports=FIXTURE_SETS[proto_name][1])
+
+
+def dns_flows(path):
+    """{(transport, client ip, client port): [(direction, ts, framed bytes, true length)]}
+    of one DNS capture: UDP datagrams framed as the pipeline frames them (pipeline/udp.py:
+    a 2-byte length), and TCP connections."""
+    from tests.support.pcap import read_tcp_connections, read_udp_datagrams
+    out = {}
+    for ts, src, sport, dst, dport, payload, true_len in read_udp_datagrams(path):
+        if sport == 53 and dport != 53:
+            key, d = ("udp", dst, dport), "s2c"
+        else:
+            key, d = ("udp", src, sport), "c2s"
+        out.setdefault(key, []).append((d, ts, struct.pack(">H", true_len & 0xFFFF) + payload,
+                                        true_len + 2))
+    for c in read_tcp_connections(path, server_ports=(53,)):
+        if c.client[1] == 53:          # only the server's side was captured
+            chunks = [("s2c", ts, d) for _, ts, d in c.chunks]
+            key = ("tcp", "?", -1)     # its client port is not known: merged
+        else:
+            chunks, key = c.chunks, ("tcp",) + c.client
+        out.setdefault(key, []).extend((d, ts, b, len(b)) for d, ts, b in chunks)
+    return out
+
+
+def fixture_streams(proto_name):
+    """Every captured stream of ``proto_name``: [(file name, chunks)], chunks as
+    ``(direction, ts, data, true length)`` in capture order.  DNS streams are named
+    ``"<file> (udp)"`` or ``"<file> (tcp)"``."""
+    out = []
+    for path in fixture_files(proto_name):
+        name = os.path.basename(path)
+        if proto_name == "dns":
+            out.extend(("%s (%s)" % (name, key[0]), ch) for key, ch in dns_flows(path).items())
+            continue
+        for c in file_conns(proto_name, path):
+            out.append((name, [(d, ts, data, len(data)) for d, ts, data in c.chunks]))
+    return out
