@@ -792,14 +792,15 @@ static __always_inline u32 db_take_header(struct conn_val *c, u8 dir, int *held)
  * its bytes are a gap for user space. */
 static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_key *k,
                                      struct data_evt_buf *ev, struct active_op *op, u32 len,
-                                     u8 dir, u8 source, struct probe_config *cfg, u32 flags) {
+                                     u8 dir, u8 source, struct probe_config *cfg, u32 flags,
+                                     int db) {
     u32 cap = cfg->cap_bytes;
     if (cap > CAP_MAX)
         cap = CAP_MAX;
     u32 want = len < cap ? len : cap;
     int held = 0;
     u32 hdr = 0;
-    if (db_turns(c->proto)) {
+    if (db && db_turns(c->proto)) {     /* `db`: a constant, 0 where HTTP's bytes go */
         if (!db_capture(c, dir, len, &want, &flags)) {
             if (dir == DIR_EGRESS)  /* skipped by length: see db_capture */
                 c->lost_sent += len;
@@ -1055,7 +1056,7 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
     }
     u32 lost = dir == DIR_EGRESS ? c->lost_sent : c->lost_recv;
     u32 flags = (start && lost && !(c->hard_gap & bit)) ? EVF_CLEAN_GAP : 0;
-    if (send_data(ctx, c, k, ev, op, len, dir, source, cfg, flags)) {
+    if (send_data(ctx, c, k, ev, op, len, dir, source, cfg, flags, 0)) {
         c->hard_gap &= ~bit;
         return;
     }
@@ -1179,7 +1180,7 @@ static __always_inline int data_body(void *ctx, int sys) {
             c->lost_recv += len;
         return 0;
     }
-    send_data(ctx, c, &k, ev, op, len, dir, p->source, cfg, 0);
+    send_data(ctx, c, &k, ev, op, len, dir, p->source, cfg, 0, 1);
     return 0;
 }
 
