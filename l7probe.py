@@ -137,7 +137,7 @@ class Probe:
         if args.format == "json":       # who a process is, looked up while it lives
             self.tracker.on_open = self._labelled(self.tracker.on_open)
         self.last_report = time.monotonic()
-        self.dropped_reported = (0, 0, 0, 0, 0)
+        self.dropped_reported = (0, 0, 0, 0, 0, 0)
         self.hdr_layout = LAYOUTS["evt_hdr"]
         self.next_sweep = time.monotonic() + SWEEP_INTERVAL
         self.tls = None            # bpf.tls_attach.TlsManager while TLS is on
@@ -297,6 +297,9 @@ class Probe:
                             "%d connection(s) not tracked, map full", d[0], d[1], d[2])
             if d[3]:
                 log.warning("TLS: %d call(s) on a socket not seen yet were not parsed", d[3])
+            if d[5]:
+                log.warning("kernel: %d socket operation(s) whose bytes the data program "
+                            "never got (its tail call failed): counted, not parsed", d[5])
         for name, st in sorted(stream_stats.items()):
             st.report(name)
         self.tracker.report_skipped()

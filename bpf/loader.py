@@ -334,11 +334,12 @@ class Capture:
 
     def drop_counts(self):
         """(records dropped, bytes dropped, connections not tracked, TLS calls whose socket
-        was unknown, HTTP transactions sampled out) since start: the STAT_* slots."""
+        was unknown, HTTP transactions sampled out, socket operations whose tail call to the
+        data program failed) since start: the STAT_* slots."""
         out = []
         for i in (DEFINES["STAT_RECORDS_DROPPED"], DEFINES["STAT_BYTES_DROPPED"],
                   DEFINES["STAT_CONNS_DROPPED"], DEFINES["STAT_TLS_NO_SOCKET"],
-                  DEFINES["STAT_SAMPLED_OUT"]):
+                  DEFINES["STAT_SAMPLED_OUT"], DEFINES["STAT_TAIL_FAILED"]):
             try:
                 out.append(sum(self.stats[ctypes.c_int(i)]))
             except Exception:

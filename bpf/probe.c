@@ -1104,7 +1104,11 @@ static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct c
         data_tail_up.call(ctx, 0);
     else
         data_tail_sys.call(ctx, 0);
-    stat_add(STAT_RECORDS_DROPPED, 1);      /* the tail call failed (not set up) */
+    stat_add(STAT_TAIL_FAILED, 1);          /* the tail call failed */
+    if (dir == DIR_EGRESS)                  /* a gap for user space, not a silent loss */
+        c->lost_sent += len;
+    else
+        c->lost_recv += len;
 }
 
 /* A tail call that failed (the program arrays emptied at stop): the bytes are a gap. */

@@ -185,7 +185,8 @@ struct api_key {
 #define STAT_CONNS_DROPPED   2   /* connections not tracked: map `conns` full */
 #define STAT_TLS_NO_SOCKET   3   /* TLS calls on a socket not seen yet, not parsed */
 #define STAT_SAMPLED_OUT     4   /* HTTP transactions counted in the kernel by the sampler */
-#define NSTATS               5
+#define STAT_TAIL_FAILED     5   /* data not handled: the tail call to the data program failed */
+#define NSTATS               6
 
 /* Map `sampler`, per CPU: the credit (ns) of the token bucket that decides which HTTP
  * transactions are delivered when probe_config.sample_cost_ns is set */

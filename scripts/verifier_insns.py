@@ -3,8 +3,8 @@
 instructions the kernel's verifier processed for each (bpf_prog_info.verified_insns), the largest
 last.  The verifier's limit is 1,000,000 per program.
 
-    sudo .venv/bin/python scripts/verifier_insns.py            # per-syscall tracepoints
-    sudo L7PROBE_RAW_SYSCALLS=1 .venv/bin/python scripts/verifier_insns.py
+    sudo .venv/bin/python scripts/verifier_insns.py            # the default hooks
+    sudo L7PROBE_HOOKS=syscalls .venv/bin/python scripts/verifier_insns.py   # or raw
 """
 import ctypes
 import os
@@ -43,7 +43,7 @@ def main():
     cap = Capture()
     cap.load()
     BPF = cap.BPF
-    raw = cap.features["raw_syscalls"]
+    hooks = cap.features["hooks"]
     # the uprobe programs are loaded only when a TLS library is attached: load them here
     for fn in ("ssl_write_entry", "ssl_write_ex_entry", "ssl_read_entry",
                "ssl_handshake_entry", "ssl_read_ex_entry", "ssl_read_return", "go_tls_write",
@@ -63,8 +63,7 @@ def main():
             rows.append(prog_info(int(fd)))
     for n, name, pid in sorted(rows):
         print("%9d  %s (id %d)" % (n, name, pid))
-    print("max verified_insns: %d (%s)" % (max(rows)[0], "raw_syscalls" if raw else
-                                           "per-syscall tracepoints"))
+    print("max verified_insns: %d (hooks: %s)" % (max(rows)[0], hooks))
     cap.close()
 
 
