@@ -154,8 +154,11 @@ class Probe:
         from pipeline.seed import seed
         self.capture.load()
         self.capture.open_output()
-        self.apply(self.settings)
+        # seeded before the configuration: until then the kernel side ignores every socket
+        # (probe.c sock_io), so it cannot mark one of these as ignored first (its data
+        # would be a socket whose handshake it never saw)
         n = seed(self.capture, self.settings.pids)
+        self.apply(self.settings)
         log.info("tracking %d connection(s) that existed before start", n)
         self._tls_apply(None, self.settings)
         if "pod" in self.settings.tables:          # the pods' counters at start

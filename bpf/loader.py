@@ -245,8 +245,12 @@ class Capture:
                         server_ip, server_port):
         """Track a connection that existed before the probe started."""
         key = self.conns.Key(tgid, fd)
-        if key in self.conns:
-            return False
+        try:
+            old = self.conns[key]
+        except KeyError:
+            old = None
+        if old is not None and not old.flags & DEFINES["CONN_F_IGNORED"]:
+            return False        # tracked already (an ignored entry: its role was unknown)
         val = self.conns.Leaf()
         val.conn_id = (0xff << 48) | _next_seed_id()
         val.family = family

@@ -460,7 +460,7 @@ static __always_inline int enter_data(int fd, u64 buf, u32 iovcnt, u8 dir) {
         return 0;
     }
     struct probe_config *cfg = get_config();
-    if (!cfg || !pid_wanted(k.tgid, cfg))
+    if (!cfg || !cfg->proto_flags || !pid_wanted(k.tgid, cfg))    /* see sock_io */
         return 0;
     struct active_op op = {};
     op.fd = fd;
@@ -1469,7 +1469,9 @@ static __always_inline int sock_io(void *ctx, u64 sk, u16 family, u16 protocol, 
         return 0;
     u64 id = bpf_get_current_pid_tgid();
     struct probe_config *cfg = get_config();
-    if (!cfg || !pid_wanted(id >> 32, cfg))
+    /* proto_flags 0: user space has not configured the probe yet (the hooks are attached
+       when BCC loads them, before the data program is in its array) */
+    if (!cfg || !cfg->proto_flags || !pid_wanted(id >> 32, cfg))
         return 0;
     if (dir == DIR_INGRESS && (flags & MSG_PEEK_))
         return 0;               /* the bytes stay queued: the real read comes later */
