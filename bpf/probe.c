@@ -990,7 +990,11 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
         api = http_api_hash(ev->data, n);
         int sampled_out = 0;
         /* a connection that pipelines is never sampled: the kernel sees one request per
-           syscall, the parsers see them all */
+           syscall, the parsers see them all.  A request while another awaits its answer
+           is pipelining too (h2load --h1 -m 2: a shed request between delivered ones
+           broke the pairing of the client's side) */
+        if (c->fifo_head != c->fifo_tail)
+            c->flags |= CONN_F_PIPELINED;
         if (!hidden && !(c->flags & CONN_F_PIPELINED) && apis_known.lookup(&api))
             sampled_out = !sample_ok(cfg, now);
         deliver = !hidden && !sampled_out;

@@ -97,8 +97,15 @@ class _Held:
 def _probe(proto, pids=None):
     """One probe per protocol group, watching only that protocol (and, where the servers
     are single processes, only the servers and the tools): other sessions' load on this
-    machine then never reaches our ring buffer."""
-    args = ["-P", "1", "--proto", proto, "--no-ssl"]
+    machine then never reaches our ring buffer.
+
+    HTTP runs with ``--sample 0``: with the kernel's sampler on, h2load --h1 -m 2 (two
+    requests in flight per connection) loses about 50 of 2000 requests on the client's side
+    in about half the runs (a known defect of the kernel-side counting of sampled pipelined
+    transactions, open in issue 8; tests/test_e2e_overload.py covers the sampler without
+    pipelining)."""
+    args = ["-P", "1", "--proto", proto, "--no-ssl"] + (["--sample", "0"] if proto == "http"
+                                                        else [])
     if pids:
         args += ["-p", ",".join(str(p) for p in sorted(pids))]
     # a 32 MiB ring buffer: Redis, PostgreSQL and MySQL are not counted in the kernel when
