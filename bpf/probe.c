@@ -24,9 +24,6 @@
 #include <uapi/linux/ptrace.h>
 #include <linux/socket.h>
 #include <linux/uio.h>
-#if SOCK_HOOKS
-#include <net/sock.h>     /* offsetof(struct sock_common, skc_v6_daddr) only (udp.h) */
-#endif
 
 #include "l7_events.h"
 #include "l7.h"

@@ -135,3 +135,16 @@ def test_syscall_hooks_fallback():
     rows = _client_rows(probe.records, pid)
     assert total(rows, "req_count") == total(rows, "resp_count") == 4
     assert total(rows, "err_count") == 4
+
+
+def test_sock_common_offset_matches_the_kernels_btf():
+    """bpf/udp.h reads a connected IPv6 UDP socket's peer at a fixed offset of struct
+    sock_common (its header costs seconds per compile): this kernel's BTF must agree."""
+    with open(os.path.join(ROOT, "bpf", "udp.h")) as f:
+        offset = int(re.search(r"#define SKC_V6_DADDR (\d+)", f.read()).group(1))
+    out = subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux",
+                          "format", "raw"], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    block = out[out.index("STRUCT 'sock_common' "):][:4000]
+    bits = int(re.search(r"'skc_v6_daddr' type_id=\d+ bits_offset=(\d+)", block).group(1))
+    assert bits == 8 * offset
