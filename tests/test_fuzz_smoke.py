@@ -1,6 +1,7 @@
 """CI's short fuzz pass (issue 14): every parser of the registry fuzzed for a few seconds
 through the stream/stitch path (tests/fuzz/), seeded from the fixtures; `make fuzz` runs
-the long one.  CI_FUZZ_SECONDS per parser (default 3: under a minute for the nine)."""
+the long one; and the reporter's output hygiene (target `report`).  CI_FUZZ_SECONDS per
+target (default 3: under a minute for the ten)."""
 import os
 import re
 import subprocess
@@ -20,5 +21,6 @@ def test_short_fuzz_pass(tmp_path):
                        timeout=600)
     assert p.returncode == 0, p.stdout[-4000:]
     runs = dict(re.findall(r"^(\w+)\s+(\d+) executions", p.stdout, re.M))
-    assert sorted(runs) == sorted(p.name for p in PROTOCOLS if p.module), p.stdout
+    assert sorted(runs) == sorted([p.name for p in PROTOCOLS if p.module] + ["report"]), \
+        p.stdout
     assert all(int(n) > 0 for n in runs.values()), runs

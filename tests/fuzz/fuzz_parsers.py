@@ -132,6 +132,32 @@ def make_target(proto):
     return target
 
 
+REPORT = "report"       # the reporter's output hygiene (pipeline/report.py), not a parser
+
+
+def report_target(data):
+    """Values from arbitrary bytes (any UTF-8, invalid sequences too) through the reporter's
+    one sanitising rule and its label budget: every value printed is non-empty, holds none of
+    the characters the rule replaces, and the values fit the room they were given."""
+    from pipeline import report
+    if len(data) < 2:
+        return
+    room = 64 + data[0] * 4
+    parts = data[1:].split(b"\x00")[:8]
+    names = ["l%d" % i for i in range(len(parts))]
+    vals = {n: report.clean(p.decode("utf-8", "replace")) for n, p in zip(names, parts)}
+    report.fit_labels(vals, names, room)
+    used = 0
+    for n in names:
+        v = vals[n]
+        if not v or report._BAD.search(v):
+            raise AssertionError("value not clean: %r" % v)
+        if v != "(null)":
+            used += len(n) + 4 + len(v.encode("utf-8", "replace"))
+    if used > max(room, 5 * len(names) + sum(len(n) for n in names)):
+        raise AssertionError("labels take %d bytes, room %d" % (used, room))
+
+
 def seed_corpus(name, directory):
     """Every captured stream of the parser's fixtures (tests/support/feed.py), in windows."""
     from tests.support.feed import fixture_streams
@@ -148,11 +174,17 @@ def seed_corpus(name, directory):
 def main():
     name, seconds = sys.argv[1], int(sys.argv[2])
     corpus = sys.argv[3] if len(sys.argv) > 3 else None
-    proto = protocol_for_id(BY_NAME[name].proto_id)
     args = [sys.argv[0], "-max_total_time=%d" % seconds, "-timeout=20", "-rss_limit_mb=1536",
             "-max_len=%d" % MAX_LEN, "-print_final_stats=1"]
     if os.environ.get("FUZZ_RUNS"):           # stop after this many executions
         args.append("-runs=%d" % int(os.environ["FUZZ_RUNS"]))
+    if name == REPORT:
+        if corpus:
+            args.append(corpus)
+        atheris.Setup(args, report_target)
+        atheris.Fuzz()
+        return
+    proto = protocol_for_id(BY_NAME[name].proto_id)
     if corpus:
         seed_corpus(name, corpus)
         args.append(corpus)

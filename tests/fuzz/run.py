@@ -15,12 +15,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from protocol.registry import PROTOCOLS  # noqa: E402
 
 PARSERS = tuple(p.name for p in PROTOCOLS if p.module)
+TARGETS = PARSERS + ("report",)     # and the reporter's output hygiene (fuzz_parsers.py)
 
 
 def main():
     seconds = int(os.environ.get("FUZZ_SECONDS", "120"))
     runs_wanted = int(os.environ.get("FUZZ_RUNS") or 0)
-    names = sys.argv[1:] or list(PARSERS)
+    names = sys.argv[1:] or list(TARGETS)
     work = os.environ.get("FUZZ_DIR") or tempfile.mkdtemp(prefix="l7probe-fuzz-")
     failed = []
     print("fuzzing %s, %d s each (work directory %s)" % (", ".join(names), seconds, work),
