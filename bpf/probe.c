@@ -167,6 +167,27 @@ static __always_inline void stat_add(int idx, u64 n) {
         *v += n;
 }
 
+/* Bytes and segments of one socket operation (or TLS call) on a connection. */
+static __always_inline void count_io(struct conn_val *c, u8 dir, u32 len) {
+    if (dir == DIR_EGRESS) {
+        c->bytes_sent += len;
+        c->segs_sent += 1;
+    } else {
+        c->bytes_recv += len;
+        c->segs_recv += 1;
+    }
+}
+
+/* A tail call that failed (arrays not filled yet, or emptied at stop): the bytes are a gap
+ * for user space, counted (STAT_TAIL_FAILED), never a silent loss. */
+static __always_inline void data_gap(struct conn_val *c, u8 dir, u32 len) {
+    stat_add(STAT_TAIL_FAILED, 1);
+    if (dir == DIR_EGRESS)
+        c->lost_sent += len;
+    else
+        c->lost_recv += len;
+}
+
 static __always_inline struct probe_config *get_config(void) {
     int zero = 0;
     return config.lookup(&zero);
@@ -1105,20 +1126,7 @@ static __always_inline void handle_bytes(void *ctx, struct conn_val *c, struct c
         data_tail_up.call(ctx, 0);
     else
         data_tail_sys.call(ctx, 0);
-    stat_add(STAT_TAIL_FAILED, 1);          /* the tail call failed */
-    if (dir == DIR_EGRESS)                  /* a gap for user space, not a silent loss */
-        c->lost_sent += len;
-    else
-        c->lost_recv += len;
-}
-
-/* A tail call that failed (the program arrays emptied at stop): the bytes are a gap. */
-static __always_inline void data_gap(struct conn_val *c, u8 dir, u32 len) {
-    stat_add(STAT_RECORDS_DROPPED, 1);
-    if (dir == DIR_EGRESS)
-        c->lost_sent += len;
-    else
-        c->lost_recv += len;
+    data_gap(c, dir, len);                  /* the tail call failed */
 }
 
 /* Bytes of a tracked connection (handle_bytes, then a tail call): detect, then deliver or
@@ -1303,13 +1311,7 @@ static __always_inline void conn_io(void *ctx, u64 id, struct conn_val *c, struc
                                     struct active_op *op, u32 len, u64 active_id) {
     struct conn_key k = *kp;
     u8 dir = op->dir;
-    if (dir == DIR_EGRESS) {
-        c->bytes_sent += len;
-        c->segs_sent += 1;
-    } else {
-        c->bytes_recv += len;
-        c->segs_recv += 1;
-    }
+    count_io(c, dir, len);
     conn_fill_addr(c, op->sk);
 #if TLS
     /* may end in a tail call (the plaintext of an SSL_write whose socket shows now):

@@ -112,13 +112,7 @@ static __always_inline void udp_one(void *ctx, struct data_evt_buf *ev, struct c
         return;
     if (c->proto == PROTO_UNKNOWN)
         c->l4_role = L4_UDP;        /* a connect()ed UDP socket was entered as L4_CLIENT */
-    if (dir == DIR_EGRESS) {
-        c->bytes_sent += len;
-        c->segs_sent += 1;
-    } else {
-        c->bytes_recv += len;
-        c->segs_recv += 1;
-    }
+    count_io(c, dir, len);
     u64 src = buf;
     u32 avail = len;
     if (iovcnt) {
