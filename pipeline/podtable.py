@@ -10,8 +10,12 @@ cpu            CPU use of the pod's cgroup over the period, percent of one CPU: 
 network_tx/rx  bytes sent / received in the period by the pod's network namespace (all
                interfaces but ``lo``, ``/proc/PID/net/dev``); 0 for a pod in the host's
                namespace
-bytes_read/    bytes read / written in the period by the pod's cgroup: v2 ``io.stat``
-bytes_write    ``rbytes``/``wbytes``, else v1 ``blkio.throttle.io_service_bytes_recursive``
+bytes_read/    bytes read from / written to storage in the period by the pod: v2 ``io.stat``
+bytes_write    ``rbytes``/``wbytes`` of its cgroup; on cgroup v1 the sum of its processes'
+               ``read_bytes``/``write_bytes`` (/proc/PID/io; a reaped child's count is in its
+               parent's).  Not v1's ``blkio.throttle.io_service_bytes``: kernels since 6.11
+               count there only for a disk with a throttle rule set (0 on most hosts), and
+               v1 charges written-back pages to the root cgroup, not to the writer's
 vm             bytes: the pod's processes' virtual sizes (``VmSize``, /proc/PID/status)
 rss            bytes: the pod cgroup's anonymous memory (v2 ``memory.stat`` ``anon``, v1
                ``total_rss``)
@@ -50,7 +54,7 @@ def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> Dict[str, str]:
             out.setdefault("", parts[4])
         elif fstype == "cgroup":
             for o in opts.split(","):
-                if o in ("cpuacct", "memory", "blkio", "cpu"):
+                if o in ("cpuacct", "memory", "cpu"):
                     out.setdefault(o, parts[4])
     return out
 
@@ -77,7 +81,8 @@ def _kv(text: Optional[str], key: str) -> Optional[int]:
 
 
 def cgroup_counters(pod_path: str, mounts: Dict[str, str]):
-    """(cpu ns, read bytes, written bytes, rss bytes) of a cgroup; None where unreadable."""
+    """(cpu ns, read bytes, written bytes, rss bytes) of a cgroup; None where unreadable
+    (the I/O bytes: without a v2 ``io.stat``)."""
     v2 = mounts.get("")
     cpu = None
     if "cpuacct" in mounts:
@@ -97,18 +102,6 @@ def cgroup_counters(pod_path: str, mounts: Dict[str, str]):
                     rd += int(v)
                 elif k == "wbytes" and v.isdigit():
                     wr += int(v)
-    elif "blkio" in mounts:
-        t = _read(os.path.join(mounts["blkio"] + pod_path,
-                               "blkio.throttle.io_service_bytes_recursive"))
-        if t is not None:
-            rd = wr = 0
-            for line in t.splitlines():
-                f = line.split()
-                if len(f) == 3 and f[2].isdigit():
-                    if f[1] == "Read":
-                        rd += int(f[2])
-                    elif f[1] == "Write":
-                        wr += int(f[2])
     rss = None
     if "memory" in mounts:
         rss = _kv(_read(os.path.join(mounts["memory"] + pod_path, "memory.stat")), "total_rss")
@@ -143,6 +136,23 @@ def _vmsize(pid: int, proc: str) -> int:
     return 0
 
 
+def task_io(pid: int, proc: str = P.PROC):
+    """(read_bytes, write_bytes) of process ``pid`` and its reaped children (/proc/PID/io)."""
+    t = _read("%s/%d/io" % (proc, pid))
+    rd, wr = _kv_colon(t, "read_bytes"), _kv_colon(t, "write_bytes")
+    return (rd, wr) if rd is not None and wr is not None else None
+
+
+def _kv_colon(text: Optional[str], key: str) -> Optional[int]:
+    if text:
+        for line in text.splitlines():
+            k, _, v = line.partition(":")
+            if k == key:
+                v = v.strip()
+                return int(v) if v.isdigit() else None
+    return None
+
+
 class PodTable:
     def __init__(self, resolver: Optional[P.Resolver] = None, proc: str = P.PROC,
                  mounts: Optional[Dict[str, str]] = None):
@@ -150,6 +160,8 @@ class PodTable:
         self.proc = proc
         self.mounts = mounts if mounts is not None else cgroup_mounts()
         self.prev: Dict[str, tuple] = {}
+        # cgroup v1's I/O: {pod uid: ({pid: (read, written)}, [read, written] so far)}
+        self.task_io: Dict[str, tuple] = {}
         self.own_netns = P.netns_of(os.getpid(), proc)
 
     def scan(self, wanted: Optional[Callable[[int], bool]] = None):
@@ -181,6 +193,8 @@ class PodTable:
         for uid, (meta, path, pids, cids, _) in self.scan(wanted).items():
             seen.add(uid)
             cpu, rd, wr, rss = cgroup_counters(path, self.mounts)
+            if rd is None:
+                rd, wr = self._tasks_io(uid, pids)
             netpid = pids[0]
             ns = P.netns_of(netpid, self.proc)
             net = net_counters(netpid, self.proc) if ns != self.own_netns else (0, 0)
@@ -205,6 +219,31 @@ class PodTable:
         for uid in list(self.prev):
             if uid not in seen:
                 del self.prev[uid]          # the pod is gone (or out of scope)
+                self.task_io.pop(uid, None)
+        return out
+
+    def _tasks_io(self, uid: str, pids):
+        """The pod's storage bytes (read, written) so far, summed from its processes' own
+        counts: a process new to the pod counts from 0, one that is gone keeps what it had
+        (what it did after the last sample and before its end is not seen, unless its parent
+        in the pod reaped it), a count that went down is a reused pid."""
+        old = self.task_io.get(uid)
+        first = old is None
+        now: Dict[int, tuple] = {}
+        acc = [0, 0] if first else old[1]
+        before = {} if first else old[0]
+        for pid in pids:
+            io = task_io(pid, self.proc)
+            if io is None:
+                continue
+            now[pid] = io
+            if first:
+                continue
+            b = before.get(pid, (0, 0))
+            for i in (0, 1):
+                acc[i] += io[i] - b[i] if io[i] >= b[i] else io[i]
+        self.task_io[uid] = (now, acc)
+        return acc[0], acc[1]
         return out
 
 

@@ -195,3 +195,29 @@ def test_gopher_container_object_with_pod_id_scopes_the_pod(cgroups):
     later = cgroups(base + ids[1])          # a new container of the pod
     s2 = refresh_pids(s)
     assert {first, later} <= s2.pids and other not in s2.pids
+
+
+def _io(proc, pid, rd, wr):
+    os.makedirs(os.path.join(proc, str(pid)), exist_ok=True)
+    with open(os.path.join(proc, str(pid), "io"), "w") as f:
+        f.write("rchar: 9\nwchar: 9\nsyscr: 1\nsyscw: 1\nread_bytes: %d\nwrite_bytes: %d\n"
+                "cancelled_write_bytes: 0\n" % (rd, wr))
+
+
+def test_v1_pod_io_from_its_processes(tmp_path):
+    """Without a v2 io.stat the pod's storage bytes are its processes' own counts: the first
+    sample is the baseline, a process new to the pod counts from 0, one that ended keeps what
+    was counted, a count that went down is a new process on a reused pid."""
+    from pipeline import podtable
+    proc = str(tmp_path)
+    t = podtable.PodTable(resolver=object(), proc=proc, mounts={})
+    _io(proc, 10, 1000, 500)
+    assert podtable.task_io(10, proc) == (1000, 500)
+    assert podtable.task_io(11, proc) is None
+    assert t._tasks_io("u", [10]) == (0, 0)
+    _io(proc, 10, 1500, 700)
+    _io(proc, 11, 4096, 8192)           # a new process of the pod
+    assert t._tasks_io("u", [10, 11]) == (500 + 4096, 200 + 8192)
+    _io(proc, 10, 100, 50)              # pid 10 reused by a new process
+    assert t._tasks_io("u", [10]) == (4596 + 100, 8392 + 50)
+    assert t._tasks_io("v", [10]) == (0, 0)         # another pod: its own baseline
