@@ -13,9 +13,10 @@ network_tx/rx  bytes sent / received in the period by the pod's network namespac
 bytes_read/    bytes read from / written to storage in the period by the pod: v2 ``io.stat``
 bytes_write    ``rbytes``/``wbytes`` of its cgroup; on cgroup v1 the sum of its processes'
                ``read_bytes``/``write_bytes`` (/proc/PID/io; a reaped child's count is in its
-               parent's).  Not v1's ``blkio.throttle.io_service_bytes``: kernels since 6.11
-               count there only for a disk with a throttle rule set (0 on most hosts), and
-               v1 charges written-back pages to the root cgroup, not to the writer's
+               parent's).  Not v1's ``blkio.throttle.io_service_bytes``: recent kernels (6.18
+               here, measured) count there only once a throttle rule was set on the disk
+               (it reads 0 on most hosts), and v1 charges written-back pages to the root
+               cgroup, not to the writer's
 vm             bytes: the pod's processes' virtual sizes (``VmSize``, /proc/PID/status)
 rss            bytes: the pod cgroup's anonymous memory (v2 ``memory.stat`` ``anon``, v1
                ``total_rss``)
@@ -139,18 +140,8 @@ def _vmsize(pid: int, proc: str) -> int:
 def task_io(pid: int, proc: str = P.PROC):
     """(read_bytes, write_bytes) of process ``pid`` and its reaped children (/proc/PID/io)."""
     t = _read("%s/%d/io" % (proc, pid))
-    rd, wr = _kv_colon(t, "read_bytes"), _kv_colon(t, "write_bytes")
+    rd, wr = _kv(t, "read_bytes:"), _kv(t, "write_bytes:")
     return (rd, wr) if rd is not None and wr is not None else None
-
-
-def _kv_colon(text: Optional[str], key: str) -> Optional[int]:
-    if text:
-        for line in text.splitlines():
-            k, _, v = line.partition(":")
-            if k == key:
-                v = v.strip()
-                return int(v) if v.isdigit() else None
-    return None
 
 
 class PodTable:
@@ -161,7 +152,7 @@ class PodTable:
         self.mounts = mounts if mounts is not None else cgroup_mounts()
         self.prev: Dict[str, tuple] = {}
         # cgroup v1's I/O: {pod uid: ({pid: (read, written)}, [read, written] so far)}
-        self.task_io: Dict[str, tuple] = {}
+        self.pod_io: Dict[str, tuple] = {}
         self.own_netns = P.netns_of(os.getpid(), proc)
 
     def scan(self, wanted: Optional[Callable[[int], bool]] = None):
@@ -219,7 +210,7 @@ class PodTable:
         for uid in list(self.prev):
             if uid not in seen:
                 del self.prev[uid]          # the pod is gone (or out of scope)
-                self.task_io.pop(uid, None)
+                self.pod_io.pop(uid, None)
         return out
 
     def _tasks_io(self, uid: str, pids):
@@ -227,7 +218,7 @@ class PodTable:
         counts: a process new to the pod counts from 0, one that is gone keeps what it had
         (what it did after the last sample and before its end is not seen, unless its parent
         in the pod reaped it), a count that went down is a reused pid."""
-        old = self.task_io.get(uid)
+        old = self.pod_io.get(uid)
         first = old is None
         now: Dict[int, tuple] = {}
         acc = [0, 0] if first else old[1]
@@ -242,9 +233,8 @@ class PodTable:
             b = before.get(pid, (0, 0))
             for i in (0, 1):
                 acc[i] += io[i] - b[i] if io[i] >= b[i] else io[i]
-        self.task_io[uid] = (now, acc)
+        self.pod_io[uid] = (now, acc)
         return acc[0], acc[1]
-        return out
 
 
 _TABLE: Optional[PodTable] = None
