@@ -306,6 +306,7 @@ class Probe:
         for name, st in sorted(stream_stats.items()):
             st.report(name)
         self.tracker.report_skipped()
+        self.tracker.rest_idle()
         tr = self.tracker
         if tr.kernel_only:
             log.info("http: %d request(s) this period counted by the kernel alone (%d sampled "

@@ -479,6 +479,25 @@ class Tracker:
             if not conn.skip_said:
                 self._say_skipped(conn)
 
+    def rest_idle(self):
+        """Once per report period: drop the parsers and buffers of connections that hold
+        nothing a new one would not (both streams and the protocol state at rest; see
+        Parser.at_rest); their next bytes make them anew.  A keep-alive connection between
+        requests then costs its Conn alone (~180 bytes, not ~1 KB): 10k idle connections
+        traced on both ends hold ~17 MB less.  Returns how many were dropped."""
+        n = 0
+        dirty = self.dirty
+        for conn in self.conns.values():
+            rs = conn.req_stream
+            if (rs is None or conn.retire or conn.peers is not None or conn in dirty
+                    or not conn.proto.state_at_rest(conn.state)
+                    or not rs.at_rest() or not conn.resp_stream.at_rest()):
+                continue
+            conn.req_stream = conn.resp_stream = None
+            conn.state = None
+            n += 1
+        return n
+
     def report_skipped(self):
         """Once per connection: say why a parser stopped following it (TLS negotiated in
         the protocol, compression, a replication stream, ...); its bytes are still counted

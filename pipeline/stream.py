@@ -102,6 +102,12 @@ class DataStream:
         self.last_error = None
         parser.stats = self.stats   # where the parser counts the state it had to cut
 
+    def at_rest(self) -> bool:
+        """Nothing buffered, queued, to skip or to resynchronise, and the parser between
+        frames: this stream is as good as a new one."""
+        return not (self.buf or self.frames or self.skip or self.need or self.resync
+                    or self.cut) and self.parser.at_rest()
+
     # -- input -------------------------------------------------------------------------
     def append(self, data, true_len: int, ts: int, lost: int = 0) -> None:
         """``data``: captured bytes of one syscall (a prefix); ``true_len``: bytes that

@@ -135,6 +135,13 @@ class Parser:
         answered, unseen (timestamp ``ts``), and resets any walk in progress."""
         return ()
 
+    def at_rest(self) -> bool:
+        """True when this parser holds nothing a fresh one would not (between frames, no
+        frame in progress): with nothing buffered either, the connection's streams may be
+        dropped and made anew on its next bytes (pipeline/conntrack.py Tracker.rest_idle).
+        False unless a protocol says so."""
+        return False
+
     def find_boundary(self, buf, start: int) -> int:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -154,6 +161,12 @@ class Protocol:
     def new_state(self):
         """Per-connection state shared by both directions and the stitcher."""
         return None
+
+    def state_at_rest(self, state) -> bool:
+        """True when ``state`` holds nothing that ``new_state()`` would not (no request
+        awaiting its answer, nothing learnt from the connection's start): see
+        Parser.at_rest.  False unless a protocol says so."""
+        return False
 
     def new_parser(self, msg_type: MessageType, state) -> Parser:
         return self.parser_class(msg_type, state)

@@ -652,3 +652,92 @@ def test_feed_fast_path_equals_stream_append():
             assert len(got) > 200 and fast[1][-1] > 0      # pairs, and the parser raised
     finally:
         HttpParser.parse = real_parse
+
+
+def test_rest_idle_drops_only_what_a_new_stream_equals():
+    """Tracker.rest_idle drops the streams of a connection at rest (between messages, no
+    request awaiting its answer); the next bytes make them anew.  The same records with
+    rest_idle after every batch and without it give the same pairs; streams are dropped
+    between whole exchanges and kept while a head, a body, a chunked body or an answer is
+    still to come."""
+    from bpf.layout import DEFINES, LAYOUTS
+    from pipeline.aggregate import Links
+    from pipeline.conntrack import Tracker
+
+    op, data_l = LAYOUTS["evt_open"], LAYOUTS["evt_data"]
+    d_in, d_out = DEFINES["DIR_INGRESS"], DEFINES["DIR_EGRESS"]
+    open_rec = op.pack(type=DEFINES["EVT_OPEN"], tgid=1, conn_id=7, ts=0, fd=3, family=2,
+                       server_port=80, client_port=5000, l4_role=DEFINES["L4_SERVER"],
+                       l7_role=DEFINES["L7_SERVER"], proto=1, ssl=0, pad=b"",
+                       client_ip=b"\x7f\0\0\1" + b"\0" * 12,
+                       server_ip=b"\x7f\0\0\1" + b"\0" * 12)
+
+    def data(d, c, ts, true_len=None):
+        return data_l.pack(type=DEFINES["EVT_DATA"], tgid=1, conn_id=7, ts=ts,
+                           true_len=len(c) if true_len is None else true_len, cap_len=len(c),
+                           lost=0, direction=d, source=0, proto=1, l7_role=2) + c
+
+    def traffic(rng):
+        recs = []
+        for i in range(200):
+            qb = b"q" * rng.choice([0, 0, 50])
+            q = req("POST" if qb else "GET", "/p%d" % rng.randrange(5),
+                    b"Content-Length: %d\r\n" % len(qb) if qb else b"", qb)
+            body = b"b" * rng.choice([0, 10, 3000])
+            if rng.random() < 0.2:        # (an empty chunk would end the body)
+                r = resp(200, b"Transfer-Encoding: chunked\r\n",
+                         chunked(*[p for p in (body, b"z") if p]), length=False)
+            else:
+                r = resp(rng.choice([200, 404, 500]), body=body)
+            for d, m in ((d_in, q), (d_out, r)):
+                j = 0
+                while j < len(m):
+                    n = rng.choice([len(m)] * 3 + [1, 30, 300])
+                    recs.append((d, m[j:j + n]))
+                    j += n
+        return recs
+
+    def run_through(recs, rest, cut):
+        got = []
+        tr = Tracker(Links(), lambda link, r: got.append((r.req_ts, r.resp_ts, r.method,
+                                                          r.path, r.status, r.err)))
+        tr.feed([open_rec])
+        dropped = 0
+        for i in range(0, len(recs), cut):
+            tr.feed([data(d, c, j + 1) for j, (d, c) in enumerate(recs[i:i + cut], i)])
+            tr.stitch_dirty()
+            if rest:
+                dropped += tr.rest_idle()
+        return got, dropped, tr
+
+    for seed in range(6):
+        rng = random.Random(seed)
+        recs = traffic(rng)
+        for cut in (1, 3, 8):
+            want, _, _ = run_through(recs, False, cut)
+            got, dropped, _ = run_through(recs, True, cut)
+            assert got == want and len(want) == 200
+            assert dropped > 10, (seed, cut, dropped)
+
+    # kept while something is still to come; dropped once the exchange is whole
+    q, r = req(target="/a"), resp(200, body=b"x" * 100)
+    rc = resp(200, b"Transfer-Encoding: chunked\r\n", chunked(b"abc", b"def"), length=False)
+    for pieces in ([(d_in, q[:10])],                         # half a head
+                   [(d_in, q)],                              # a request awaiting its answer
+                   [(d_in, q), (d_out, r[:-30])],            # half a body
+                   [(d_in, q), (d_out, rc[:-5])],            # a chunked body in progress
+                   [(d_in, req(headers=b"Upgrade: websocket\r\nConnection: Upgrade\r\n")),
+                    (d_out, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                            b"Connection: Upgrade\r\n\r\n")]):  # not HTTP from then on
+        got, dropped, tr = run_through(pieces, True, 1)
+        assert dropped == 0 and tr.conns[7].req_stream is not None, pieces
+    got, dropped, tr = run_through([(d_in, q), (d_out, r)], True, 2)
+    assert dropped == 1 and tr.conns[7].req_stream is None and len(got) == 1
+    # a body far larger than its capture: at rest only once all of it was skipped
+    big = resp(200, body=b"y" * 5000)
+    tr.feed([data(d_in, q, 10), data(d_out, big[:200], 11, len(big) - 1000)])
+    tr.stitch_dirty()
+    assert tr.rest_idle() == 0
+    tr.feed([data(d_out, big[-1000:], 12)])
+    tr.stitch_dirty()
+    assert tr.rest_idle() == 1 and len(got) == 2

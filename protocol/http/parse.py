@@ -102,6 +102,9 @@ class HttpParser(Parser):
         # (one search per stretch, not one per request start in it).
         self.skip_to = -1
 
+    def at_rest(self):
+        return not self.chunked and not self.scanned and self.skip_to < 0
+
     # -- boundary -----------------------------------------------------------------------
     def find_boundary(self, buf, start):
         self.scanned = 0

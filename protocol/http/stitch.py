@@ -54,6 +54,9 @@ class HttpProtocol(Protocol):
     def new_state(self):
         return HttpState()
 
+    def state_at_rest(self, state):
+        return not state.methods and not state.upgraded and state.switch_to is None
+
     def stitch(self, reqs, resps, state):
         # every response is consumed, requests as they are answered: walked by index and
         # taken out once at the end (what a bug's exception interrupts stays queued)
