@@ -71,6 +71,7 @@ class Capture:
         self.ring_pages = pages if pages > 0 and pages & (pages - 1) == 0 else RINGBUF_PAGES
         self.features = {}
         self.bpf = None
+        self._map_fds = []      # the maps' own fds once BCC's module is freed (_drop_compiler)
         self._lost = 0
 
     # -- loading ------------------------------------------------------------------------
@@ -150,7 +151,6 @@ class Capture:
         how = ("sock:sock_send_length/sock_recv_length tracepoints" if have_sock_len else
                "connection map only (no sock_*_length tracepoints; kprobes %s)"
                % ("present but unused" if self.features["kprobes"] else "absent"))
-        _release_compiler_memory()
         log.info("capture: %s; socket check: %s; output: %s",
                  {"sock": "socket tracepoints (no syscall hook)", "raw":
                   "raw_syscalls tracepoints"}.get(hooks, "syscall tracepoints"),
@@ -178,6 +178,46 @@ class Capture:
         self.apis_known = self.bpf["apis_known"]
         self._events = self.bpf["events"]
         self._ringbuf = have_ringbuf
+        self._map_fds = []
+        if have_ringbuf and not debug:
+            self._drop_compiler()
+        _release_compiler_memory()
+
+    def _drop_compiler(self):
+        """Free BCC's compiled module (the LLVM module, clang's leftovers, the rewritten
+        source: ~10 MB of heap) once nothing needs it: every program user space may still
+        attach (the TLS uprobes, attached as TLS processes appear) is loaded now, and every
+        map gets an fd of its own (the module's close with it).  From then on the BPF
+        object works from fds alone: map reads and writes, attach, detach, clean-up (BCC's
+        ``cleanup`` skips a module that is None).  Not with the perf buffer (kernels before
+        5.8): BCC polls it through the module."""
+        from bcc.libbcc import lib
+        from bpf.tls_attach import PROGRAMS
+        bpf = self.bpf
+        module = bpf.module
+        if not module:
+            return
+        if os.environ.get("L7PROBE_TLS_BUILD", "1") != "0":
+            for fn in PROGRAMS:
+                try:
+                    bpf.load_func(fn, self.BPF.KPROBE)
+                except Exception as exc:
+                    log.warning("TLS program %s not loaded (%s): BCC's compiler stays in "
+                                "memory for it", fn, str(exc).splitlines()[0])
+                    return
+        lib.bpf_num_tables.restype = ctypes.c_ulonglong
+        lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+        lib.bpf_table_name.restype = ctypes.c_char_p
+        lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong]
+        tables = []
+        for i in range(lib.bpf_num_tables(module)):
+            name = lib.bpf_table_name(module, i).decode()
+            tables.append(bpf[name])        # BPF.__getitem__ keeps it (keyed by str)
+        for t in tables:
+            t.map_fd = os.dup(t.map_fd)
+            self._map_fds.append(t.map_fd)
+        bpf.module = None
+        lib.bpf_module_destroy(module)
 
     def _kprobes_available(self):
         try:
@@ -389,6 +429,9 @@ class Capture:
                 self.bpf.cleanup()
             finally:
                 self.bpf = None
+                for fd in self._map_fds:
+                    os.close(fd)
+                self._map_fds = []
 
 
 def _acct_tuple(v):

@@ -47,6 +47,8 @@ GO_PROGRAMS = {
     "go:Read:ret": "go_tls_read_ret",
     "go:Read:copy": "go_tls_read_copy",
 }
+# every uprobe program of bpf/tls.h (bpf/loader.py loads them all at start)
+PROGRAMS = tuple(sorted(set(OPENSSL_PROGRAMS.values()) | set(GO_PROGRAMS.values())))
 READ = tls_targets.READ_FUNC
 RESCAN_AFTER = (0.0, 0.3, 1.5, 5.0, 15.0)     # seconds after exec
 

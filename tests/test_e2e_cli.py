@@ -130,6 +130,29 @@ def test_kernel_map_forgets_processes_that_exit_without_close(hooks, monkeypatch
         cap.close()
 
 
+def test_compiler_freed_once_loaded():
+    """Capture.load frees BCC's compiled module (bpf/loader.py _drop_compiler): every TLS
+    uprobe program is loaded beforehand, the maps work on fds of their own, and close()
+    closes those fds (tests/test_e2e_tls.py attaches TLS libraries after it, as the probe
+    does when a TLS process appears)."""
+    from bpf.loader import Capture
+    from bpf.tls_attach import PROGRAMS
+    cap = Capture()
+    cap.load()
+    try:
+        assert cap.bpf.module is None
+        assert {fn.encode() for fn in PROGRAMS} <= set(cap.bpf.funcs)
+        cap.set_config(0xffff, None, True)
+        assert cap.config[0].proto_flags == 0xffff
+        fds = list(cap._map_fds)
+        assert fds and all(os.fstat(fd) for fd in fds)
+    finally:
+        cap.close()
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
 def test_container_option_covers_processes_started_later():
     """--container: the container's processes (found through their cgroup), also those
     that join it after the start.  A container here is a cgroup named like docker's."""
