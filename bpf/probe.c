@@ -87,8 +87,9 @@ BPF_TABLE("lru_hash", u64, struct conn_acct, kacct, 65536);
 BPF_PERCPU_ARRAY(sampler, struct sampler_state, 1);
 /* the same per (connection, API) for l7_rpc_api: the API is http_api_hash() of the request */
 BPF_TABLE("lru_hash", struct api_key, struct conn_acct, kapi, 65536);
-/* API hashes whose name user space knows (it writes them): a request of another API is
-   delivered whatever the sampler says, so that every API gets its name */
+/* API hashes whose name user space knows (1: it writes them) or was sent the first request
+   of (2: http_bytes): a request of another API is delivered whatever the sampler says, so
+   that every API gets its name */
 BPF_TABLE("lru_hash", u64, u8, apis_known, 65536);
 /* one all-zero conn_acct, the initial value of new kacct/kapi entries (not on the stack:
    the uprobe programs that reach here are near the 512-byte stack limit) */
@@ -999,7 +1000,7 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
     u32 r = n >= 12 ? detect_http(ev->data, n) : 0;
     u32 kind = r >> 8 == PROTO_HTTP ? (r & 0xff) : MSG_UNKNOWN;
     u64 now = bpf_ktime_get_ns();
-    int start = 0, deliver, has = 0, req_dlv = 1;
+    int start = 0, deliver, has = 0, req_dlv = 1, ask = 0;
     u32 status = 0;
     u64 req_ts = 0, api = 0;
     u8 slot = 0;
@@ -1013,8 +1014,12 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
            broke the pairing of the client's side) */
         if (c->fifo_head != c->fifo_tail)
             c->flags |= CONN_F_PIPELINED;
-        if (!hidden && !(c->flags & CONN_F_PIPELINED) && apis_known.lookup(&api))
-            sampled_out = !sample_ok(cfg, now);
+        if (!hidden && !(c->flags & CONN_F_PIPELINED)) {
+            if (apis_known.lookup(&api))
+                sampled_out = !sample_ok(cfg, now);
+            else
+                ask = 1;    /* delivered: its name is asked of user space (below) */
+        }
         deliver = !hidden && !sampled_out;
         slot = c->fifo_tail & (FIFO_LEN - 1);
         c->fifo_ts[slot] = now;
@@ -1080,6 +1085,16 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
     u32 flags = (start && lost && !(c->hard_gap & bit)) ? EVF_CLEAN_GAP : 0;
     if (send_data(ctx, c, k, ev, op, len, dir, source, cfg, flags, 0)) {
         c->hard_gap &= ~bit;
+        if (ask) {
+            /* The first request of an API user space has no name for is on its way: the
+               API counts as known from now on, and its next requests are sampled (not all
+               delivered until user space has written the name, which took ~0.5 s of full
+               delivery at start-up under load).  If user space fails to name it from this
+               one, a later sampled request names it (until then its requests are in
+               l7_rpc, not in l7_rpc_api, said per period). */
+            u8 asked = 2;
+            apis_known.update(&api, &asked);
+        }
         return;
     }
     /* the ring buffer is full */
