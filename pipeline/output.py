@@ -52,10 +52,9 @@ class GopherOutput(Output):
 
     def emit(self, table, fields, vals, flush=True):
         from pipeline.report import MAX_LINE
-        strs = [v if isinstance(v, str) else str(v) for v in map(vals.__getitem__, fields)]
-        line = "|" + table + "|" + "|".join(strs) + "|\n"
+        line = "|" + table + "|" + "|".join(map(str, map(vals.__getitem__, fields))) + "|\n"
         if len(line) * 4 > MAX_LINE and len(line.encode("utf-8", "replace")) > MAX_LINE:
-            line = self._shorten(table, strs)
+            line = self._shorten(table, [str(vals[f]) for f in fields])
         self.out.write(line)
         if flush:
             self.out.flush()

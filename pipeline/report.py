@@ -42,6 +42,23 @@ def clean(value):
     return _BAD.sub(REPLACEMENT, s)
 
 
+_CLEAN_MAX = 4096
+_clean_seen = {}
+
+
+def clean_cached(value):
+    """clean(value), remembered: a record's strings repeat (addresses, roles, methods,
+    statuses, paths).  At most _CLEAN_MAX values kept (then forgotten all at once)."""
+    out = _clean_seen.get(value)
+    if out is None:
+        out = clean(value)
+        if len(_clean_seen) >= _CLEAN_MAX:
+            _clean_seen.clear()
+        if value.__class__ is str:
+            _clean_seen[value] = out
+    return out
+
+
 def f32(x):
     """Round through IEEE single precision, as upstream's C ``float`` does."""
     try:
@@ -84,10 +101,22 @@ def label_room(labels):
     return room
 
 
-def fit_labels(vals, names, room):
+# per table: the bytes its label names take rendered (name="",), and how many they are
+_NAMES_COST = {t: sum(len(n) + 4 for n in names) for t, names in _LABEL_FIELDS.items()}
+
+
+def fit_labels(vals, names, room, table=None):
     """Cut the longest of the values ``vals[name]`` (sanitised strings) until all of them,
     rendered as name="value",, take at most ``room`` bytes; (null) values are not rendered.
-    Returns the names of the values cut."""
+    Returns the names of the values cut.  With ``table`` (names = _LABEL_FIELDS[table]), a
+    bound first: 4 bytes per character (UTF-8's most) and 20 per number (a u64's digits)
+    that fits needs no cut, and the exact walk is skipped (the common case)."""
+    if table is not None:
+        n = 0
+        for v in map(vals.__getitem__, names):
+            n += len(v) if v.__class__ is str else 5
+        if _NAMES_COST[table] + 4 * n <= room:
+            return ()
     sizes = {}
     used = 0
     for n in names:
@@ -147,6 +176,7 @@ class Writer:
         self.output = make_output(fmt, out, self.labels)
         self.fmt = fmt
         self.cut = 0              # records whose values were cut to fit the label buffer
+        self._rooms = {}          # tgid -> label_room of its labels, for one period
 
     @property
     def lines(self):
@@ -154,12 +184,15 @@ class Writer:
 
     def emit(self, table, row, flush=True):
         fields = FIELDS[table]
-        vals = {}
-        for f in fields:
-            v = row[f]
-            vals[f] = clean(v) if isinstance(v, str) or v is None else v
-        labels = self.labels(row["tgid"]) if "tgid" in row else {}   # (not the pod table)
-        if fit_labels(vals, _LABEL_FIELDS[table], label_room(labels)):
+        vals = {f: clean_cached(v) if v.__class__ is str or v is None else v
+                for f, v in zip(fields, map(row.__getitem__, fields))}
+        if "tgid" in row:
+            room = self._rooms.get(row["tgid"])
+            if room is None:
+                room = self._rooms[row["tgid"]] = label_room(self.labels(row["tgid"]))
+        else:
+            room = label_room({})           # the pod table
+        if fit_labels(vals, _LABEL_FIELDS[table], room, table):
             self.cut += 1
         self.output.emit(table, fields, vals, flush)
 
@@ -167,6 +200,7 @@ class Writer:
         self.output.flush()
 
     def end_period(self, elapsed):
+        self._rooms.clear()       # a process's labels may change (exec, a container found)
         self.output.end_period(elapsed)
 
     def close(self):

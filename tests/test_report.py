@@ -322,3 +322,28 @@ def test_fit_labels_property():
         if cut:
             assert all(size(vals[n]) <= max(size(vals[m]) for m in cut) + 3
                        for n in names if n not in cut and orig[n] != "(null)")
+
+
+def test_fast_paths_equal_the_rules():
+    """Writer.emit's shortcuts give what the rules give: clean_cached == clean (also the
+    second time, and past the cache's bound), and fit_labels' bound for a table (skip the
+    walk when 4 bytes a character and 20 a number fit) cuts exactly what the walk cuts."""
+    import random
+    rnd = random.Random(5)
+    alphabet = "ab/?=é中|\r\n\x00\u2028 \ufeff"
+    values = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+              for _ in range(report._CLEAN_MAX + 500)] + [None, "", "(null)"]
+    for _ in range(2):
+        for v in values:
+            assert report.clean_cached(v) == clean(v)
+    skipped = 0
+    for table, names in report._LABEL_FIELDS.items():
+        for _ in range(300):
+            vals = {n: (rnd.randint(0, 2**64 - 1) if rnd.random() < 0.3 else
+                        rnd.choice("aé中") * rnd.randint(1, 120)) for n in names}
+            room = rnd.randint(0, 1500)
+            a, b = dict(vals), dict(vals)
+            fast = list(report.fit_labels(a, names, room, table))
+            assert fast == list(report.fit_labels(b, names, room)) and a == b
+            skipped += not fast and room >= report._NAMES_COST[table]
+    assert skipped > 100            # rows that needed no cut, now and then
