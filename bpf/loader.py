@@ -197,14 +197,15 @@ class Capture:
         module = bpf.module
         if not module:
             return
-        if os.environ.get("L7PROBE_TLS_BUILD", "1") != "0":
-            for fn in PROGRAMS:
-                try:
-                    bpf.load_func(fn, self.BPF.KPROBE)
-                except Exception as exc:
-                    log.warning("TLS program %s not loaded (%s): BCC's compiler stays in "
-                                "memory for it", fn, str(exc).splitlines()[0])
-                    return
+        if os.environ.get("L7PROBE_TLS_BUILD", "1") == "0":
+            return          # (a debugging build without the TLS programs: kept as it was)
+        for fn in PROGRAMS:
+            try:
+                bpf.load_func(fn, self.BPF.KPROBE)
+            except Exception as exc:
+                log.warning("TLS program %s not loaded (%s): BCC's compiler stays in "
+                            "memory for it", fn, str(exc).splitlines()[0])
+                return
         lib.bpf_num_tables.restype = ctypes.c_ulonglong
         lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
         lib.bpf_table_name.restype = ctypes.c_char_p
