@@ -349,62 +349,59 @@ class Tracker:
         counted = {}
         try:
             for conn in conns:
-                self._stitch_one(conn, flush, now, sink, counted)
+                rs, ps = conn.req_stream, conn.resp_stream
+                if conn.retire:
+                    recs = self._retire_now(conn)
+                    if recs:
+                        link = conn.link
+                        more = counted.get(link)
+                        if more is None:
+                            counted[link] = recs
+                        else:
+                            more += recs
+                proto = conn.proto
+                state = conn.state
+                try:
+                    if flush:
+                        recs = proto.flush(rs.frames, ps.frames, state)
+                    else:
+                        recs = proto.stitch(rs.frames, ps.frames, state)
+                except Exception as exc:   # a stitcher bug must not stop the probe
+                    st = conn.link.stream_stats
+                    st.exceptions += 1
+                    st.last_error = exc
+                    if not conn.warned:
+                        conn.warned = True
+                        log.warning("%s stitcher failed on a connection of pid %d: %r",
+                                    proto.name, conn.tgid, exc)
+                    st.dropped_frames += len(rs.frames) + len(ps.frames)
+                    rs.frames.clear()
+                    ps.frames.clear()
+                    continue
+                if getattr(state, "switch_to", None):
+                    self._switch_protocol(conn)
+                if recs:
+                    link = conn.link
+                    link.last_active = now
+                    more = counted.get(link)
+                    if more is None:
+                        counted[link] = list(recs)
+                    else:
+                        more += recs
+                    api_hash = conn.proto.api_hash
+                    if api_hash is not None:
+                        known = self.api_hashes
+                        for rec in recs:
+                            api = rec.api
+                            if api is not None and api not in known:
+                                self.learn_apis(recs, api_hash)
+                                break
+                    if sink is not None:
+                        for rec in recs:
+                            sink(link, rec)
         finally:
             for link, recs in counted.items():
                 link.add_records(recs)
-
-    def _stitch_one(self, conn, flush, now, sink, counted):
-        rs, ps = conn.req_stream, conn.resp_stream
-        if conn.retire:
-            recs = self._retire_now(conn)
-            if recs:
-                link = conn.link
-                more = counted.get(link)
-                if more is None:
-                    counted[link] = recs
-                else:
-                    more += recs
-        proto = conn.proto
-        state = conn.state
-        try:
-            if flush:
-                recs = proto.flush(rs.frames, ps.frames, state)
-            else:
-                recs = proto.stitch(rs.frames, ps.frames, state)
-        except Exception as exc:   # a stitcher bug must not stop the probe
-            st = conn.link.stream_stats
-            st.exceptions += 1
-            st.last_error = exc
-            if not conn.warned:
-                conn.warned = True
-                log.warning("%s stitcher failed on a connection of pid %d: %r",
-                            proto.name, conn.tgid, exc)
-            st.dropped_frames += len(rs.frames) + len(ps.frames)
-            rs.frames.clear()
-            ps.frames.clear()
-            return
-        if getattr(state, "switch_to", None):
-            self._switch_protocol(conn)
-        if recs:
-            link = conn.link
-            link.last_active = now
-            more = counted.get(link)
-            if more is None:
-                counted[link] = list(recs)
-            else:
-                more += recs
-            api_hash = conn.proto.api_hash
-            if api_hash is not None:
-                known = self.api_hashes
-                for rec in recs:
-                    api = rec.api
-                    if api is not None and api not in known:
-                        self.learn_apis(recs, api_hash)
-                        break
-            if sink is not None:
-                for rec in recs:
-                    sink(link, rec)
 
     def _retire_now(self, conn):
         """Pair what can be paired, then take the oldest requests that the kernel's

@@ -301,3 +301,36 @@ def test_link_class_is_per_period():
     assert completeness(link)["msgs_dropped"] == 3
     link.reset()
     assert completeness(link)["msgs_dropped"] == 0
+
+
+def test_stitcher_failure_on_one_connection_spares_the_others(monkeypatch):
+    """Tracker._stitch pairs all dirty connections in one call and counts each link's
+    records once at the end: a stitcher that raises on one connection drops that one's
+    frames and counts the exception, the other connections (same link, other link) are
+    paired and counted all the same, the records of a link once each."""
+    from protocol.http.stitch import HttpProtocol
+    tr = Tracker(Links())
+    bad = _open(tr, 1, 1000, 80)
+    good = _open(tr, 2, 1000, 80)         # bad's link
+    other = _open(tr, 3, 1001, 80)
+    assert bad.link is good.link and other.link is not good.link
+    real = HttpProtocol.stitch
+
+    def stitch(self, reqs, resps, state):
+        if state is bad.state:
+            raise RuntimeError("stitcher bug")
+        return real(self, reqs, resps, state)
+
+    monkeypatch.setattr(HttpProtocol, "stitch", stitch)
+    req = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    for conn in (bad, good, other) * 2:
+        _data(tr, conn, 1, 10, req)
+        _data(tr, conn, 0, 20, resp)
+    tr.stitch_dirty()
+    assert (good.link.rpc.req, good.link.rpc.resp, good.link.rpc.lat_n) == (2, 2, 2)
+    assert good.link.apis["GET /x"].req == 2
+    assert (other.link.rpc.req, other.link.apis["GET /x"].resp) == (2, 2)
+    st = good.link.stream_stats
+    assert st.exceptions == 1 and st.dropped_frames == 4
+    assert not bad.req_stream.frames and not bad.resp_stream.frames
