@@ -66,7 +66,8 @@ def add_all(stats, recs):
     h_sum = h_max = 0
     nerr = ncli = nsrv = 0
     keys = {}                 # sketch key -> count
-    buckets = {}              # histogram bucket -> count
+    buckets = [0] * _NB       # histogram bucket -> count
+    nb = 0                    # records in them
     for rec in recs:
         req_ts = rec.req_ts
         resp_ts = rec.resp_ts
@@ -84,8 +85,8 @@ def add_all(stats, recs):
                     key = _ceil(_log(lat) * INV_LOG_GAMMA) if lat < MAX_NS else MAX_KEY
                     keys[key] = keys.get(key, 0) + 1
                     if lat <= 10_000_000_000:     # Histogram.add
-                        b = bisect_left(BOUNDS, lat)
-                        buckets[b] = buckets.get(b, 0) + 1
+                        buckets[bisect_left(BOUNDS, lat)] += 1
+                        nb += 1
                         h_sum += lat
                         if lat > h_max:
                             h_max = lat
@@ -111,11 +112,12 @@ def add_all(stats, recs):
                 sk[key] = sk.get(key, 0) + n
             if lat_max > st.lat_max:
                 st.lat_max = lat_max
-            if buckets:
+            if nb:
                 h = st.histo
                 counts = h.counts
-                for b, n in buckets.items():
-                    counts[b] += n
+                for b, n in enumerate(buckets):
+                    if n:
+                        counts[b] += n
                 h.sum += h_sum
                 if h_max > h.max:
                     h.max = h_max
