@@ -52,45 +52,79 @@ class Histogram:
 
 
 def add_to(stats, rec):
-    """Count one record in each RpcStats of ``stats`` (a link's and its API's: one pass,
-    the hot path of aggregation)."""
-    req_ts = rec.req_ts
-    resp_ts = rec.resp_ts
-    err = rec.err
-    lat = -1
-    if req_ts and resp_ts:
-        lat = resp_ts - req_ts
-        if lat < 0:
-            lat = 0
-    bucket = bisect_left(BOUNDS, lat) if 0 < lat <= 10_000_000_000 else -1
-    if lat > 0:                           # sketch.key_of, inlined
-        key = _ceil(_log(lat) * INV_LOG_GAMMA) if lat < MAX_NS else MAX_KEY
-    else:
-        key = -1
-    for st in stats:
+    """Count one record in each RpcStats of ``stats`` (add_all of one)."""
+    add_all(stats, (rec,))
+
+
+def add_all(stats, recs):
+    """Count the records ``recs`` in each RpcStats of ``stats`` (a link's and its API's):
+    the hot path of aggregation.  The records are summed first (counts, latency sum and
+    maximum, sketch and histogram buckets), then added to each RpcStats once: the same
+    figures as adding them one by one (tests/test_aggregate.py
+    test_add_records_in_batches_equals_one_by_one)."""
+    nreq = nresp = nlat = lat_sum = lat_max = 0
+    h_sum = h_max = 0
+    nerr = ncli = nsrv = 0
+    keys = {}                 # sketch key -> count
+    buckets = [0] * _NB       # histogram bucket -> count
+    nb = 0                    # records in them
+    for rec in recs:
+        req_ts = rec.req_ts
+        resp_ts = rec.resp_ts
         if req_ts:
-            st.req += 1
-        if resp_ts:
-            st.resp += 1
-        if lat >= 0:
-            st.lat_sum += lat
-            st.lat_n += 1
-            sk = st.sketch
-            sk[key] = sk.get(key, 0) + 1
-            if lat > st.lat_max:
-                st.lat_max = lat
-            if bucket >= 0:                   # Histogram.add
-                h = st.histo
-                h.counts[bucket] += 1
-                h.sum += lat
-                if lat > h.max:
-                    h.max = lat
+            nreq += 1
+            if resp_ts:
+                nresp += 1
+                nlat += 1
+                lat = resp_ts - req_ts
+                if lat > 0:
+                    lat_sum += lat
+                    if lat > lat_max:
+                        lat_max = lat
+                    # sketch.key_of, inlined
+                    key = _ceil(_log(lat) * INV_LOG_GAMMA) if lat < MAX_NS else MAX_KEY
+                    keys[key] = keys.get(key, 0) + 1
+                    if lat <= 10_000_000_000:     # Histogram.add
+                        buckets[bisect_left(BOUNDS, lat)] += 1
+                        nb += 1
+                        h_sum += lat
+                        if lat > h_max:
+                            h_max = lat
+                else:                     # a response stamped before its request: 0
+                    keys[-1] = keys.get(-1, 0) + 1
+        elif resp_ts:
+            nresp += 1
+        err = rec.err
         if err:
-            st.err += 1
+            nerr += 1
             if err == ERR_CLIENT:
-                st.client_err += 1
+                ncli += 1
             elif err == ERR_SERVER:
-                st.server_err += 1
+                nsrv += 1
+    for st in stats:
+        st.req += nreq
+        st.resp += nresp
+        if nlat:
+            st.lat_sum += lat_sum
+            st.lat_n += nlat
+            sk = st.sketch
+            for key, n in keys.items():
+                sk[key] = sk.get(key, 0) + n
+            if lat_max > st.lat_max:
+                st.lat_max = lat_max
+            if nb:
+                h = st.histo
+                counts = h.counts
+                for b, n in enumerate(buckets):
+                    if n:
+                        counts[b] += n
+                h.sum += h_sum
+                if h_max > h.max:
+                    h.max = h_max
+        if nerr:
+            st.err += nerr
+            st.client_err += ncli
+            st.server_err += nsrv
 
 
 def add_kernel_acct(st, delta, vals):
@@ -165,21 +199,31 @@ class Link:
         self.add_records((rec,))
 
     def add_records(self, recs):
+        """Count ``recs`` in the link's RpcStats and in their APIs' (add_all once per API;
+        the APIs past MAX_APIS_PER_LINK and the records without one count in the link's
+        alone)."""
         rpc = self.rpc
         apis = self.apis
-        alone = (rpc,)
+        groups = {}               # API -> its records in recs
+        alone = []
         for rec in recs:
             api = rec.api
-            if api is not None:
-                st = apis.get(api)
-                if st is None:
+            if api is None:
+                alone.append(rec)
+                continue
+            g = groups.get(api)
+            if g is None:
+                if api not in apis:
                     if len(apis) >= Links.MAX_APIS_PER_LINK:
-                        add_to(alone, rec)
+                        alone.append(rec)
                         continue
-                    st = apis[api] = RpcStats()
-                add_to((rpc, st), rec)
-            else:
-                add_to(alone, rec)
+                    apis[api] = RpcStats()
+                g = groups[api] = []
+            g.append(rec)
+        for api, g in groups.items():
+            add_all((rpc, apis[api]), g)
+        if alone:
+            add_all((rpc,), alone)
 
     def reset(self):
         self.bytes_sent = self.bytes_recv = self.segs_sent = self.segs_recv = 0

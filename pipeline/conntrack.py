@@ -33,6 +33,7 @@ EVF_CLEAN_GAP = DEFINES["EVF_CLEAN_GAP"]
 SUCCESS = ParseState.SUCCESS
 IGNORE = ParseState.IGNORE
 EVF_TURN_CUT = DEFINES["EVF_TURN_CUT"]
+_EVF_SLOW = EVF_CLEAN_GAP | EVF_TURN_CUT   # flags that leave Tracker.feed's fast path
 _DATA = LAYOUTS["evt_data"].struct
 _DATA_SIZE = _DATA.size
 _OPEN = LAYOUTS["evt_open"]
@@ -163,20 +164,25 @@ class Tracker:
             if stream is None:
                 self._make_streams(conn)
                 stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
-            if flags & EVF_CLEAN_GAP:
-                stream.clean_gap(lost)
-                lost = 0
-            elif stream.cut:
-                lost = stream.turn_start(flags, lost)
             frames = stream.frames
-            n = len(frames)
-            if flags & EVF_TURN_CUT:        # the rest of this response turn is skipped
-                stream.append(raw[h:h + cap_len], cap_len, ts, lost)
-                stream.cut_turn(ts)
-            elif not cap_len:
-                stream.gap(lost + true_len)
-            elif lost or stream.buf or stream.skip or stream.resync:
-                stream.append(raw[h:h + cap_len], true_len, ts, lost)
+            if (flags & _EVF_SLOW or lost or not cap_len or stream.cut or stream.buf
+                    or stream.skip or stream.resync):
+                n = len(frames)
+                if flags & EVF_CLEAN_GAP:
+                    stream.clean_gap(lost)
+                    lost = 0
+                elif stream.cut:
+                    lost = stream.turn_start(flags, lost)
+                if flags & EVF_TURN_CUT:        # the rest of this response turn is skipped
+                    stream.append(raw[h:h + cap_len], cap_len, ts, lost)
+                    stream.cut_turn(ts)
+                elif not cap_len:
+                    stream.gap(lost + true_len)
+                else:
+                    stream.append(raw[h:h + cap_len], true_len, ts, lost)
+                m = len(frames)
+                if m == n:
+                    continue
             else:
                 # In sync (nothing buffered, nothing to skip): parse the new bytes in place,
                 # DataStream.append's outcome without its buffering (the common case; tests/
@@ -186,29 +192,41 @@ class Tracker:
                     state, frame, end = stream.parser.parse(data, 0, ts)
                 except Exception as exc:  # a parser bug must not take the probe down
                     stream.parse_failed(exc)
-                else:
-                    if (state is SUCCESS or state is IGNORE) and end >= cap_len:
-                        if frame is not None:
-                            if n >= MAX_FRAMES:
-                                frames.popleft()
-                                stream.stats.dropped_frames += 1
-                            frames.append(frame)
+                    if true_len > cap_len:
+                        stream._gap(true_len - cap_len)
+                    continue
+                if (state is SUCCESS or state is IGNORE) and end >= cap_len:
+                    if end != cap_len:
                         stream.skip = end - cap_len
-                    else:
-                        stream.buf = data
-                        stream.base_ts = ts
-                        stream._parse(ts, (state, frame, end))
-                if true_len > cap_len:
-                    stream._gap(true_len - cap_len)
-            m = len(frames)
-            if m != n:
-                mark_dirty(conn)
-                if m >= STITCH_BACKLOG:
-                    # A busy pipelined connection can queue thousands of frames within one
-                    # ring-buffer batch; pair them now rather than let the stream's
-                    # MAX_FRAMES bound drop the oldest.  Events arrive in order, so pairing
-                    # at any point is as valid as pairing at the end of the batch.
-                    self._stitch(conn, conn.proto.stitch)
+                    if true_len > cap_len:
+                        stream._gap(true_len - cap_len)
+                    if frame is None:
+                        continue
+                    m = len(frames)
+                    if m >= MAX_FRAMES:         # full: the oldest goes (length unchanged)
+                        frames.popleft()
+                        stream.stats.dropped_frames += 1
+                        frames.append(frame)
+                        continue
+                    frames.append(frame)
+                    m += 1
+                else:
+                    n = len(frames)
+                    stream.buf = data
+                    stream.base_ts = ts
+                    stream._parse(ts, (state, frame, end))
+                    if true_len > cap_len:
+                        stream._gap(true_len - cap_len)
+                    m = len(frames)
+                    if m == n:
+                        continue
+            mark_dirty(conn)
+            if m >= STITCH_BACKLOG:
+                # A busy pipelined connection can queue thousands of frames within one
+                # ring-buffer batch; pair them now rather than let the stream's
+                # MAX_FRAMES bound drop the oldest.  Events arrive in order, so pairing
+                # at any point is as valid as pairing at the end of the batch.
+                self._stitch((conn,))
 
     def _control(self, raw):
         t = _TYPE.unpack_from(raw)[0]
@@ -227,7 +245,7 @@ class Tracker:
         latency); requests not parsed yet are retired when they are."""
         conn.retire += n
         if conn.req_stream is not None:
-            self._stitch(conn, conn.proto.stitch)
+            self._stitch((conn,))
 
     def switch_to_tls(self, conn):
         """The first plaintext from the TLS uprobes on a connection that began in the clear
@@ -236,7 +254,7 @@ class Tracker:
         link with ssl=1 and its parsers start afresh on the plaintext, the way the
         protocol continues after the handshake."""
         if conn.req_stream is not None:
-            self._stitch(conn, conn.proto.stitch)
+            self._stitch((conn,))
         conn.ssl = True
         key = conn.link.key[:-1] + (1,)
         link = self.links.get(key, self.now)
@@ -282,7 +300,7 @@ class Tracker:
 
     def stitch_now(self, conn):
         """Pair what a connection has queued now (a stream holds STITCH_BACKLOG frames)."""
-        self._stitch(conn, conn.proto.stitch)
+        self._stitch((conn,))
 
     def on_close(self, ev):
         conn = self.conns.pop(ev["conn_id"], None)
@@ -319,40 +337,71 @@ class Tracker:
         if not self.dirty:
             return
         dirty, self.dirty = self.dirty, set()
-        for conn in dirty:
-            self._stitch(conn, conn.proto.stitch)
+        self._stitch(dirty)
 
-    def _stitch(self, conn, fn):
-        rs, ps = conn.req_stream, conn.resp_stream
-        if conn.retire:
-            self._retire_now(conn)
+    def _stitch(self, conns, flush=False):
+        """Pair what each connection of ``conns`` has queued (``flush``: the connection
+        closed, everything left goes), and count the records on its link."""
+        now = self.now
+        sink = self.record_sink
+        # link -> its records, counted once per link at the end, in the order they came
+        # (Link.add_records of all at once counts as of each in turn)
+        counted = {}
         try:
-            recs = fn(rs.frames, ps.frames, conn.state)
-        except Exception as exc:   # a stitcher bug must not stop the probe
-            st = conn.link.stream_stats
-            st.exceptions += 1
-            st.last_error = exc
-            if not conn.warned:
-                conn.warned = True
-                log.warning("%s stitcher failed on a connection of pid %d: %r",
-                            conn.proto.name, conn.tgid, exc)
-            st.dropped_frames += len(rs.frames) + len(ps.frames)
-            rs.frames.clear()
-            ps.frames.clear()
-            return
-        if getattr(conn.state, "switch_to", None):
-            self._switch_protocol(conn)
-        if recs:
-            link = conn.link
-            link.last_active = self.now
-            link.add_records(recs)
-            api_hash = conn.proto.api_hash
-            if api_hash is not None:
-                self.learn_apis(recs, api_hash)
-            sink = self.record_sink
-            if sink is not None:
-                for rec in recs:
-                    sink(link, rec)
+            for conn in conns:
+                rs, ps = conn.req_stream, conn.resp_stream
+                if conn.retire:
+                    recs = self._retire_now(conn)
+                    if recs:
+                        link = conn.link
+                        more = counted.get(link)
+                        if more is None:
+                            counted[link] = recs
+                        else:
+                            more += recs
+                proto = conn.proto
+                state = conn.state
+                try:
+                    if flush:
+                        recs = proto.flush(rs.frames, ps.frames, state)
+                    else:
+                        recs = proto.stitch(rs.frames, ps.frames, state)
+                except Exception as exc:   # a stitcher bug must not stop the probe
+                    st = conn.link.stream_stats
+                    st.exceptions += 1
+                    st.last_error = exc
+                    if not conn.warned:
+                        conn.warned = True
+                        log.warning("%s stitcher failed on a connection of pid %d: %r",
+                                    proto.name, conn.tgid, exc)
+                    st.dropped_frames += len(rs.frames) + len(ps.frames)
+                    rs.frames.clear()
+                    ps.frames.clear()
+                    continue
+                if getattr(state, "switch_to", None):
+                    self._switch_protocol(conn)
+                if recs:
+                    link = conn.link
+                    link.last_active = now
+                    more = counted.get(link)
+                    if more is None:
+                        counted[link] = list(recs)
+                    else:
+                        more += recs
+                    api_hash = conn.proto.api_hash
+                    if api_hash is not None:
+                        known = self.api_hashes
+                        for rec in recs:
+                            api = rec.api
+                            if api is not None and api not in known:
+                                self.learn_apis(recs, api_hash)
+                                break
+                    if sink is not None:
+                        for rec in recs:
+                            sink(link, rec)
+        finally:
+            for link, recs in counted.items():
+                link.add_records(recs)
 
     def _retire_now(self, conn):
         """Pair what can be paired, then take the oldest requests that the kernel's
@@ -371,10 +420,10 @@ class Tracker:
             st = conn.link.stream_stats
             st.exceptions += 1
             st.last_error = exc
-            return
-        if recs:
-            # counted, but not traced: half of these pairs is known only to the kernel
-            conn.link.add_records(recs)
+            return None
+        # counted (by _stitch), but not traced: half of these pairs is known only to the
+        # kernel
+        return recs
 
     # -- the kernel's own counts (maps kacct and kapi) ------------------------------------
     def add_kernel_counts(self, conn_id, vals):
@@ -475,7 +524,7 @@ class Tracker:
         conn.link.conns -= 1
         conn.link.last_active = self.now
         if conn.req_stream is not None:
-            self._stitch(conn, conn.proto.flush)
+            self._stitch((conn,), True)
             if not conn.skip_said:
                 self._say_skipped(conn)
 

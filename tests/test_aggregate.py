@@ -101,6 +101,75 @@ def test_add_to_counts_link_and_api_in_one_pass():
         assert sum(st.histo.counts) == 4
 
 
+def _add_one_by_one(stats, r):
+    """The per-record rule add_all sums (the reference of the test below)."""
+    lat = -1
+    if r.req_ts and r.resp_ts:
+        lat = max(0, r.resp_ts - r.req_ts)
+    for st in stats:
+        st.req += 1 if r.req_ts else 0
+        st.resp += 1 if r.resp_ts else 0
+        if lat >= 0:
+            st.lat_sum += lat
+            st.lat_n += 1
+            k = sketch.key_of(lat)
+            st.sketch[k] = st.sketch.get(k, 0) + 1
+            st.lat_max = max(st.lat_max, lat)
+            st.histo.add(lat)
+        if r.err:
+            st.err += 1
+            st.client_err += r.err == ERR_CLIENT
+            st.server_err += r.err == ERR_SERVER
+
+
+def _stats_row(st):
+    return (st.req, st.resp, st.err, st.client_err, st.server_err, st.lat_sum, st.lat_n,
+            st.lat_max, dict(sorted(st.sketch.items())), st.histo.counts, st.histo.sum,
+            st.histo.max)
+
+
+def test_add_records_in_batches_equals_one_by_one(monkeypatch):
+    """Link.add_records sums a batch before adding it (add_all): the same figures, APIs
+    and API order as each record added in turn, whatever the batches; with latencies
+    negative, 0, at the bucket bounds, past 10 s and past the sketch's top, errors of each
+    class, records without an API, APIs past MAX_APIS_PER_LINK, kernel counts between."""
+    from pipeline.aggregate import add_kernel_acct
+    monkeypatch.setattr(Links, "MAX_APIS_PER_LINK", 6)
+    lats = [-5, 0, 1, 7, 999_999, 10_000_000, 10_000_001, 10_000_000_000, 10_000_000_001,
+            sketch.MAX_NS - 1, sketch.MAX_NS, 3 * sketch.MAX_NS] + list(BOUNDS)
+    for seed in range(20):
+        rnd = random.Random(seed)
+        recs = []
+        for _ in range(rnd.randrange(1, 400)):
+            req_ts = rnd.choice([0, 1, 1, 1, 1000, 5_000_000])
+            lat = rnd.choice(lats + [rnd.randrange(1, 10 ** 9)] * 8)
+            resp_ts = rnd.choice([0] + [max(1, req_ts + lat)] * 6) if req_ts else \
+                rnd.choice([0, 1, 42])
+            api = rnd.choice([None, "GET /a", "GET /b"] + ["GET /%d" % i for i in range(10)])
+            recs.append(Record(req_ts, resp_ts, api, err=rnd.choice([0, 0, 0, 1, 2, 3])))
+        got = Link((1, "a", "b", 80, 2, 2, "http", 0), 0.0)
+        want = Link((1, "a", "b", 80, 2, 2, "http", 0), 0.0)
+        i = 0
+        while i < len(recs):
+            n = rnd.choice([1, 2, 5, 64, 1000])
+            got.add_records(recs[i:i + n])
+            for r in recs[i:i + n]:
+                st = want.apis.get(r.api) if r.api is not None else None
+                if r.api is not None and st is None and len(want.apis) < 6:
+                    st = want.apis[r.api] = RpcStats()
+                _add_one_by_one((want.rpc,) if st is None else (want.rpc, st), r)
+            if rnd.random() < 0.2:           # the kernel's counts between batches
+                vals = [rnd.randrange(3) for _ in range(8)] + [rnd.randrange(2)] * 7
+                vals[7] = rnd.choice([0, 5, 20_000_000_000])
+                add_kernel_acct(got.rpc, vals, vals)
+                add_kernel_acct(want.rpc, vals, vals)
+            i += n
+        assert _stats_row(got.rpc) == _stats_row(want.rpc)
+        assert list(got.apis) == list(want.apis)
+        for api, st in want.apis.items():
+            assert _stats_row(got.apis[api]) == _stats_row(st), api
+
+
 def test_negative_latency_counts_as_zero():
     st = RpcStats()
     st.add(Record(5000, 4000, "X"))
@@ -232,3 +301,36 @@ def test_link_class_is_per_period():
     assert completeness(link)["msgs_dropped"] == 3
     link.reset()
     assert completeness(link)["msgs_dropped"] == 0
+
+
+def test_stitcher_failure_on_one_connection_spares_the_others(monkeypatch):
+    """Tracker._stitch pairs all dirty connections in one call and counts each link's
+    records once at the end: a stitcher that raises on one connection drops that one's
+    frames and counts the exception, the other connections (same link, other link) are
+    paired and counted all the same, the records of a link once each."""
+    from protocol.http.stitch import HttpProtocol
+    tr = Tracker(Links())
+    bad = _open(tr, 1, 1000, 80)
+    good = _open(tr, 2, 1000, 80)         # bad's link
+    other = _open(tr, 3, 1001, 80)
+    assert bad.link is good.link and other.link is not good.link
+    real = HttpProtocol.stitch
+
+    def stitch(self, reqs, resps, state):
+        if state is bad.state:
+            raise RuntimeError("stitcher bug")
+        return real(self, reqs, resps, state)
+
+    monkeypatch.setattr(HttpProtocol, "stitch", stitch)
+    req = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    for conn in (bad, good, other) * 2:
+        _data(tr, conn, 1, 10, req)
+        _data(tr, conn, 0, 20, resp)
+    tr.stitch_dirty()
+    assert (good.link.rpc.req, good.link.rpc.resp, good.link.rpc.lat_n) == (2, 2, 2)
+    assert good.link.apis["GET /x"].req == 2
+    assert (other.link.rpc.req, other.link.apis["GET /x"].resp) == (2, 2)
+    st = good.link.stream_stats
+    assert st.exceptions == 1 and st.dropped_frames == 4
+    assert not bad.req_stream.frames and not bad.resp_stream.frames

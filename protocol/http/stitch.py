@@ -9,7 +9,6 @@ from protocol.http.parse import _PREFIXES_REQ, HttpParser
 from protocol.http.types import HttpState
 
 API_MAX = DEFINES["HTTP_API_LEN"]      # the kernel cuts API names at the same length
-_STATUS_TEXT = {i: str(i) for i in range(100, 600)}
 _API_CACHE = {}            # (method, target) -> api_name(): the same URLs come again and again
 _API_CACHE_MAX = 4096
 
@@ -63,6 +62,7 @@ class HttpProtocol(Protocol):
         out = []
         append = out.append
         cache = _API_CACHE
+        status_info = _STATUS_INFO
         nreq = len(reqs)
         ri = 0                    # requests answered so far
         k = 0                     # responses consumed so far
@@ -70,32 +70,37 @@ class HttpProtocol(Protocol):
             for resp in resps:
                 k += 1
                 status = resp.status
-                if status == 101 and state.switch_to:
-                    # h2c upgrade: the request is answered on the new protocol's stream 1
-                    if ri < nreq and reqs[ri].ts <= resp.ts:
-                        req = reqs[ri]
+                if status < 200:
+                    if status != 101:
+                        continue      # interim response (100 Continue, 103): not an answer
+                    if state.switch_to:
+                        # h2c upgrade: the request is answered on the new protocol's stream 1
+                        if ri < nreq and reqs[ri].ts <= resp.ts:
+                            req = reqs[ri]
+                            ri += 1
+                            state.upgrade_req = (req.ts, req.method, req.target)
+                        continue
+                info = status_info.get(status)
+                if info is None:
+                    info = (str(status), _err(status))
+                text, err = info
+                resp_ts = resp.ts
+                if ri < nreq:
+                    req = reqs[ri]
+                    # requests sent after this response cannot be what it answers
+                    if req.ts <= resp_ts:
                         ri += 1
-                        state.upgrade_req = (req.ts, req.method, req.target)
-                    continue
-                if status < 200 and status != 101:
-                    continue          # interim response (100 Continue, 103): not an answer
-                text = _STATUS_TEXT.get(status) or str(status)
-                err = ERR_SERVER if status >= 500 else ERR_CLIENT if status >= 400 else ERR_NONE
-                # requests sent after this response cannot be what it answers
-                if ri >= nreq or reqs[ri].ts > resp.ts:
-                    append(Record(0, resp.ts, None, "", "", text, err))
-                    continue
-                req = reqs[ri]
-                ri += 1
-                method = req.method
-                target = req.target
-                key = (method, target)
-                api = cache.get(key)
-                if api is None:
-                    if len(cache) >= _API_CACHE_MAX:
-                        cache.clear()
-                    api = cache[key] = api_name(method, target)
-                append(Record(req.ts, resp.ts, api, method, target, text, err))
+                        method = req.method
+                        target = req.target
+                        key = (method, target)
+                        api = cache.get(key)
+                        if api is None:
+                            if len(cache) >= _API_CACHE_MAX:
+                                cache.clear()
+                            api = cache[key] = api_name(method, target)
+                        append(Record(req.ts, resp_ts, api, method, target, text, err))
+                        continue
+                append(Record(0, resp_ts, None, "", "", text, err))
         finally:
             del resps[:k]
             del reqs[:ri]
@@ -120,5 +125,8 @@ def _err(status):
         return ERR_CLIENT
     return ERR_NONE
 
+
+# status -> (its text, its error class): the statuses seen over and over, converted once
+_STATUS_INFO = {i: (str(i), _err(i)) for i in range(100, 600)}
 
 PROTOCOL = HttpProtocol()
