@@ -267,6 +267,9 @@ class Probe:
         if self.tracker.new_apis:
             self.capture.add_known_apis(self.tracker.new_apis)
             del self.tracker.new_apis[:]
+        if self.tracker.new_shed_ok:
+            self.capture.add_shed_ok(self.tracker.new_shed_ok)
+            del self.tracker.new_shed_ok[:]
         self.traces.flush()
         if self.tls is not None and self.tls.pending:
             self.tls.tick(self.wanted)
