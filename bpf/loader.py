@@ -176,6 +176,7 @@ class Capture:
         self.kacct = self.bpf["kacct"]
         self.kapi = self.bpf["kapi"]
         self.apis_known = self.bpf["apis_known"]
+        self.shed_ok = self.bpf["shed_ok"]
         self._events = self.bpf["events"]
         self._ringbuf = have_ringbuf
         self._map_fds = []
@@ -376,6 +377,13 @@ class Capture:
         one = ctypes.c_ubyte(1)
         for h in hashes:
             self.apis_known[ctypes.c_ulonglong(h)] = one
+
+    def add_shed_ok(self, conn_ids):
+        """Tell the kernel which HTTP connections send one request per syscall (map
+        shed_ok): the sampler may shed their transactions."""
+        one = ctypes.c_ubyte(1)
+        for cid in conn_ids:
+            self.shed_ok[ctypes.c_ulonglong(cid)] = one
 
     def drop_counts(self):
         """(records dropped, bytes dropped, connections not tracked, TLS calls whose socket

@@ -91,6 +91,9 @@ BPF_TABLE("lru_hash", struct api_key, struct conn_acct, kapi, 65536);
    of (2: http_bytes): a request of another API is delivered whatever the sampler says, so
    that every API gets its name */
 BPF_TABLE("lru_hash", u64, u8, apis_known, 65536);
+/* connections whose transactions the sampler may shed (include/l7_events.h, CONN_F2_SHED_OK):
+   user space writes them once it saw their requests come one per syscall */
+BPF_TABLE("lru_hash", u64, u8, shed_ok, 16384);
 /* one all-zero conn_acct, the initial value of new kacct/kapi entries (not on the stack:
    the uprobe programs that reach here are near the 512-byte stack limit) */
 BPF_ARRAY(acct_zero, struct conn_acct, 1);
@@ -907,8 +910,8 @@ static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_
  * A response the ring buffer refuses although its request was delivered is counted here and
  * announced to user space (lost_msgs), which then retires the request it answers.
  *
- * Known limit: a syscall holding several pipelined requests counts as one here (user space
- * counts them all when it is delivered). */
+ * A syscall holding several requests counts as one here: so the sampler sheds only on
+ * connections user space saw send one request per syscall (map shed_ok). */
 
 static __always_inline void acct_response(struct conn_acct *a, u32 status, u64 lat, int has) {
     a->resp += 1;
@@ -1019,6 +1022,19 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
                 sampled_out = !sample_ok(cfg, now);
             else
                 ask = 1;    /* delivered: its name is asked of user space (below) */
+        }
+        /* The kernel cannot tell a syscall of two requests from one of one (h2load --h1
+           -m 2 writes both in one writev, and both answers arrive in one read: no answer
+           is left unpaired).  So it sheds only on a connection user space cleared (map
+           shed_ok): once, then the flag saves the lookup. */
+        if (sampled_out && !(c->flags2 & CONN_F2_SHED_OK)) {
+            u64 id = c->conn_id;
+            if (shed_ok.lookup(&id)) {
+                c->flags2 |= CONN_F2_SHED_OK;
+                shed_ok.delete(&id);
+            } else {
+                sampled_out = 0;
+            }
         }
         deliver = !hidden && !sampled_out;
         slot = c->fifo_tail & (FIFO_LEN - 1);

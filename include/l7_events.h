@@ -127,7 +127,8 @@ struct conn_val {
     u8 ssl;          /* 1: data comes from TLS uprobes, syscall bytes are ciphertext */
     u8 tries;        /* detection attempts so far */
     u8 flags;        /* CONN_F_* */
-    u8 pad[4];
+    u8 flags2;       /* CONN_F2_* (flags has no bit left) */
+    u8 pad[3];
     u8 client_ip[16];
     u8 server_ip[16];
     /* in-kernel pairing of HTTP/1.x messages (see http_bytes in bpf/probe.c): requests
@@ -203,6 +204,16 @@ struct sampler_state {
 #define CONN_F_PIPELINED 0x20  /* HTTP: requests were pipelined in one syscall: never sampled */
 #define CONN_F_MISSED_EGRESS  0x40  /* data of this direction failed detection (l7.h) */
 #define CONN_F_MISSED_INGRESS 0x80
+/* conn_val.flags2 (set by the kernel only: user space never writes a conn_val it did not
+ * create, the kernel updates those in place) */
+#define CONN_F2_SHED_OK 1   /* HTTP: map `shed_ok` held this connection: the sampler may shed
+                               its transactions */
+
+/* Map `shed_ok`: conn_id -> 1, written by user space (pipeline/conntrack.py, SHED_OK_AFTER)
+ * once the connection's requests came one per syscall; until then the kernel delivers a
+ * transaction the sampler would shed.  The kernel deletes the entry when it sets
+ * CONN_F2_SHED_OK; conn_ids are never reused, so an entry left by a connection that closed
+ * first is only a stale LRU entry. */
 
 /* Map `config`, index 0. */
 struct probe_config {

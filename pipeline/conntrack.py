@@ -26,6 +26,10 @@ STITCH_BACKLOG = 1024     # frames queued on one stream that trigger pairing at 
 # reads of map kacct (one per period) that keep the counts of a connection not announced
 ACCT_UNKNOWN_READS = 3
 MAX_KNOWN_APIS = 65536    # the kernel's apis_known holds as many
+# HTTP/1.x: clean request records (one whole request, parsed in sync) a connection shows
+# before the kernel may shed its transactions (map shed_ok, bpf/probe.c http_bytes)
+SHED_OK_AFTER = 4
+MAX_SHED_OK_QUEUE = 16384  # conn_ids waiting for map shed_ok (the map holds as many)
 EVT_OPEN = DEFINES["EVT_OPEN"]
 EVT_DATA = DEFINES["EVT_DATA"]
 EVT_CLOSE = DEFINES["EVT_CLOSE"]
@@ -61,7 +65,7 @@ def ip_text(family, raw):
 class Conn:
     __slots__ = ("conn_id", "tgid", "fd", "link", "proto", "state", "req_stream",
                  "resp_stream", "req_dir", "sent_base", "recv_base", "ssent_base",
-                 "srecv_base", "warned", "skip_said", "ssl", "retire", "peers")
+                 "srecv_base", "warned", "skip_said", "ssl", "retire", "peers", "shed_wait")
 
     def __init__(self, conn_id, tgid, fd, link, proto, l7_role):
         self.conn_id = conn_id
@@ -81,6 +85,10 @@ class Conn:
         self.ssl = link.ssl
         self.retire = 0                    # requests answered by responses the kernel counted
         self.peers = None                  # UDP socket: peer -> Conn (pipeline/udp.py)
+        # HTTP/1.x: clean request records still to see before the kernel may shed this
+        # connection's transactions (see Tracker.feed); 0: cleared (or not HTTP/1.x),
+        # -1: never (a record held two requests)
+        self.shed_wait = SHED_OK_AFTER if proto is not None and proto.name == "http" else 0
 
 
 class Tracker:
@@ -101,6 +109,7 @@ class Tracker:
         self.api_hashes = {}               # HTTP API name -> the kernel's hash of it
         self.api_names = {}                # the reverse
         self.new_apis = []                 # hashes to write into the kernel's apis_known
+        self.new_shed_ok = []              # conn_ids to write into the kernel's shed_ok
         self.api_unnamed = 0               # kernel-counted requests of APIs never seen (period)
         self.kernel_only = 0               # requests counted by the kernel alone (period)
         self.sampled_out = 0               # of them, by the sampler's choice
@@ -160,10 +169,11 @@ class Tracker:
                 continue
             if lost_msgs:
                 self._retire(conn, lost_msgs)
-            stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
+            is_req = direction == conn.req_dir
+            stream = conn.req_stream if is_req else conn.resp_stream
             if stream is None:
                 self._make_streams(conn)
-                stream = conn.req_stream if direction == conn.req_dir else conn.resp_stream
+                stream = conn.req_stream if is_req else conn.resp_stream
             frames = stream.frames
             if (flags & _EVF_SLOW or lost or not cap_len or stream.cut or stream.buf
                     or stream.skip or stream.resync):
@@ -183,6 +193,7 @@ class Tracker:
                 m = len(frames)
                 if m == n:
                     continue
+                new, clean = m - n, False
             else:
                 # In sync (nothing buffered, nothing to skip): parse the new bytes in place,
                 # DataStream.append's outcome without its buffering (the common case; tests/
@@ -210,6 +221,7 @@ class Tracker:
                         continue
                     frames.append(frame)
                     m += 1
+                    new, clean = 1, True   # one whole message began and ended here
                 else:
                     n = len(frames)
                     stream.buf = data
@@ -220,13 +232,35 @@ class Tracker:
                     m = len(frames)
                     if m == n:
                         continue
+                    new, clean = m - n, False
             mark_dirty(conn)
+            if conn.shed_wait > 0:      # HTTP/1.x, not cleared for the sampler yet
+                self._shed_check(conn, is_req, clean, new, stream)
             if m >= STITCH_BACKLOG:
                 # A busy pipelined connection can queue thousands of frames within one
                 # ring-buffer batch; pair them now rather than let the stream's
                 # MAX_FRAMES bound drop the oldest.  Events arrive in order, so pairing
                 # at any point is as valid as pairing at the end of the batch.
                 self._stitch((conn,))
+
+    def _shed_check(self, conn, is_req, clean, new, stream):
+        """HTTP/1.x, a record that completed ``new`` frames on a connection not cleared for
+        the sampler yet.  The kernel sees one message start per syscall, at its first
+        bytes: it may shed a connection's transactions only if each syscall holds one
+        message.  A record of two messages (or of one and the start of the next) means
+        never; a request completed any other way than whole in its own record starts the
+        count again; after SHED_OK_AFTER clean requests in a row the connection is queued
+        for the kernel's map shed_ok (written by the main loop)."""
+        if new > 1 or (is_req and stream.buf):
+            conn.shed_wait = -1
+        elif not is_req:
+            return
+        elif not clean:
+            conn.shed_wait = SHED_OK_AFTER
+        else:
+            conn.shed_wait -= 1
+            if not conn.shed_wait and len(self.new_shed_ok) < MAX_SHED_OK_QUEUE:
+                self.new_shed_ok.append(conn.conn_id)
 
     def _control(self, raw):
         t = _TYPE.unpack_from(raw)[0]
