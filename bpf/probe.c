@@ -184,12 +184,18 @@ static __always_inline void count_io(struct conn_val *c, u8 dir, u32 len) {
 
 /* A tail call that failed (arrays not filled yet, or emptied at stop): the bytes are a gap
  * for user space, counted (STAT_TAIL_FAILED), never a silent loss. */
-static __always_inline void data_gap(struct conn_val *c, u8 dir, u32 len) {
-    stat_add(STAT_TAIL_FAILED, 1);
+/* `len` bytes of direction `dir` that user space gets no record of: the next record of
+ * that direction carries them in `lost` */
+static __always_inline void add_lost(struct conn_val *c, u8 dir, u32 len) {
     if (dir == DIR_EGRESS)
         c->lost_sent += len;
     else
         c->lost_recv += len;
+}
+
+static __always_inline void data_gap(struct conn_val *c, u8 dir, u32 len) {
+    stat_add(STAT_TAIL_FAILED, 1);
+    add_lost(c, dir, len);
 }
 
 static __always_inline struct probe_config *get_config(void) {
@@ -824,10 +830,7 @@ static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_
     u32 hdr = 0;
     if (db && db_turns(c->proto)) {     /* `db`: a constant, 0 where HTTP's bytes go */
         if (!db_capture(c, dir, len, &want, &flags)) {
-            if (dir == DIR_EGRESS)  /* skipped by length: see db_capture */
-                c->lost_sent += len;
-            else
-                c->lost_recv += len;
+            add_lost(c, dir, len); /* skipped by length: see db_capture */
             return 1;
         }
         if (db_hold_header(c, op, dir, len))
@@ -880,10 +883,7 @@ static __always_inline int send_data(void *ctx, struct conn_val *c, struct conn_
         struct conn_acct *a = z ? acct_of(c, z) : 0;
         if (a)
             a->refused += 1;        /* per link, in l7_link's completeness fields */
-        if (dir == DIR_EGRESS)
-            c->lost_sent += len;
-        else
-            c->lost_recv += len;
+        add_lost(c, dir, len);
         return 0;
     }
     if (dir == DIR_EGRESS)
@@ -1091,10 +1091,7 @@ static __always_inline void http_bytes(void *ctx, struct conn_val *c, struct con
             c->shed |= bit;
     }
     if (!deliver) {
-        if (dir == DIR_EGRESS)
-            c->lost_sent += len;
-        else
-            c->lost_recv += len;
+        add_lost(c, dir, len);
         return;
     }
     u32 lost = dir == DIR_EGRESS ? c->lost_sent : c->lost_recv;
@@ -1207,10 +1204,7 @@ static __always_inline int data_body(void *ctx, int sys) {
     if (op->buf == 0) {
         /* sendfile: no bytes to show; the next record of this direction carries the
            count so the parser skips them (one record less per static response) */
-        if (dir == DIR_EGRESS)
-            c->lost_sent += len;
-        else
-            c->lost_recv += len;
+        add_lost(c, dir, len);
         return 0;
     }
     if (c->proto == PROTO_HTTP) {
@@ -1218,10 +1212,7 @@ static __always_inline int data_body(void *ctx, int sys) {
         return 0;
     }
     if (hidden) {
-        if (dir == DIR_EGRESS)
-            c->lost_sent += len;
-        else
-            c->lost_recv += len;
+        add_lost(c, dir, len);
         return 0;
     }
     send_data(ctx, c, &k, ev, op, len, dir, p->source, cfg, 0, 1);
