@@ -128,6 +128,22 @@ def rpc_rows(probe):
     return out
 
 
+def settle(pid, most=20.0):
+    """Wait until the probe's start-up work is done (after "started: capturing" it still
+    scans the processes for TLS libraries and attaches its uprobes): until it used less
+    than 2 % of a CPU over half a second, at most ``most`` seconds.  The figures are then
+    those of a probe that runs, not of its first seconds (which would otherwise be spread
+    over the few seconds of a run)."""
+    end = time.monotonic() + most
+    last = cpu_seconds([pid])
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        now = cpu_seconds([pid])
+        if now - last < 0.01:
+            return
+        last = now
+
+
 def run_load(ng, delay, probe_args, probe_path=None, threads=2, conns=CONNS, port=None,
              env=None):
     """(requests, wall s, nginx cpu s, probe cpu s or None, reported server requests)."""
@@ -139,7 +155,10 @@ def run_load(ng, delay, probe_args, probe_path=None, threads=2, conns=CONNS, por
     else:
         probe = None
     try:
-        time.sleep(0.5)
+        if probe is not None and probe_args != "reference":
+            settle(probe.proc.pid)
+        else:
+            time.sleep(0.5)
         pids = ng.pids()
         c0 = cpu_seconds(pids)
         p0 = cpu_seconds([probe.proc.pid]) if probe else 0.0
