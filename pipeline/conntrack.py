@@ -540,8 +540,8 @@ class Tracker:
 
     def learn_apis(self, recs, api_hash):
         """The kernel knows an HTTP API by its hash: remember each new API name's, and queue
-        it for the kernel's map apis_known (until it is there, the kernel delivers every
-        request of that API, whatever the sampler says)."""
+        it for the kernel's map apis_known (the kernel marks an API it sent the first
+        request of as asked, and samples its next requests; see bpf/probe.c http_bytes)."""
         known = self.api_hashes
         for rec in recs:
             api = rec.api
