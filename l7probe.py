@@ -601,8 +601,25 @@ def run_replay(args):
     return 0
 
 
+def _buffered_stdout():
+    """Records are flushed where the probe means to (a report's rows once, l7_trace rows
+    once per ring-buffer batch).  Under ``python -u`` or PYTHONUNBUFFERED every write would
+    be a write(2) of its own: give stdout a buffer then."""
+    import io
+    out = sys.stdout
+    if out is None or isinstance(getattr(out, "buffer", None), io.BufferedWriter):
+        return
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(fd, "w", closefd=False)),
+                                  encoding=out.encoding, errors=out.errors)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    _buffered_stdout()
     from bpf.loader import ProbeError
     try:
         args = parse_args(argv)

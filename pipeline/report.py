@@ -177,6 +177,7 @@ class Writer:
         self.fmt = fmt
         self.cut = 0              # records whose values were cut to fit the label buffer
         self._rooms = {}          # tgid -> label_room of its labels, for one period
+        self._room_no_process = label_room({})
 
     @property
     def lines(self):
@@ -191,7 +192,7 @@ class Writer:
             if room is None:
                 room = self._rooms[row["tgid"]] = label_room(self.labels(row["tgid"]))
         else:
-            room = label_room({})           # the pod table
+            room = self._room_no_process    # the pod table
         if fit_labels(vals, _LABEL_FIELDS[table], room, table):
             self.cut += 1
         self.output.emit(table, fields, vals, flush)
@@ -201,6 +202,7 @@ class Writer:
 
     def end_period(self, elapsed):
         self._rooms.clear()       # a process's labels may change (exec, a container found)
+        self.output.flush()       # a period's link rows, flushed once (a write(2) per row)
         self.output.end_period(elapsed)
 
     def close(self):
@@ -255,11 +257,11 @@ def report_links(writer, links, tables, period):
             row.update(bytes_sent=link.bytes_sent, bytes_recv=link.bytes_recv,
                        segs_sent=link.segs_sent, segs_recv=link.segs_recv)
             row.update(completeness(link))
-            writer.emit("l7_link", row)
+            writer.emit("l7_link", row, flush=False)
         if "l7_rpc" in tables:
             row = dict(base)
             row.update(rpc_values(link.rpc, period))
-            writer.emit("l7_rpc", row)
+            writer.emit("l7_rpc", row, flush=False)
         if "l7_rpc_api" in tables:
             for api, st in link.apis.items():
                 row = dict(base)
@@ -270,7 +272,7 @@ def report_links(writer, links, tables, period):
                 row["server_err_ratio"] = fmt_float(st.server_err / req if req else 0.0)
                 row["client_err_count"] = st.client_err
                 row["server_err_count"] = st.server_err
-                writer.emit("l7_rpc_api", row)
+                writer.emit("l7_rpc_api", row, flush=False)
         link.reset()
     if writer.cut:
         logging.getLogger("l7probe").info(

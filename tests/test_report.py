@@ -122,6 +122,45 @@ def test_field_counts_follow_the_meta():
     assert (link["bytes_lost"], link["msgs_unparsed"], link["msgs_dropped"]) == ("0", "0", "0")
 
 
+class _CountingOut(io.StringIO):
+    flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+        super().flush()
+
+
+def test_a_period_is_flushed_once():
+    """A period's link rows reach the reader in one flush, not a write(2) per row."""
+    out = _CountingOut()
+    w = Writer(out, "gopher", Labels())
+    report_links(w, make_links(), {"l7_link", "l7_rpc", "l7_rpc_api"}, 2.0)
+    assert len(lines_of(out)) == 8 and out.flushes == 1
+
+
+def test_stdout_gets_a_buffer_under_unbuffered_python(tmp_path):
+    """Under ``python -u`` / PYTHONUNBUFFERED the probe still buffers its records: 200 rows
+    written and flushed once are one write(2)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys, importlib.util; sys.path.insert(0, %r); "
+            "spec = importlib.util.spec_from_file_location('l7', %r); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "m._buffered_stdout(); "
+            "[sys.stdout.write('|l7_rpc|%%d|\\n' %% i) for i in range(200)]; sys.stdout.flush()"
+            % (root, os.path.join(root, "l7probe.py")))
+    log = tmp_path / "strace"
+    cp = subprocess.run(["strace", "-f", "-e", "trace=write", "-o", str(log), sys.executable,
+                         "-u", "-c", code], capture_output=True, text=True, timeout=60,
+                        env=dict(os.environ, L7PROBE_NO_VENV="1"))
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.splitlines() == ["|l7_rpc|%d|" % i for i in range(200)]
+    writes = [l for l in log.read_text().splitlines() if "write(1," in l]
+    assert len(writes) == 1, writes[:5]
+
+
 def test_lines_are_cut_to_8191_bytes():
     """The line cut of the gopher format, for values that are not labels (the label budget
     keeps key and label values far shorter)."""
