@@ -88,7 +88,16 @@ class Conn:
         # HTTP/1.x: clean request records still to see before the kernel may shed this
         # connection's transactions (see Tracker.feed); 0: cleared (or not HTTP/1.x),
         # -1: never (a record held two requests)
-        self.shed_wait = SHED_OK_AFTER if proto is not None and proto.name == "http" else 0
+        self.shed_wait = SHED_OK_AFTER if proto is not None and proto.kernel_sampled else 0
+
+
+def _count(counted, link, recs):
+    """``counted``: link -> its records of one stitch round, in the order they came."""
+    more = counted.get(link)
+    if more is None:
+        counted[link] = list(recs)
+    else:
+        more += recs
 
 
 class Tracker:
@@ -387,12 +396,7 @@ class Tracker:
                 if conn.retire:
                     recs = self._retire_now(conn)
                     if recs:
-                        link = conn.link
-                        more = counted.get(link)
-                        if more is None:
-                            counted[link] = recs
-                        else:
-                            more += recs
+                        _count(counted, conn.link, recs)
                 proto = conn.proto
                 state = conn.state
                 try:
@@ -417,19 +421,9 @@ class Tracker:
                 if recs:
                     link = conn.link
                     link.last_active = now
-                    more = counted.get(link)
-                    if more is None:
-                        counted[link] = list(recs)
-                    else:
-                        more += recs
-                    api_hash = conn.proto.api_hash
-                    if api_hash is not None:
-                        known = self.api_hashes
-                        for rec in recs:
-                            api = rec.api
-                            if api is not None and api not in known:
-                                self.learn_apis(recs, api_hash)
-                                break
+                    _count(counted, link, recs)
+                    if proto.api_hash is not None:
+                        self.learn_apis(recs, proto.api_hash)
                     if sink is not None:
                         for rec in recs:
                             sink(link, rec)

@@ -157,6 +157,9 @@ class Protocol:
     # callable(api name) -> the kernel's 64-bit name of that API, for protocols the kernel
     # counts per API itself (HTTP/1.x: include/l7.h http_api_hash); None for the others
     api_hash = None
+    # True where the kernel's sampler may shed the protocol's transactions once user space
+    # cleared a connection (map shed_ok; HTTP/1.x only, see bpf/probe.c)
+    kernel_sampled = False
 
     def new_state(self):
         """Per-connection state shared by both directions and the stitcher."""

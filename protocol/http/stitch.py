@@ -41,6 +41,7 @@ class HttpProtocol(Protocol):
     name = "http"
     parser_class = HttpParser
     api_hash = staticmethod(api_hash)
+    kernel_sampled = True
 
     def detect(self, data, msg_type):
         """The kernel's rule (include/l7.h detect_http): a known method and a blank, or a
