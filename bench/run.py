@@ -30,6 +30,9 @@ ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
 CONNS = 20
 SAT_CONNS = 8
 DELAY_LUA = "function delay()\n  return 1\nend\n"
+# the probe as the user ran it: standalone, `--proto http`, the default period (5 s:
+# l7_trace prints at most --trace-limit rows per period, so a shorter period prints more)
+LOAD_ARGS = ["--proto", "http"]
 
 
 def cpu_seconds(pids):
@@ -198,14 +201,15 @@ def bench_load(tls=False):
         # warm up
         wrk(ng.url("/"), 2, True)
         print("== %s fixed rate: wrk -c%d with 1 ms delay per request, %d s, keep-alive, "
-              "nginx 1 worker; probe --proto http; %d rounds" % (name, CONNS, DURATION, ROUNDS))
+              "nginx 1 worker; probe %s; %d rounds" % (name, CONNS, DURATION, " ".join(LOAD_ARGS),
+                                                     ROUNDS))
         variants = [(who, path, None) for who, path in probes()]
         variants.insert(1, ("this (L7PROBE_HOOKS=syscalls)", variants[0][1],
                             {"L7PROBE_HOOKS": "syscalls"}))
         runs = []
         for who, path, env in variants:
-            for label, args in (("all processes", ["--proto", "http", "-P", "2"]),
-                                ("--pid nginx", ["--proto", "http", "-P", "2", "-p", None])):
+            for label, args in (("all processes", LOAD_ARGS),
+                                ("--pid nginx", LOAD_ARGS + ["-p", None])):
                 runs.append((who, label, path, env, args))
         if tls:
             runs.append(("empty sslsniff-style uprobes on SSL_read and SSL_write (for scale)",
@@ -247,15 +251,15 @@ def bench_load(tls=False):
                             "%.1f us" % _median(added), ""))
         if tls:
             return
-        print("== saturation: wrk -t1 -c%d without delay, %d s; probe --proto http; %d rounds"
-              % (SAT_CONNS, DURATION, ROUNDS))
+        print("== saturation: wrk -t1 -c%d without delay, %d s; probe %s; %d rounds"
+              % (SAT_CONNS, DURATION, " ".join(LOAD_ARGS), ROUNDS))
         sat = {}
         s0s = []
         for _ in range(ROUNDS):
             s0 = run_load(ng, False, None, threads=1, conns=SAT_CONNS)
             s0s.append(s0[0] / s0[1])
             for who, path in probes():
-                s1 = run_load(ng, False, ["--proto", "http", "-P", "2"], path, threads=1,
+                s1 = run_load(ng, False, LOAD_ARGS, path, threads=1,
                               conns=SAT_CONNS)
                 sat.setdefault(who, []).append(((s1[0] / s1[1]) / (s0[0] / s0[1]),
                                                 s1[4] / s1[0]))

@@ -21,7 +21,7 @@ INCLUDE = os.path.join(ROOT, "include")
 
 CAP_MAX = 32768              # hard upper bound of bytes captured per syscall
 DEFAULT_CAP = 16384          # default bytes captured per syscall
-DEFAULT_SAMPLE = 2000        # HTTP transactions per second parsed in user space (--sample)
+DEFAULT_SAMPLE = 1000        # HTTP transactions per second parsed in user space (--sample)
 RINGBUF_PAGES = 2048         # 8 MiB ring buffer (power of two pages): ~0.25 s of records at
                              # 60k records/s, drained every 50 ms
 PERF_PAGES = 256             # per-CPU perf buffer pages (fallback)
