@@ -48,6 +48,9 @@ log = logging.getLogger("l7probe")
 POLL_INTERVAL = 0.05      # seconds between ring buffer drains
 IPC_INTERVAL = 1.0        # seconds between IPC queue checks
 SWEEP_INTERVAL = 30.0     # seconds between sweeps of connections of exited processes
+BATCH_BYTES = 1 << 20      # ring-buffer bytes fed to the parsers at a time
+MAX_BATCHES = 64           # pieces per poll at most (the ring's size and then some)
+REST_TRIM = 1000          # connections put at rest in one period that make it trim the heap
 
 
 class GopherLogFormatter(logging.Formatter):
@@ -258,13 +261,18 @@ class Probe:
 
     def poll(self):
         self.tracker.now = time.time()
-        batch = self.capture.poll(int(POLL_INTERVAL * 1000))
-        if batch:
-            if self.dump is not None:
-                for raw in batch:
-                    self.dump.write(struct.pack("<I", len(raw)) + raw)
-            self.tracker.feed(batch)
-        self.tracker.stitch_dirty()
+        # in pieces of about BATCH_BYTES: a full ring (8 MB) read at once was as many MB
+        # of record objects alive at the same time, a peak the heap kept
+        for _ in range(MAX_BATCHES):
+            batch = self.capture.poll(int(POLL_INTERVAL * 1000), BATCH_BYTES)
+            if batch:
+                if self.dump is not None:
+                    for raw in batch:
+                        self.dump.write(struct.pack("<I", len(raw)) + raw)
+                self.tracker.feed(batch)
+            self.tracker.stitch_dirty()
+            if not batch or sum(map(len, batch)) < BATCH_BYTES:
+                break
         if self.tracker.new_apis:
             self.capture.add_known_apis(self.tracker.new_apis)
             del self.tracker.new_apis[:]
@@ -310,7 +318,9 @@ class Probe:
         for name, st in sorted(stream_stats.items()):
             st.report(name)
         self.tracker.report_skipped()
-        self.tracker.rest_idle()
+        if self.tracker.rest_idle() >= REST_TRIM:
+            from bpf.loader import release_memory
+            release_memory()
         tr = self.tracker
         if tr.kernel_only:
             log.info("http: %d request(s) this period counted by the kernel alone (%d sampled "

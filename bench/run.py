@@ -309,6 +309,7 @@ def bench_rss(n=10000):
             assert client.stdout.readline().strip() == "ready"
             time.sleep(4.5)            # two report periods with every connection alive
             rss1 = psutil.Process(probe.proc.pid).memory_info().rss
+            parts = _rss_parts(probe.proc.pid)
             client.stdin.write("bye\n")
             client.stdin.close()
             client.wait(60)
@@ -320,7 +321,31 @@ def bench_rss(n=10000):
               "open, traced on both ends (%d sockets) (target <= 100 MB at 10k connections); "
               "%d of %d requests reported"
               % (rss0 / 2**20, rss1 / 2**20, n, 2 * n, total(rows, "req_count"), n))
+        print("  of it: %s" % ", ".join("%s %.1f MB" % (k, v / 2**20) for k, v in parts))
         FIG.append(("probe RSS at 10k connections", "%.0f MB" % (rss1 / 2**20), "<= 100 MB"))
+
+
+def _rss_parts(pid):
+    """[(what, bytes)] of a process's RSS: anonymous memory (the Python heap), file pages
+    (code of python, libbcc, ...), and the BPF maps mapped in (the ring buffer), from
+    /proc/PID/smaps."""
+    anon = files = bpf = 0
+    name = ""
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if not head.endswith(":") or head[0].isupper() is False:
+                name = line.split()[5] if len(line.split()) > 5 else ""
+                continue
+            if head == "Rss:":
+                kb = int(line.split()[1]) * 1024
+                if "bpf" in name:
+                    bpf += kb
+                elif name.startswith("/"):
+                    files += kb
+                else:
+                    anon += kb
+    return [("anonymous", anon), ("files", files), ("BPF maps (ring buffer)", bpf)]
 
 
 def main():

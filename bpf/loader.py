@@ -245,12 +245,14 @@ class Capture:
         self._cb = _cb
         self._events.open_perf_buffer(_cb, page_cnt=PERF_PAGES, lost_cb=_lost)
 
-    def poll(self, timeout_ms):
-        """Records available now, as a list of bytes.  Ring-buffer records are submitted
-        without wake-ups (cheaper for the traced processes): the caller sleeps between
-        polls.  The perf buffer (kernels before 5.8) is polled with ``timeout_ms``."""
+    def poll(self, timeout_ms, limit=1 << 30):
+        """Records available now, as a list of bytes (from the ring buffer: about ``limit``
+        bytes of them at most, the rest at the next call).  Ring-buffer records are
+        submitted without wake-ups (cheaper for the traced processes): the caller sleeps
+        between polls.  The perf buffer (kernels before 5.8) is polled with
+        ``timeout_ms``."""
         if self._ringbuf:
-            return self.reader.read_batch()
+            return self.reader.read_batch(limit)
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
         batch = self._pending[:]
         del self._pending[:]

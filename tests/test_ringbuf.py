@@ -61,3 +61,62 @@ def test_records_discards_busy_and_a_wrapping_record():
     assert r.read_batch() == [b"later", b"after"]
     assert ring.cons() == ring.prod
     r.close()
+
+
+def test_a_batch_stops_at_its_byte_limit_and_the_next_goes_on():
+    """Probe.poll reads the ring in pieces of about BATCH_BYTES (a full ring read at once
+    made as many MB of record objects alive together): a batch ends with the record that
+    reaches the limit, and the next one starts at the record after it."""
+    ring = FakeRing()
+    r = RingReader(ring.fd, DATA)
+    recs = [bytes([i]) * 100 for i in range(10)]
+    for x in recs:
+        ring.write(x)
+    assert r.read_batch(250) == recs[:3]
+    assert r.read_batch(250) == recs[3:6]
+    assert r.read_batch() == recs[6:]
+    assert ring.cons() == ring.prod and r.read_batch(250) == []
+    r.close()
+
+
+def test_probe_poll_feeds_a_full_ring_in_pieces():
+    """One Probe.poll drains everything the ring holds, BATCH_BYTES or so at a time, each
+    piece fed and paired before the next is read."""
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("l7probe_main", os.path.join(root, "l7probe.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rec = b"r" * 1000
+    backlog = [rec] * (3 * mod.BATCH_BYTES // len(rec) + 10)
+
+    class Capture:
+        def poll(self, timeout_ms, limit):
+            out, n = [], 0
+            while backlog and n < limit:
+                out.append(backlog.pop(0))
+                n += len(out[-1])
+            return out
+
+    events = []
+
+    class Tracker:
+        new_apis, new_shed_ok = [], []
+
+        def feed(self, batch):
+            events.append(("feed", sum(map(len, batch))))
+
+        def stitch_dirty(self):
+            events.append(("stitch", 0))
+
+    class Traces:
+        def flush(self):
+            pass
+
+    p = object.__new__(mod.Probe)
+    p.capture, p.tracker, p.traces, p.dump, p.tls = Capture(), Tracker(), Traces(), None, None
+    p.poll()
+    feeds = [n for what, n in events if what == "feed"]
+    assert not backlog and len(feeds) == 4
+    assert all(n <= mod.BATCH_BYTES + len(rec) for n in feeds)
+    assert [w for w, _ in events] == ["feed", "stitch"] * 4
