@@ -37,7 +37,6 @@ EVF_CLEAN_GAP = DEFINES["EVF_CLEAN_GAP"]
 SUCCESS = ParseState.SUCCESS
 IGNORE = ParseState.IGNORE
 EVF_TURN_CUT = DEFINES["EVF_TURN_CUT"]
-_EVF_SLOW = EVF_CLEAN_GAP | EVF_TURN_CUT   # flags that leave Tracker.feed's fast path
 _DATA = LAYOUTS["evt_data"].struct
 _DATA_SIZE = _DATA.size
 _OPEN = LAYOUTS["evt_open"]
@@ -184,13 +183,16 @@ class Tracker:
                 self._make_streams(conn)
                 stream = conn.req_stream if is_req else conn.resp_stream
             frames = stream.frames
-            if (flags & _EVF_SLOW or lost or not cap_len or stream.cut or stream.buf
+            # sampled-out messages before this record (the common case under load): skipped
+            # first, so that a stream in sync again takes the fast path below
+            gap = flags & EVF_CLEAN_GAP
+            if gap:
+                stream.clean_gap(lost)
+                lost = 0
+            if (flags & EVF_TURN_CUT or lost or not cap_len or stream.cut or stream.buf
                     or stream.skip or stream.resync):
                 n = len(frames)
-                if flags & EVF_CLEAN_GAP:
-                    stream.clean_gap(lost)
-                    lost = 0
-                elif stream.cut:
+                if stream.cut and not gap:
                     lost = stream.turn_start(flags, lost)
                 if flags & EVF_TURN_CUT:        # the rest of this response turn is skipped
                     stream.append(raw[h:h + cap_len], cap_len, ts, lost)

@@ -551,7 +551,8 @@ def test_feed_fast_path_equals_stream_append():
     """Tracker.feed parses a connection in sync in place (its fast path); DataStream.append
     buffers.  The same records through both give the same pairs, statistics and stream
     state, with messages whole, cut anywhere, longer than their capture, after lost bytes,
-    chunked, garbage, and a parser that raises."""
+    after messages the kernel sampled out (EVF_CLEAN_GAP: DataStream.clean_gap, then
+    append), chunked, garbage, and a parser that raises."""
     from bpf.layout import DEFINES, LAYOUTS
     from pipeline.aggregate import Links
     from pipeline.conntrack import Tracker
@@ -559,6 +560,7 @@ def test_feed_fast_path_equals_stream_append():
 
     op, data_l = LAYOUTS["evt_open"], LAYOUTS["evt_data"]
     d_in, d_out = DEFINES["DIR_INGRESS"], DEFINES["DIR_EGRESS"]
+    CLEAN_GAP = DEFINES["EVF_CLEAN_GAP"]
 
     class Boom(Exception):
         pass
@@ -591,11 +593,17 @@ def test_feed_fast_path_equals_stream_append():
         recs = []
         for d, payload, true_len, lost in out:
             i = 0
+            # a third of the messages follow messages the kernel sampled out (whole ones,
+            # of 50 or 900 bytes), unless some bytes were lost before them
+            flags = CLEAN_GAP if not lost and rng.random() < 0.33 else 0
+            if flags:
+                lost = rng.choice([50, 900])
             while i < len(payload):           # cut into syscalls, some captured short
                 n = rng.choice([len(payload)] * 4 + [1, 20, 200])
                 piece = payload[i:i + n]
                 cap = len(piece) if rng.random() < 0.8 else rng.randrange(len(piece) + 1)
-                recs.append((d, piece[:cap], len(piece), lost if i == 0 else 0))
+                recs.append((d, piece[:cap], len(piece), lost if i == 0 else 0,
+                             flags if i == 0 else 0))
                 i += n
         return recs
 
@@ -626,8 +634,8 @@ def test_feed_fast_path_equals_stream_append():
             for i in range(0, len(recs), 8):
                 batch = [data_l.pack(type=DEFINES["EVT_DATA"], tgid=1, conn_id=7, ts=j + 1,
                                      true_len=t, cap_len=len(c), lost=lost, direction=d,
-                                     source=0, proto=1, l7_role=2) + c
-                         for j, (d, c, t, lost) in enumerate(recs[i:i + 8], i)]
+                                     source=0, proto=1, l7_role=2, flags=f) + c
+                         for j, (d, c, t, lost, f) in enumerate(recs[i:i + 8], i)]
                 tr.feed(batch)
                 tr.stitch_dirty()
             fast = (got, stream_row(conn.req_stream), stream_row(conn.resp_stream))
@@ -640,7 +648,10 @@ def test_feed_fast_path_equals_stream_append():
                                          stats)}
             want = []
             for i in range(0, len(recs), 8):
-                for j, (d, c, t, lost) in enumerate(recs[i:i + 8], i):
+                for j, (d, c, t, lost, f) in enumerate(recs[i:i + 8], i):
+                    if f:
+                        streams[d].clean_gap(lost)
+                        lost = 0
                     if c:
                         streams[d].append(c, t, j + 1, lost)
                     else:
@@ -650,6 +661,24 @@ def test_feed_fast_path_equals_stream_append():
             slow = (want, stream_row(streams[d_in]), stream_row(streams[d_out]))
             assert fast == slow
             assert len(got) > 200 and fast[1][-1] > 0      # pairs, and the parser raised
+        # whole messages after sampled-out ones take the fast path: no DataStream.append
+        calls = []
+        real_append = DataStream.append
+        DataStream.append = lambda self, *a: (calls.append(a), real_append(self, *a))
+        try:
+            got = []
+            tr = Tracker(Links(), lambda link, r: got.append(rec_row(r)))
+            tr.feed([open_rec()])
+            q, r = req(target="/s"), resp(200, body=b"x" * 10)
+            tr.feed([data_l.pack(type=DEFINES["EVT_DATA"], tgid=1, conn_id=7, ts=j,
+                                 true_len=len(c), cap_len=len(c), lost=300,
+                                 direction=d, source=0, proto=1, l7_role=2,
+                                 flags=CLEAN_GAP) + c
+                     for j, (d, c) in enumerate([(d_in, q), (d_out, r)] * 20)])
+            tr.stitch_dirty()
+        finally:
+            DataStream.append = real_append
+        assert len(got) == 20 and calls == []
     finally:
         HttpParser.parse = real_parse
 
