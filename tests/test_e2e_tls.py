@@ -128,12 +128,16 @@ def run(tmp_path_factory, certs, go_bins):
             # go client -> go server, and stripped client -> stripped server
             for name, port, client in (("go", go_port, go_bins["client"]),
                                        ("gos", gos_port, go_bins["client_stripped"])):
-                # started after the probe: its binary is found from the exec record,
-                # within the client's start-up delay
-                p = subprocess.run([client, "-delay", "2s", "-urls",
-                                    _urls_file(tmp, "https://127.0.0.1:%d" % port, port)],
-                                   capture_output=True, text=True, timeout=60)
-                res[name + "_client_out"] = p.stdout + p.stderr
+                # started after the probe: its binary is found from the exec record; the
+                # client starts its requests once the probe says it attached to it (a
+                # fixed delay was too short for the analysis under CI's load)
+                p = subprocess.Popen([client, "-wait", "-urls",
+                                      _urls_file(tmp, "https://127.0.0.1:%d" % port, port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+                res[name + "_attached"] = probe.wait_tls_attached(client, p.pid)
+                out, err = p.communicate("go\n", timeout=60)
+                res[name + "_client_out"] = out + err
                 res[name + "_client_rc"] = p.returncode
             time.sleep(1.5)
         finally:
@@ -211,6 +215,7 @@ def test_python_ssl_ex_functions(run, role):
 @pytest.mark.parametrize("name", ["go", "gos"])
 @pytest.mark.parametrize("role", ["server", "client"])
 def test_go_crypto_tls(run, name, role):
+    assert run[name + "_attached"], run["probe"].err_lines     # from its exec record
     assert run[name + "_client_rc"] == 0, run[name + "_client_out"]
     port = run[name + "_port"]
     rows = _rows(run["probe"], "l7_rpc", port, role, ssl="ssl")

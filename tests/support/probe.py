@@ -60,6 +60,20 @@ class ProbeRun:
             if "started: capturing" in line:
                 self._ready.set()
 
+    def wait_tls_attached(self, path, pid, timeout=60):
+        """Wait for the probe's "TLS: attached ... to <path> ... for pid <pid>" line (a
+        process started after the probe, found from its exec record); True if it came
+        within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        path = str(path)
+        while time.monotonic() < deadline:
+            for line in list(self.err_lines):
+                if "TLS: attached" in line and path in line and " for pid " in line:
+                    if str(pid) in line.rsplit(" for pid ", 1)[1].split(","):
+                        return True
+            time.sleep(0.1)
+        return False
+
     def stop(self, sig=signal.SIGINT, timeout=20):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -4,6 +4,7 @@
 //	goclient -n 10 -url https://127.0.0.1:8443/status/200
 //	goclient -urls urls.txt            (one URL per line, each fetched once, in order)
 //	goclient -delay 2s -urls urls.txt  (a client that starts working a while after exec)
+//	goclient -wait -urls urls.txt      (... once a line arrives on stdin)
 //
 // All requests go over one keep-alive connection (MaxConnsPerHost 1), HTTP/2 is
 // disabled, and the server certificate is not verified. Prints one summary line:
@@ -28,8 +29,12 @@ func main() {
 	url := flag.String("url", "", "URL to fetch -n times")
 	urls := flag.String("urls", "", "file with one URL per line")
 	delay := flag.Duration("delay", 0, "wait this long before the first request")
+	wait := flag.Bool("wait", false, "then wait for a line on stdin (a test lets it go once the probe has attached)")
 	flag.Parse()
 	time.Sleep(*delay)
+	if *wait {
+		bufio.NewReader(os.Stdin).ReadString('\n')
+	}
 
 	var list []string
 	if *urls != "" {
