@@ -271,7 +271,7 @@ class Probe:
                         self.dump.write(struct.pack("<I", len(raw)) + raw)
                 self.tracker.feed(batch)
             self.tracker.stitch_dirty()
-            if not batch or sum(map(len, batch)) < BATCH_BYTES:
+            if not self.capture.more:
                 break
         if self.tracker.new_apis:
             self.capture.add_known_apis(self.tracker.new_apis)

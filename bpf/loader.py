@@ -247,16 +247,21 @@ class Capture:
 
     def poll(self, timeout_ms, limit=1 << 30):
         """Records available now, as a list of bytes (from the ring buffer: about ``limit``
-        bytes of them at most, the rest at the next call).  Ring-buffer records are
-        submitted without wake-ups (cheaper for the traced processes): the caller sleeps
-        between polls.  The perf buffer (kernels before 5.8) is polled with
-        ``timeout_ms``."""
+        bytes of them at most, the rest at the next call; ``more`` says whether there is
+        a rest).  Ring-buffer records are submitted without wake-ups (cheaper for the
+        traced processes): the caller sleeps between polls.  The perf buffer (kernels
+        before 5.8) is polled with ``timeout_ms``, all of it at once."""
         if self._ringbuf:
             return self.reader.read_batch(limit)
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
         batch = self._pending[:]
         del self._pending[:]
         return batch
+
+    @property
+    def more(self):
+        """The last poll left records in the ring buffer (it stopped at its limit)."""
+        return self._ringbuf and self.reader.more
 
     # -- configuration ------------------------------------------------------------------
     def set_config(self, proto_flags, pids, emit_data, exclude=frozenset(), tls=False,

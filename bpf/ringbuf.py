@@ -35,9 +35,13 @@ class RingReader:
         self.prod = mmap.mmap(map_fd, page + data_size, mmap.MAP_SHARED,
                               mmap.PROT_READ, offset=page)
         self.page = page
+        self.more = False       # the last batch stopped at its limit with records left
 
     def read_batch(self, limit=1 << 30):
-        """All complete records available now, as a list of bytes; frees their space."""
+        """All complete records available now, as a list of bytes, up to the record that
+        reaches ``limit`` bytes (``more`` then says whether records are left); frees their
+        space."""
+        self.more = False
         cons_pos = _u64.unpack_from(self.cons, 0)[0]
         prod_pos = _u64.unpack_from(self.prod, 0)[0]
         if cons_pos == prod_pos:
@@ -72,6 +76,7 @@ class RingReader:
             pos += (n + 15) & ~7                          # HDR + 7
             total += n
         _u64.pack_into(self.cons, 0, cons_pos + pos)
+        self.more = total >= limit and pos < avail
         return out
 
     def close(self):

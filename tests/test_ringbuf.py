@@ -72,10 +72,13 @@ def test_a_batch_stops_at_its_byte_limit_and_the_next_goes_on():
     recs = [bytes([i]) * 100 for i in range(10)]
     for x in recs:
         ring.write(x)
-    assert r.read_batch(250) == recs[:3]
-    assert r.read_batch(250) == recs[3:6]
-    assert r.read_batch() == recs[6:]
-    assert ring.cons() == ring.prod and r.read_batch(250) == []
+    assert r.read_batch(250) == recs[:3] and r.more
+    assert r.read_batch(250) == recs[3:6] and r.more
+    assert r.read_batch() == recs[6:] and not r.more
+    assert ring.cons() == ring.prod and r.read_batch(250) == [] and not r.more
+    ring.write(recs[0])
+    ring.write(recs[1])
+    assert r.read_batch(200) == recs[:2] and not r.more      # the limit, and nothing left
     r.close()
 
 
@@ -91,11 +94,14 @@ def test_probe_poll_feeds_a_full_ring_in_pieces():
     backlog = [rec] * (3 * mod.BATCH_BYTES // len(rec) + 10)
 
     class Capture:
+        more = False
+
         def poll(self, timeout_ms, limit):
             out, n = [], 0
             while backlog and n < limit:
                 out.append(backlog.pop(0))
                 n += len(out[-1])
+            self.more = bool(backlog)
             return out
 
     events = []
