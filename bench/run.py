@@ -333,18 +333,17 @@ def _rss_parts(pid):
     name = ""
     with open("/proc/%d/smaps" % pid) as f:
         for line in f:
-            head = line.split(None, 1)[0]
-            if not head.endswith(":") or head[0].isupper() is False:
-                name = line.split()[5] if len(line.split()) > 5 else ""
-                continue
-            if head == "Rss:":
-                kb = int(line.split()[1]) * 1024
+            parts = line.split()
+            if not parts[0].endswith(":"):          # a mapping: "start-end perms ... [path]"
+                name = parts[5] if len(parts) > 5 else ""
+            elif parts[0] == "Rss:":
+                n = int(parts[1]) * 1024
                 if "bpf" in name:
-                    bpf += kb
+                    bpf += n
                 elif name.startswith("/"):
-                    files += kb
+                    files += n
                 else:
-                    anon += kb
+                    anon += n
     return [("anonymous", anon), ("files", files), ("BPF maps (ring buffer)", bpf)]
 
 
