@@ -53,6 +53,21 @@ def check_environment():
                          "(or run 'make deps')")
 
 
+def _support_raw_tracepoint(kver):
+    """Raw tracepoints (kernel 4.17).  Not BCC's BPF.support_raw_tracepoint(): it looks
+    the kernel symbol up through BCC's symbol cache, which reads all of /proc/kallsyms
+    into the heap and keeps it for the life of the process (measured: +26 MB RSS, 20 MB
+    of it heap that malloc_trim cannot give back: it is in use)."""
+    if kver >= (4, 17):
+        return True
+    try:
+        with open("/proc/kallsyms") as f:
+            return any(line.endswith((" bpf_find_raw_tracepoint\n",
+                                      " bpf_get_raw_tracepoint\n")) for line in f)
+    except OSError:
+        return False
+
+
 def _tp_exists(category, event):
     return any(os.path.isdir(os.path.join(t, "events", category, event)) for t in TRACEFS)
 
@@ -96,7 +111,7 @@ class Capture:
         want = os.environ.get("L7PROBE_HOOKS") or {"1": "raw", "0": "syscalls"}.get(
             os.environ.get("L7PROBE_RAW_SYSCALLS", ""), "")
         x86 = platform.machine() == "x86_64"
-        can_raw = x86 and BPF.support_raw_tracepoint()
+        can_raw = x86 and _support_raw_tracepoint(kver)
         can_sock = (x86 and have_sock_len and kver >= (5, 15) and
                     _tp_exists("tcp", "tcp_destroy_sock"))
         fallback = "raw" if can_raw and (want == "raw" or self.fast_stop) else "syscalls"

@@ -153,6 +153,28 @@ def test_compiler_freed_once_loaded():
             os.fstat(fd)
 
 
+def test_no_kernel_symbol_cache_after_load():
+    """Capture.load decides on raw tracepoints without BCC's kernel symbol cache
+    (BPF.support_raw_tracepoint reads all of /proc/kallsyms into it and keeps it: +26 MB
+    of RSS for the probe's whole life), and gives the same answer as BCC."""
+    import subprocess
+    import sys
+    from bcc import BPF
+    from bpf.loader import Capture, _support_raw_tracepoint
+    cap = Capture()
+    cap.load()
+    try:
+        assert -1 not in BPF._sym_caches      # pid -1: the kernel's symbols
+    finally:
+        cap.close()
+    bcc = subprocess.run([sys.executable, "-c", "from bcc import BPF; "
+                          "print(BPF.support_raw_tracepoint())"],
+                         capture_output=True, text=True, check=True).stdout.split()[-1]
+    kver = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    assert str(_support_raw_tracepoint(kver)) == bcc == "True"
+    assert _support_raw_tracepoint((4, 14)) is True     # the kallsyms scan, this kernel
+
+
 def test_container_option_covers_processes_started_later():
     """--container: the container's processes (found through their cgroup), also those
     that join it after the start.  A container here is a cgroup named like docker's."""
