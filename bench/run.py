@@ -347,9 +347,35 @@ def _rss_parts(pid):
     return [("anonymous", anon), ("files", files), ("BPF maps (ring buffer)", bpf)]
 
 
+def parse_rates(runs=3):
+    """The HTTP pipeline's parse rate (bench/parsers.py) of this checkout and of BENCH_REF's
+    revision, in turns (best of ``runs`` each): repeated heads, and every head distinct."""
+    here = os.path.join(ROOT, "bench", "parsers.py")
+    for distinct in (False, True):
+        best = {}
+        for _ in range(runs):
+            for label, path in probes():
+                env = dict(os.environ, BENCH_CODE_ROOT=os.path.dirname(path))
+                r = subprocess.run([sys.executable, here, "--http-rate"]
+                                   + (["distinct"] if distinct else []),
+                                   env=env, capture_output=True, text=True, timeout=600)
+                try:
+                    rate = float(r.stdout.split()[-1])
+                except (IndexError, ValueError):
+                    print("parse rate of %s: failed: %s" % (label, r.stderr.strip()[-300:]))
+                    continue
+                best[label] = max(best.get(label, 0.0), rate)
+        what = "every head distinct" if distinct else "heads repeat (keep-alive)"
+        vals = " / ".join("%s %.0fk" % (label, rate / 1e3) for label, rate in best.items())
+        print("HTTP parse rate, %s, best of %d: %s messages/s" % (what, runs, vals))
+        FIG.append(("HTTP parse rate, one core, recorded events, " + what, vals,
+                    ">= 400k" if not distinct else ""))
+
+
 def main():
     from bench import parsers
     parsers.main()
+    parse_rates()
     from bench.bench_http2 import streams_per_second
     print("HTTP/2 parser (fixtures, recorded events): %.0f streams/s per core"
           % streams_per_second())

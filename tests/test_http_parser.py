@@ -770,3 +770,76 @@ def test_rest_idle_drops_only_what_a_new_stream_equals():
     tr.feed([data(d_out, big[-1000:], 12)])
     tr.stitch_dirty()
     assert tr.rest_idle() == 1 and len(got) == 2
+
+
+def test_head_memo_equals_parsing_again():
+    """HttpParser.parse keeps the last head it decided (``memo``) and answers an equal head
+    from it.  Random sequences of heads drawn from a small pool (so that heads repeat),
+    at random offsets behind other bytes, through one parser pair, and through a pair whose
+    memo is dropped before every call (each head parsed from scratch): the same answers
+    (state, frame, end, chunked), the same pending methods, the same counts."""
+    from protocol.http.parse import SUCCESS, HttpParser
+
+    names = [b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Content-Lengthy",
+             b"Transfer-Encoding", b"transfer-encoding", b"X-Content-Length"]
+    values = [b"0", b"5", b" 12 ", b"chunked", b"gzip, chunked", b"abc", b"-1",
+              b"9" * 16, b""]
+
+    def headers(rng):
+        hs = [b"Host: h"]
+        for _ in range(rng.randrange(3)):
+            hs.append(rng.choice(names) + rng.choice([b":", b" :", b": ", b":\t"])
+                      + rng.choice(values))
+        hs.append(b"X-Id: %d" % rng.randrange(2))
+        return b"".join(h + b"\r\n" for h in hs)
+
+    rng = random.Random(8)
+    hits = [0, 0]                   # answers from the memo: responses, requests
+    for round_ in range(40):
+        req_pool = [b"%s %s HTTP/1.%d\r\n" % (rng.choice([b"GET", b"POST", b"HEAD",
+                                                        b"CONNECT", b"BREW"]),
+                                             rng.choice([b"/a", b"/b?x=1", b"*"]),
+                                             rng.randrange(2)) + headers(rng) + b"\r\n"
+                    for _ in range(6)]
+        resp_pool = [b"HTTP/1.%d %d %s\r\n" % (rng.randrange(2),
+                                               rng.choice([200, 200, 404, 101, 100, 204,
+                                                           304, 500]),
+                                               rng.choice([b"OK", b""]))
+                     + headers(rng) + b"\r\n" for _ in range(6)]
+        # heads that begin with another head of the pool (one header more)
+        for pool in (req_pool, resp_pool):
+            pool += [h[:-2] + rng.choice([b"Content-Length: 3", b"Transfer-Encoding: chunked",
+                                          b"X-More: 1"]) + b"\r\n\r\n" for h in pool[:3]]
+        pairs = []
+        for reset in (False, True):
+            state = PROTOCOL.new_state()
+            pairs.append((state, HttpParser(MessageType.REQUEST, state),
+                          HttpParser(MessageType.RESPONSE, state), reset))
+        for i in range(60):
+            is_req = rng.random() < 0.5
+            head = rng.choice(req_pool if is_req else resp_pool)
+            pre = rng.choice([b"", b"xx", b"\r\n" * 3])
+            buf = pre + head + b"body-bytes"
+            start = len(pre)
+            answers = []
+            for state, rq, rs, reset in pairs:
+                p = rq if is_req else rs
+                if reset:
+                    p.memo = None
+                m0 = p.memo
+                st, frame, end = p.parse(buf, start, 1000 + i)
+                if (m0 is not None and p.memo is m0 and st is SUCCESS
+                        and m0[1] in head and (is_req or head.startswith(m0[1]))):
+                    hits[is_req] += 1
+                if frame is not None:
+                    frame = (type(frame).__name__,) + tuple(
+                        getattr(frame, a) for a in type(frame).__slots__)
+                answers.append((st, frame, end, p.chunked, list(state.methods),
+                                state.upgraded, state.switch_to))
+                if p.chunked:          # the next head starts afresh: no chunk framing
+                    p.chunked = False
+                if state.upgraded:
+                    state.upgraded, state.switch_to = False, None
+            assert answers[0] == answers[1], (round_, i, buf)
+    # the memo answered: the pools are small enough for heads to repeat
+    assert min(hits) > 50, hits

@@ -23,6 +23,9 @@ IGNORE = ParseState.IGNORE
 # as the bytes a stream buffers for one frame (pipeline.stream.MAX_BUFFERED).
 MAX_HEADER = 256 * 1024
 
+# heads that differ from the parser's memo before it takes a new one (HttpParser.memo_wait)
+MEMO_WAIT = 8
+
 METHODS = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH", b"OPTIONS", b"CONNECT",
            b"TRACE")
 # A request target has no length limit of its own here: the head's bound (MAX_HEADER) is it.
@@ -86,7 +89,7 @@ def _body_end_re(buf, hstart, hend):
 
 
 class HttpParser(Parser):
-    __slots__ = ("chunked", "is_request", "scanned", "skip_to")
+    __slots__ = ("chunked", "is_request", "scanned", "skip_to", "memo", "memo_wait")
 
     def __init__(self, msg_type, state):
         super().__init__(msg_type, state)
@@ -101,6 +104,18 @@ class HttpParser(Parser):
         # can end, so that the next find_boundary does not restart inside that stretch
         # (one search per stretch, not one per request start in it).
         self.skip_to = -1
+        # The last head's bytes and what they decided (see parse): on a keep-alive stream
+        # heads come again byte for byte (the same headers behind each request line; the
+        # same response within a second), so an equal head is not scanned again.
+        # Requests: (len, the bytes from the request line's CRLF to the head's end, body
+        # length, chunked); responses: (len, the whole head, status, minor, body length,
+        # chunked).  A cache: at_rest ignores it.  ``memo_wait``: 0 while the memo answers
+        # (a head that differs then replaces it), MEMO_WAIT just after it was taken; if the
+        # next head differs too, the MEMO_WAIT - 1 after it are neither compared nor copied
+        # (where every head differs, a request id or a Date per response, each costs a
+        # countdown, not a comparison and a copy); then the memo is tried and taken again.
+        self.memo = None
+        self.memo_wait = 0
 
     def at_rest(self):
         return not self.chunked and not self.scanned and self.skip_to < 0
@@ -144,14 +159,27 @@ class HttpParser(Parser):
             if m is None:
                 return self._loose_request(buf, start, hend, ts)
             hs = m.end() - 2
-            b = _BODY_HDR.search(buf, hs, hend + 2)
-            if b is None:
-                end = hend + 4
-                chunked = False
+            memo = self.memo
+            w = self.memo_wait
+            if ((not w or w == MEMO_WAIT) and memo is not None and memo[0] == hend - hs
+                    and buf.startswith(memo[1], hs)):
+                end = hend + 4 + memo[2]          # the same headers as the last request
+                chunked = memo[3]
+                self.memo_wait = 0
             else:
-                end, chunked = _body_end_from(buf, b, hs, hend)
-                if end < 0:
-                    return INVALID, None, start
+                b = _BODY_HDR.search(buf, hs, hend + 2)
+                if b is None:
+                    end = hend + 4
+                    chunked = False
+                else:
+                    end, chunked = _body_end_from(buf, b, hs, hend)
+                    if end < 0:
+                        return INVALID, None, start
+                if w:
+                    self.memo_wait = w - 1
+                else:
+                    self.memo = (hend - hs, buf[hs:hend], end - hend - 4, chunked)
+                    self.memo_wait = MEMO_WAIT
             mb, target, minor = m.groups()
             method = _METHOD_TEXT.get(mb)
             if method is None:
@@ -164,6 +192,20 @@ class HttpParser(Parser):
             self.chunked = chunked
             return SUCCESS, HttpRequest(ts, method, target.decode("latin-1"),
                                         minor[0] - 48), end
+        memo = self.memo
+        w = self.memo_wait
+        if ((not w or w == MEMO_WAIT) and memo is not None and memo[0] == hend - start
+                and buf.startswith(memo[1], start)):
+            # the same head as the last response that took this path: the same answer,
+            # if the request it answers lets the headers decide the body
+            methods = state.methods
+            if methods:
+                method = methods[0]
+                if method != "HEAD" and method != "CONNECT":
+                    del methods[0]
+                    self.chunked = memo[5]
+                    self.memo_wait = 0
+                    return SUCCESS, HttpResponse(ts, memo[2], memo[3]), hend + 4 + memo[4]
         m = _RESP_LINE.match(buf, start, hend + 2)
         if m is None:
             return INVALID, None, start
@@ -180,6 +222,7 @@ class HttpParser(Parser):
         del methods[0]
         he = hend + 2
         b = _BODY_HDR.search(buf, m.end() - 2, he)
+        chunked = False
         if b is None:
             end = hend + 4
         else:
@@ -195,7 +238,13 @@ class HttpParser(Parser):
                 if end < 0:
                     return INVALID, None, start
                 self.chunked = chunked
-        return SUCCESS, HttpResponse(ts, status, minor[0] - 48), end
+        minor = minor[0] - 48
+        if w:
+            self.memo_wait = w - 1
+        else:
+            self.memo = (hend - start, buf[start:hend], status, minor, end - hend - 4, chunked)
+            self.memo_wait = MEMO_WAIT
+        return SUCCESS, HttpResponse(ts, status, minor), end
 
     def _incomplete(self, buf, start):
         n = len(buf) - start
