@@ -7,6 +7,8 @@ flag.  Everything here is reset after each report.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import _count_elements    # C: Counter.update's loop (mapping, iterable)
+from functools import partial
 from math import ceil as _ceil
 from math import log as _log
 
@@ -21,6 +23,9 @@ PERCENTILES = (0.5, 0.9, 0.99)      # latency_p50, latency_p90, latency_p99 (pip
 BOUNDS = (10_000_000, 50_000_000, 100_000_000, 500_000_000, 1_000_000_000,
           3_000_000_000, 10_000_000_000)
 _NB = len(BOUNDS)
+_bucket_of = partial(bisect_left, BOUNDS)       # Histogram.add's bucket of a value
+_INV_LOG_GAMMA_MUL = INV_LOG_GAMMA.__mul__      # x -> INV_LOG_GAMMA * x (== x * INV_...)
+FAST_LATS = 6       # latencies in one add_all from which they are bucketed by C loops
 
 
 class Histogram:
@@ -61,38 +66,22 @@ def add_all(stats, recs):
     the hot path of aggregation.  The records are summed first (counts, latency sum and
     maximum, sketch and histogram buckets), then added to each RpcStats once: the same
     figures as adding them one by one (tests/test_aggregate.py
-    test_add_records_in_batches_equals_one_by_one)."""
-    nreq = nresp = nlat = lat_sum = lat_max = 0
-    h_sum = h_max = 0
+    test_add_records_in_batches_equals_one_by_one).  One Python loop over the records
+    gathers the counts and the latencies; where there are FAST_LATS latencies or more and
+    all of them lie in (0, 10 s], the common case, their sums and buckets are made by C
+    loops (map, sum, _count_elements), otherwise value by value."""
+    nreq = nresp = 0
     nerr = ncli = nsrv = 0
-    keys = {}                 # sketch key -> count
-    buckets = [0] * _NB       # histogram bucket -> count
-    nb = 0                    # records in them
+    lats = []
+    push = lats.append
     for rec in recs:
         req_ts = rec.req_ts
-        resp_ts = rec.resp_ts
         if req_ts:
             nreq += 1
+            resp_ts = rec.resp_ts
             if resp_ts:
-                nresp += 1
-                nlat += 1
-                lat = resp_ts - req_ts
-                if lat > 0:
-                    lat_sum += lat
-                    if lat > lat_max:
-                        lat_max = lat
-                    # sketch.key_of, inlined
-                    key = _ceil(_log(lat) * INV_LOG_GAMMA) if lat < MAX_NS else MAX_KEY
-                    keys[key] = keys.get(key, 0) + 1
-                    if lat <= 10_000_000_000:     # Histogram.add
-                        buckets[bisect_left(BOUNDS, lat)] += 1
-                        nb += 1
-                        h_sum += lat
-                        if lat > h_max:
-                            h_max = lat
-                else:                     # a response stamped before its request: 0
-                    keys[-1] = keys.get(-1, 0) + 1
-        elif resp_ts:
+                push(resp_ts - req_ts)
+        elif rec.resp_ts:
             nresp += 1
         err = rec.err
         if err:
@@ -101,6 +90,38 @@ def add_all(stats, recs):
                 ncli += 1
             elif err == ERR_SERVER:
                 nsrv += 1
+    nlat = len(lats)
+    nresp += nlat
+    lat_sum = lat_max = h_sum = h_max = nb = 0
+    keys = {}                 # sketch key -> count
+    buckets = None            # histogram bucket -> count
+    if nlat >= FAST_LATS and min(lats) > 0 and max(lats) <= 10_000_000_000:
+        lat_sum = h_sum = sum(lats)
+        lat_max = h_max = max(lats)
+        nb = nlat
+        # sketch.key_of and Histogram.add, as C loops (below 10 s < MAX_NS: no MAX_KEY)
+        _count_elements(keys, map(_ceil, map(_INV_LOG_GAMMA_MUL, map(_log, lats))))
+        buckets = {}
+        _count_elements(buckets, map(_bucket_of, lats))
+    elif nlat:
+        buckets = {}
+        for lat in lats:
+            if lat > 0:
+                lat_sum += lat
+                if lat > lat_max:
+                    lat_max = lat
+                # sketch.key_of, inlined
+                key = _ceil(_log(lat) * INV_LOG_GAMMA) if lat < MAX_NS else MAX_KEY
+                keys[key] = keys.get(key, 0) + 1
+                if lat <= 10_000_000_000:     # Histogram.add
+                    b = bisect_left(BOUNDS, lat)
+                    buckets[b] = buckets.get(b, 0) + 1
+                    nb += 1
+                    h_sum += lat
+                    if lat > h_max:
+                        h_max = lat
+            else:                     # a response stamped before its request: 0
+                keys[-1] = keys.get(-1, 0) + 1
     for st in stats:
         st.req += nreq
         st.resp += nresp
@@ -115,9 +136,8 @@ def add_all(stats, recs):
             if nb:
                 h = st.histo
                 counts = h.counts
-                for b, n in enumerate(buckets):
-                    if n:
-                        counts[b] += n
+                for b, n in buckets.items():
+                    counts[b] += n
                 h.sum += h_sum
                 if h_max > h.max:
                     h.max = h_max
