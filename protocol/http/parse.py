@@ -114,8 +114,11 @@ class HttpParser(Parser):
         # next head differs too, the MEMO_WAIT - 1 after it are neither compared nor copied
         # (where every head differs, a request id or a Date per response, each costs a
         # countdown, not a comparison and a copy); then the memo is tried and taken again.
+        # The first head takes none (1): a connection of one request keeps no copy (10k of
+        # them: 8 MB of RSS otherwise, bench_rss); nor does the first request after
+        # Tracker.rest_idle dropped a resting connection's parsers.
         self.memo = None
-        self.memo_wait = 0
+        self.memo_wait = 1
 
     def at_rest(self):
         return not self.chunked and not self.scanned and self.skip_to < 0
@@ -150,23 +153,35 @@ class HttpParser(Parser):
             return IGNORE, None, len(buf)
         if self.chunked:
             return self._parse_chunks(buf, start)
-        hend = buf.find(b"\r\n\r\n", start + self.scanned, start + MAX_HEADER)
-        if hend < 0:
-            return self._incomplete(buf, start)
-        self.scanned = 0
+        memo = self.memo
+        w = self.memo_wait
+        # the memo is tried before the head's end is searched: a head equal to it, then
+        # the terminator, is a head that ends there (the memo's bytes hold no terminator,
+        # and a request line holds no CR or LF before its CRLF).  Not while a head arrives
+        # in pieces (``scanned``): each piece would match the request line again.
+        try_memo = (not w or w == MEMO_WAIT) and memo is not None and not self.scanned
         if self.is_request:
-            m = _REQ_LINE.match(buf, start, hend + 2)
-            if m is None:
-                return self._loose_request(buf, start, hend, ts)
-            hs = m.end() - 2
-            memo = self.memo
-            w = self.memo_wait
-            if ((not w or w == MEMO_WAIT) and memo is not None and memo[0] == hend - hs
-                    and buf.startswith(memo[1], hs)):
-                end = hend + 4 + memo[2]          # the same headers as the last request
+            m = None
+            if try_memo:
+                # a request line ends at its CRLF, before the head's end if the head is whole
+                m = _REQ_LINE.match(buf, start, start + MAX_HEADER)
+                if m is not None:
+                    hs = m.end() - 2
+            if (m is not None and buf.startswith(memo[1], hs)
+                    and buf.startswith(b"\r\n\r\n", hs + memo[0])):
+                end = hs + memo[0] + 4 + memo[2]    # the same headers as the last request
                 chunked = memo[3]
                 self.memo_wait = 0
             else:
+                hend = buf.find(b"\r\n\r\n", start + self.scanned, start + MAX_HEADER)
+                if hend < 0:
+                    return self._incomplete(buf, start)
+                self.scanned = 0
+                if not try_memo:
+                    m = _REQ_LINE.match(buf, start, hend + 2)
+                if m is None:
+                    return self._loose_request(buf, start, hend, ts)
+                hs = m.end() - 2
                 b = _BODY_HDR.search(buf, hs, hend + 2)
                 if b is None:
                     end = hend + 4
@@ -192,10 +207,8 @@ class HttpParser(Parser):
             self.chunked = chunked
             return SUCCESS, HttpRequest(ts, method, target.decode("latin-1"),
                                         minor[0] - 48), end
-        memo = self.memo
-        w = self.memo_wait
-        if ((not w or w == MEMO_WAIT) and memo is not None and memo[0] == hend - start
-                and buf.startswith(memo[1], start)):
+        if (try_memo and buf.startswith(memo[1], start)
+                and buf.startswith(b"\r\n\r\n", start + memo[0])):
             # the same head as the last response that took this path: the same answer,
             # if the request it answers lets the headers decide the body
             methods = state.methods
@@ -205,7 +218,12 @@ class HttpParser(Parser):
                     del methods[0]
                     self.chunked = memo[5]
                     self.memo_wait = 0
-                    return SUCCESS, HttpResponse(ts, memo[2], memo[3]), hend + 4 + memo[4]
+                    return (SUCCESS, HttpResponse(ts, memo[2], memo[3]),
+                            start + memo[0] + 4 + memo[4])
+        hend = buf.find(b"\r\n\r\n", start + self.scanned, start + MAX_HEADER)
+        if hend < 0:
+            return self._incomplete(buf, start)
+        self.scanned = 0
         m = _RESP_LINE.match(buf, start, hend + 2)
         if m is None:
             return INVALID, None, start
