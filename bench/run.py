@@ -376,6 +376,8 @@ def main():
     from bench import parsers
     parsers.main()
     parse_rates()
+    from bench import parse_instructions     # the same, in instructions (cachegrind)
+    parse_instructions.main(FIG, [(label, os.path.dirname(path)) for label, path in probes()])
     from bench.bench_http2 import streams_per_second
     print("HTTP/2 parser (fixtures, recorded events): %.0f streams/s per core"
           % streams_per_second())
