@@ -30,7 +30,9 @@ if %r:
 
 def _instructions(root, distinct, feed):
     code = _RUN % (PER_CONN, distinct, feed)
-    env = dict(os.environ, BENCH_CODE_ROOT=root, PYTHONPATH=os.path.dirname(HERE))
+    # one hash seed: dict and set layouts (so the instructions) are the same in every run
+    env = dict(os.environ, BENCH_CODE_ROOT=root, PYTHONPATH=os.path.dirname(HERE),
+               PYTHONHASHSEED="0")
     r = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
                         "--cachegrind-out-file=/dev/null", sys.executable, "-c", code],
                        env=env, cwd=os.path.dirname(HERE), capture_output=True, text=True,

@@ -778,7 +778,7 @@ def test_head_memo_equals_parsing_again():
     at random offsets behind other bytes, through one parser pair, and through a pair whose
     memo is dropped before every call (each head parsed from scratch): the same answers
     (state, frame, end, chunked), the same pending methods, the same counts."""
-    from protocol.http.parse import NEEDS_MORE_DATA, SUCCESS, HttpParser
+    from protocol.http.parse import _NO_MEMO, NEEDS_MORE_DATA, SUCCESS, HttpParser
 
     names = [b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Content-Lengthy",
              b"Transfer-Encoding", b"transfer-encoding", b"X-Content-Length"]
@@ -828,7 +828,7 @@ def test_head_memo_equals_parsing_again():
             for state, rq, rs, reset in pairs:
                 p = rq if is_req else rs
                 if reset:
-                    p.memo = None
+                    p.memo = _NO_MEMO
                 answer = []
                 answers.append(answer)
                 if cut is not None:
@@ -838,7 +838,7 @@ def test_head_memo_equals_parsing_again():
                         continue
                 m0 = p.memo
                 st, frame, end = p.parse(buf, start, 1000 + i)
-                if (m0 is not None and p.memo is m0 and st is SUCCESS
+                if (m0 is not _NO_MEMO and p.memo is m0 and st is SUCCESS
                         and m0[1] in head and (is_req or head.startswith(m0[1]))):
                     hits[is_req] += 1
                 if frame is not None:

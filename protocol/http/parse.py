@@ -25,6 +25,9 @@ MAX_HEADER = 256 * 1024
 
 # heads that differ from the parser's memo before it takes a new one (HttpParser.memo_wait)
 MEMO_WAIT = 8
+# the memo before the first: its bytes start no request's header block (a CRLF) nor any
+# response head ("HTTP/1.")
+_NO_MEMO = (0, b"\0", 0, 0, 0, False)
 
 METHODS = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH", b"OPTIONS", b"CONNECT",
            b"TRACE")
@@ -109,15 +112,16 @@ class HttpParser(Parser):
         # same response within a second), so an equal head is not scanned again.
         # Requests: (len, the bytes from the request line's CRLF to the head's end, body
         # length, chunked); responses: (len, the whole head, status, minor, body length,
-        # chunked).  A cache: at_rest ignores it.  ``memo_wait``: 0 while the memo answers
-        # (a head that differs then replaces it), MEMO_WAIT just after it was taken; if the
-        # next head differs too, the MEMO_WAIT - 1 after it are neither compared nor copied
-        # (where every head differs, a request id or a Date per response, each costs a
-        # countdown, not a comparison and a copy); then the memo is tried and taken again.
-        # The first head takes none (1): a connection of one request keeps no copy (10k of
-        # them: 8 MB of RSS otherwise, bench_rss); nor does the first request after
-        # Tracker.rest_idle dropped a resting connection's parsers.
-        self.memo = None
+        # chunked); _NO_MEMO before the first.  A cache: at_rest ignores it.
+        # ``memo_wait``: 0 while the memo answers (a head that differs then replaces it),
+        # -1 just after it was taken; if the next head differs too, the MEMO_WAIT - 1 after
+        # it are neither compared nor copied (a countdown: where every head differs, a
+        # request id or a Date per response, each costs that, not a comparison and a copy);
+        # at 0 the memo is tried and taken again.  The first head takes none (1): a
+        # connection of one request keeps no copy (10k of them: 8 MB of RSS otherwise,
+        # bench_rss); nor does the first request after Tracker.rest_idle dropped a resting
+        # connection's parsers.
+        self.memo = _NO_MEMO
         self.memo_wait = 1
 
     def at_rest(self):
@@ -153,35 +157,37 @@ class HttpParser(Parser):
             return IGNORE, None, len(buf)
         if self.chunked:
             return self._parse_chunks(buf, start)
-        memo = self.memo
         w = self.memo_wait
-        # the memo is tried before the head's end is searched: a head equal to it, then
-        # the terminator, is a head that ends there (the memo's bytes hold no terminator,
-        # and a request line holds no CR or LF before its CRLF).  Not while a head arrives
-        # in pieces (``scanned``): each piece would match the request line again.
-        try_memo = (not w or w == MEMO_WAIT) and memo is not None and not self.scanned
+        # the memo is tried (w <= 0) before the head's end is searched: a head equal to it,
+        # then the terminator, is a head that ends there (the memo's bytes hold no
+        # terminator, and a request line holds no CR or LF before its CRLF).  Not while a
+        # head arrives in pieces (``scanned``): each piece would match the request line again.
         if self.is_request:
             m = None
-            if try_memo:
+            hend = -1
+            if w <= 0 and not self.scanned:
                 # a request line ends at its CRLF, before the head's end if the head is whole
                 m = _REQ_LINE.match(buf, start, start + MAX_HEADER)
                 if m is not None:
                     hs = m.end() - 2
-            if (m is not None and buf.startswith(memo[1], hs)
-                    and buf.startswith(b"\r\n\r\n", hs + memo[0])):
-                end = hs + memo[0] + 4 + memo[2]    # the same headers as the last request
-                chunked = memo[3]
-                self.memo_wait = 0
-            else:
+                    memo = self.memo
+                    if (buf.startswith(memo[1], hs)
+                            and buf.startswith(b"\r\n\r\n", hs + memo[0])):
+                        hend = hs + memo[0]        # the same headers as the last request
+                        end = hend + 4 + memo[2]
+                        chunked = memo[3]
+                        if w:
+                            self.memo_wait = 0
+            if hend < 0:
                 hend = buf.find(b"\r\n\r\n", start + self.scanned, start + MAX_HEADER)
                 if hend < 0:
                     return self._incomplete(buf, start)
                 self.scanned = 0
-                if not try_memo:
-                    m = _REQ_LINE.match(buf, start, hend + 2)
                 if m is None:
-                    return self._loose_request(buf, start, hend, ts)
-                hs = m.end() - 2
+                    m = _REQ_LINE.match(buf, start, hend + 2)
+                    if m is None:
+                        return self._loose_request(buf, start, hend, ts)
+                    hs = m.end() - 2
                 b = _BODY_HDR.search(buf, hs, hend + 2)
                 if b is None:
                     end = hend + 4
@@ -190,11 +196,13 @@ class HttpParser(Parser):
                     end, chunked = _body_end_from(buf, b, hs, hend)
                     if end < 0:
                         return INVALID, None, start
-                if w:
+                if w > 0:
                     self.memo_wait = w - 1
+                elif w:
+                    self.memo_wait = MEMO_WAIT - 1     # a fresh memo that did not answer
                 else:
                     self.memo = (hend - hs, buf[hs:hend], end - hend - 4, chunked)
-                    self.memo_wait = MEMO_WAIT
+                    self.memo_wait = -1
             mb, target, minor = m.groups()
             method = _METHOD_TEXT.get(mb)
             if method is None:
@@ -207,19 +215,22 @@ class HttpParser(Parser):
             self.chunked = chunked
             return SUCCESS, HttpRequest(ts, method, target.decode("latin-1"),
                                         minor[0] - 48), end
-        if (try_memo and buf.startswith(memo[1], start)
-                and buf.startswith(b"\r\n\r\n", start + memo[0])):
-            # the same head as the last response that took this path: the same answer,
-            # if the request it answers lets the headers decide the body
-            methods = state.methods
-            if methods:
-                method = methods[0]
-                if method != "HEAD" and method != "CONNECT":
-                    del methods[0]
-                    self.chunked = memo[5]
-                    self.memo_wait = 0
-                    return (SUCCESS, HttpResponse(ts, memo[2], memo[3]),
-                            start + memo[0] + 4 + memo[4])
+        if w <= 0 and not self.scanned:
+            memo = self.memo
+            if buf.startswith(memo[1], start) and buf.startswith(b"\r\n\r\n",
+                                                                start + memo[0]):
+                # the same head as the last response that took this path: the same
+                # answer, if the request it answers lets the headers decide the body
+                methods = state.methods
+                if methods:
+                    method = methods[0]
+                    if method != "HEAD" and method != "CONNECT":
+                        del methods[0]
+                        self.chunked = memo[5]
+                        if w:
+                            self.memo_wait = 0
+                        return (SUCCESS, HttpResponse(ts, memo[2], memo[3]),
+                                start + memo[0] + 4 + memo[4])
         hend = buf.find(b"\r\n\r\n", start + self.scanned, start + MAX_HEADER)
         if hend < 0:
             return self._incomplete(buf, start)
@@ -240,9 +251,9 @@ class HttpParser(Parser):
         del methods[0]
         he = hend + 2
         b = _BODY_HDR.search(buf, m.end() - 2, he)
-        chunked = False
         if b is None:
             end = hend + 4
+            chunked = False
         else:
             cl, v = b.groups()
             if cl is not None and _TE_HDR.search(buf, b.end(), he) is None:
@@ -251,17 +262,20 @@ class HttpParser(Parser):
                 if not v.isdigit() or len(v) > 15:
                     return INVALID, None, start
                 end = hend + 4 + int(v)
+                chunked = False
             else:
                 end, chunked = _body_end_re(buf, m.end() - 2, hend)
                 if end < 0:
                     return INVALID, None, start
                 self.chunked = chunked
         minor = minor[0] - 48
-        if w:
+        if w > 0:
             self.memo_wait = w - 1
+        elif w:
+            self.memo_wait = MEMO_WAIT - 1         # a fresh memo that did not answer
         else:
             self.memo = (hend - start, buf[start:hend], status, minor, end - hend - 4, chunked)
-            self.memo_wait = MEMO_WAIT
+            self.memo_wait = -1
         return SUCCESS, HttpResponse(ts, status, minor), end
 
     def _incomplete(self, buf, start):
