@@ -94,17 +94,15 @@ def add_all(stats, recs):
     nresp += nlat
     lat_sum = lat_max = h_sum = h_max = nb = 0
     keys = {}                 # sketch key -> count
-    buckets = None            # histogram bucket -> count
+    buckets = {}              # histogram bucket -> count
     if nlat >= FAST_LATS and min(lats) > 0 and max(lats) <= 10_000_000_000:
         lat_sum = h_sum = sum(lats)
         lat_max = h_max = max(lats)
         nb = nlat
         # sketch.key_of and Histogram.add, as C loops (below 10 s < MAX_NS: no MAX_KEY)
         _count_elements(keys, map(_ceil, map(_INV_LOG_GAMMA_MUL, map(_log, lats))))
-        buckets = {}
         _count_elements(buckets, map(_bucket_of, lats))
-    elif nlat:
-        buckets = {}
+    else:
         for lat in lats:
             if lat > 0:
                 lat_sum += lat
