@@ -12,19 +12,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PER_CONN = 100              # 20 connections: 4000 messages per run
 
 _RUN = r"""
-import os, sys
 from bench import parsers
-recs, m = parsers.http_records(per_conn=%d, distinct=%r)
-batches = [recs[i:i + 64] for i in range(0, len(recs), 64)]
-warm = parsers._Sink().tracker          # in both runs: first-time costs cancel out
-for b in batches[:40]:
-    warm.feed(b)
-    warm.stitch_dirty()
-t = parsers._Sink().tracker
+recs, _ = parsers.http_records(per_conn=%d, distinct=%r)
+batches = parsers.batches_of(recs)
+# in both runs: first-time costs cancel out
+parsers.feed_all(parsers._Sink().tracker, batches[:40])
 if %r:
-    for b in batches:
-        t.feed(b)
-        t.stitch_dirty()
+    parsers.feed_all(parsers._Sink().tracker, batches)
 """
 
 
@@ -50,11 +44,11 @@ def per_message(root, distinct=False):
 
 def main(fig, trees):
     """``trees``: [(label, checkout root)]."""
+    from bench.parsers import HEADS
     if shutil.which("valgrind") is None:
         print("HTTP pipeline instructions per message: valgrind not installed, skipped")
         return
-    for distinct in (False, True):
-        what = "every head distinct" if distinct else "heads repeat (keep-alive)"
+    for distinct, what in HEADS.items():
         vals = " / ".join("%s %.1fk" % (label, per_message(root, distinct) / 1e3)
                           for label, root in trees)
         print("HTTP pipeline, %s: %s instructions per message (cachegrind)" % (what, vals))

@@ -350,8 +350,9 @@ def _rss_parts(pid):
 def parse_rates(runs=3):
     """The HTTP pipeline's parse rate (bench/parsers.py) of this checkout and of BENCH_REF's
     revision, in turns (best of ``runs`` each): repeated heads, and every head distinct."""
+    from bench.parsers import HEADS
     here = os.path.join(ROOT, "bench", "parsers.py")
-    for distinct in (False, True):
+    for distinct, what in HEADS.items():
         best = {}
         for _ in range(runs):
             for label, path in probes():
@@ -365,7 +366,6 @@ def parse_rates(runs=3):
                     print("parse rate of %s: failed: %s" % (label, r.stderr.strip()[-300:]))
                     continue
                 best[label] = max(best.get(label, 0.0), rate)
-        what = "every head distinct" if distinct else "heads repeat (keep-alive)"
         vals = " / ".join("%s %.0fk" % (label, rate / 1e3) for label, rate in best.items())
         print("HTTP parse rate, %s, best of %d: %s messages/s" % (what, runs, vals))
         FIG.append(("HTTP parse rate, one core, recorded events, " + what, vals,
@@ -374,8 +374,9 @@ def parse_rates(runs=3):
 
 def main():
     from bench import parsers
-    parsers.main()
-    parse_rates()
+    print("== parsers (one core, no BPF)")
+    parse_rates()                            # HTTP, this checkout's and BENCH_REF's, in turns
+    parsers.bench_db()
     from bench import parse_instructions     # the same, in instructions (cachegrind)
     parse_instructions.main(FIG, [(label, os.path.dirname(path)) for label, path in probes()])
     from bench.bench_http2 import streams_per_second
