@@ -828,7 +828,7 @@ def test_head_memo_equals_parsing_again():
             for state, rq, rs, reset in pairs:
                 p = rq if is_req else rs
                 if reset:
-                    p.memo = _NO_MEMO
+                    p.memo, p.memo_wait = _NO_MEMO, 0
                 answer = []
                 answers.append(answer)
                 if cut is not None:
@@ -853,3 +853,42 @@ def test_head_memo_equals_parsing_again():
             assert answers[0] == answers[1], (round_, i, buf)
     # the memo answered: the pools are small enough for heads to repeat
     assert min(hits) > 50, hits
+
+
+def test_frames_made_inline():
+    """The hot paths make HttpRequest, HttpResponse and Record without calling their
+    __init__ (object.__new__, then the slots): each such frame and record has every slot
+    set, to what its constructor would set, on the memo's path and off it."""
+    from protocol.base import Record
+    from protocol.http.parse import HttpParser
+    from protocol.http.types import HttpRequest, HttpResponse
+
+    def row(obj):
+        return (type(obj),) + tuple(getattr(obj, a) for a in type(obj).__slots__)
+
+    state = PROTOCOL.new_state()
+    rq = HttpParser(MessageType.REQUEST, state)
+    rs = HttpParser(MessageType.RESPONSE, state)
+    reqs, resps = [], []
+    waits = set()
+    for i in range(12):                  # enough for the memos to answer
+        q = req("POST" if i % 5 == 0 else "GET", "/a?i=%d" % i,
+                b"X-Same: 1\r\n" + (b"Content-Length: 2\r\n" if i % 5 == 0 else b""),
+                b"xy" if i % 5 == 0 else b"")
+        st, frame, end = rq.parse(q, 0, 100 + i)
+        assert end == len(q) and row(frame) == row(HttpRequest(
+            100 + i, "POST" if i % 5 == 0 else "GET", "/a?i=%d" % i, 1))
+        reqs.append(frame)
+        waits.add((True, rq.memo_wait))
+        r = resp(404 if i % 4 == 0 else 200, b"X-Same: 1\r\n", b"body")
+        st, frame, end = rs.parse(r, 0, 200 + i)
+        assert end == len(r) and row(frame) == row(HttpResponse(
+            200 + i, 404 if i % 4 == 0 else 200, 1))
+        resps.append(frame)
+        waits.add((False, rs.memo_wait))
+    assert {(True, -2), (False, -2)} <= waits       # the memos answered
+    recs = PROTOCOL.stitch(reqs, resps, state)
+    assert [row(r) for r in recs] == [row(Record(
+        100 + i, 200 + i, "POST /a" if i % 5 == 0 else "GET /a",
+        "POST" if i % 5 == 0 else "GET", "/a?i=%d" % i, "404" if i % 4 == 0 else "200",
+        ERR_CLIENT if i % 4 == 0 else ERR_NONE)) for i in range(12)]

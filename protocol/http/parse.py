@@ -25,9 +25,8 @@ MAX_HEADER = 256 * 1024
 
 # heads that differ from the parser's memo before it takes a new one (HttpParser.memo_wait)
 MEMO_WAIT = 8
-# the memo before the first: its bytes start no request's header block (a CRLF) nor any
-# response head ("HTTP/1.")
-_NO_MEMO = (0, b"\0", 0, 0, 0, False)
+# the memo before the first head that takes one (never compared: memo_wait >= 0 until then)
+_NO_MEMO = None
 
 METHODS = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH", b"OPTIONS", b"CONNECT",
            b"TRACE")
@@ -54,6 +53,7 @@ _TE_HDR = re.compile(rb"\ntransfer-encoding[ \t]*:", re.I)
 # request method and status code texts seen over and over: decode / convert once
 _METHOD_TEXT = {m: m.decode("latin-1") for m in METHODS}
 _STATUS_INT = {b"%d" % i: i for i in range(100, 600)}
+_new = object.__new__
 
 
 def _body_end(buf, hstart, hend):
@@ -110,17 +110,18 @@ class HttpParser(Parser):
         # The last head's bytes and what they decided (see parse): on a keep-alive stream
         # heads come again byte for byte (the same headers behind each request line; the
         # same response within a second), so an equal head is not scanned again.
-        # Requests: (len, the bytes from the request line's CRLF to the head's end, body
-        # length, chunked); responses: (len, the whole head, status, minor, body length,
-        # chunked); _NO_MEMO before the first.  A cache: at_rest ignores it.
-        # ``memo_wait``: 0 while the memo answers (a head that differs then replaces it),
+        # Requests: (len, the bytes from the request line's CRLF to the head's end, its
+        # terminator included, body length, chunked); responses: (len, the whole head with
+        # its terminator, status, minor, body length, chunked); _NO_MEMO before the first.
+        # A cache: at_rest ignores it.
+        # ``memo_wait``: -2 while the memo answers (a head that differs then replaces it),
         # -1 just after it was taken; if the next head differs too, the MEMO_WAIT - 1 after
         # it are neither compared nor copied (a countdown: where every head differs, a
         # request id or a Date per response, each costs that, not a comparison and a copy);
-        # at 0 the memo is tried and taken again.  The first head takes none (1): a
-        # connection of one request keeps no copy (10k of them: 8 MB of RSS otherwise,
-        # bench_rss); nor does the first request after Tracker.rest_idle dropped a resting
-        # connection's parsers.
+        # at 0 the next head is taken (without a comparison).  Only a negative memo_wait
+        # compares.  The first head takes none (1): a connection of one request keeps no
+        # copy (10k of them: 8 MB of RSS otherwise, bench_rss); nor does the first request
+        # after Tracker.rest_idle dropped a resting connection's parsers.
         self.memo = _NO_MEMO
         self.memo_wait = 1
 
@@ -158,26 +159,26 @@ class HttpParser(Parser):
         if self.chunked:
             return self._parse_chunks(buf, start)
         w = self.memo_wait
-        # the memo is tried (w <= 0) before the head's end is searched: a head equal to it,
-        # then the terminator, is a head that ends there (the memo's bytes hold no
-        # terminator, and a request line holds no CR or LF before its CRLF).  Not while a
-        # head arrives in pieces (``scanned``): each piece would match the request line again.
+        # the memo is tried (w < 0) before the head's end is searched: a head equal to it
+        # is a head that ends where its terminator does (the memo's bytes hold one
+        # terminator, at their end, and a request line holds no CR or LF before its CRLF).
+        # Not while a head arrives in pieces (``scanned``): each piece would match the
+        # request line again.
         if self.is_request:
             m = None
             hend = -1
-            if w <= 0 and not self.scanned:
+            if w < 0 and not self.scanned:
                 # a request line ends at its CRLF, before the head's end if the head is whole
                 m = _REQ_LINE.match(buf, start, start + MAX_HEADER)
                 if m is not None:
                     hs = m.end() - 2
                     memo = self.memo
-                    if (buf.startswith(memo[1], hs)
-                            and buf.startswith(b"\r\n\r\n", hs + memo[0])):
-                        hend = hs + memo[0]        # the same headers as the last request
+                    if buf.startswith(memo[1], hs):
+                        hend = hs + memo[0] - 4    # the same headers as the last request
                         end = hend + 4 + memo[2]
                         chunked = memo[3]
-                        if w:
-                            self.memo_wait = 0
+                        if w == -1:
+                            self.memo_wait = -2
             if hend < 0:
                 hend = buf.find(b"\r\n\r\n", start + self.scanned, start + MAX_HEADER)
                 if hend < 0:
@@ -198,10 +199,10 @@ class HttpParser(Parser):
                         return INVALID, None, start
                 if w > 0:
                     self.memo_wait = w - 1
-                elif w:
+                elif w == -1:
                     self.memo_wait = MEMO_WAIT - 1     # a fresh memo that did not answer
                 else:
-                    self.memo = (hend - hs, buf[hs:hend], end - hend - 4, chunked)
+                    self.memo = (hend + 4 - hs, buf[hs:hend + 4], end - hend - 4, chunked)
                     self.memo_wait = -1
             mb, target, minor = m.groups()
             method = _METHOD_TEXT.get(mb)
@@ -213,12 +214,17 @@ class HttpParser(Parser):
                 del methods[0]
                 self.count_truncated()
             self.chunked = chunked
-            return SUCCESS, HttpRequest(ts, method, target.decode("latin-1"),
-                                        minor[0] - 48), end
-        if w <= 0 and not self.scanned:
+            # HttpRequest(ts, method, target, version) without its __init__'s call (a third
+            # of the cost of a frame; tests/test_http_parser.py test_frames_made_inline)
+            frame = _new(HttpRequest)
+            frame.ts = ts
+            frame.method = method
+            frame.target = target.decode("latin-1")
+            frame.version = minor[0] - 48
+            return SUCCESS, frame, end
+        if w < 0 and not self.scanned:
             memo = self.memo
-            if buf.startswith(memo[1], start) and buf.startswith(b"\r\n\r\n",
-                                                                start + memo[0]):
+            if buf.startswith(memo[1], start):
                 # the same head as the last response that took this path: the same
                 # answer, if the request it answers lets the headers decide the body
                 methods = state.methods
@@ -227,10 +233,13 @@ class HttpParser(Parser):
                     if method != "HEAD" and method != "CONNECT":
                         del methods[0]
                         self.chunked = memo[5]
-                        if w:
-                            self.memo_wait = 0
-                        return (SUCCESS, HttpResponse(ts, memo[2], memo[3]),
-                                start + memo[0] + 4 + memo[4])
+                        if w == -1:
+                            self.memo_wait = -2
+                        frame = _new(HttpResponse)      # HttpResponse(ts, status, minor)
+                        frame.ts = ts
+                        frame.status = memo[2]
+                        frame.version = memo[3]
+                        return SUCCESS, frame, start + memo[0] + memo[4]
         hend = buf.find(b"\r\n\r\n", start + self.scanned, start + MAX_HEADER)
         if hend < 0:
             return self._incomplete(buf, start)
@@ -271,12 +280,17 @@ class HttpParser(Parser):
         minor = minor[0] - 48
         if w > 0:
             self.memo_wait = w - 1
-        elif w:
+        elif w == -1:
             self.memo_wait = MEMO_WAIT - 1         # a fresh memo that did not answer
         else:
-            self.memo = (hend - start, buf[start:hend], status, minor, end - hend - 4, chunked)
+            self.memo = (hend + 4 - start, buf[start:hend + 4], status, minor, end - hend - 4,
+                         chunked)
             self.memo_wait = -1
-        return SUCCESS, HttpResponse(ts, status, minor), end
+        frame = _new(HttpResponse)                      # HttpResponse(ts, status, minor)
+        frame.ts = ts
+        frame.status = status
+        frame.version = minor
+        return SUCCESS, frame, end
 
     def _incomplete(self, buf, start):
         n = len(buf) - start
