@@ -37,8 +37,20 @@ EVF_CLEAN_GAP = DEFINES["EVF_CLEAN_GAP"]
 SUCCESS = ParseState.SUCCESS
 IGNORE = ParseState.IGNORE
 EVF_TURN_CUT = DEFINES["EVF_TURN_CUT"]
-_DATA = LAYOUTS["evt_data"].struct
+_DATA = LAYOUTS["evt_data"]
 _DATA_SIZE = _DATA.size
+# Tracker.feed's decoder of evt_data: the fields it reads, the four u8 after ``lost`` as one
+# u32 (direction in its low byte) and lost_msgs with flags as one u64 (flags high)
+_DATA_VIEW = _DATA.view("conn_id", "ts", "true_len", "cap_len", "lost",
+                        ("direction", "source", "proto", "l7_role"), ("lost_msgs", "flags"))
+_OFF = _DATA.offsets()
+_SOURCE = 0xFF << 8 * (_OFF["source"][0] - _OFF["direction"][0])
+_LOST_MSGS = (1 << 8 * _OFF["lost_msgs"][1]) - 1
+_FLAGS_SHIFT = 8 * (_OFF["flags"][0] - _OFF["lost_msgs"][0])
+_CLEAN_GAP = EVF_CLEAN_GAP << _FLAGS_SHIFT
+_TURN_CUT = EVF_TURN_CUT << _FLAGS_SHIFT
+# feed tells records apart by their type's first byte
+assert all(v < 256 for k, v in DEFINES.items() if k.startswith("EVT_"))
 _OPEN = LAYOUTS["evt_open"]
 _CLOSE = LAYOUTS["evt_close"]
 _TYPE = struct.Struct("<I")
@@ -149,52 +161,53 @@ class Tracker:
         """The hot path: a batch of raw ring-buffer records, in order.  Data records go to
         their connection's streams; open and close records are handled here; any other
         record goes to ``control_sink(type, raw)``."""
-        unpack = _DATA.unpack_from
+        unpack = _DATA_VIEW.unpack_from
         get_conn = self.conns.get
         mark_dirty = self.dirty.add
         h = _DATA_SIZE
         for raw in batch:
-            # the type is a little-endian u32 and every EVT_* is below 256: its first byte
-            # tells data records apart; the unpacked type confirms it
+            # the type is a little-endian u32 and every EVT_* is below 256 (checked at
+            # import): its first byte tells the records apart
             if raw[0] != EVT_DATA:
                 self._control(raw)
                 continue
-            (t, _, conn_id, ts, true_len, cap_len, lost, direction, source, _, _, lost_msgs,
-             flags) = unpack(raw)
-            if t != EVT_DATA:
-                self._control(raw)
-                continue
+            # ``roles``: direction, source, proto, l7_role in one u32; ``more``: lost_msgs
+            # and flags in one u64 (_DATA_VIEW), zero in the common case
+            conn_id, ts, true_len, cap_len, lost, roles, more = unpack(raw)
             conn = get_conn(conn_id)
             if conn is None:
                 self.unknown_data += 1
                 continue
-            if source and not conn.ssl:
-                self.switch_to_tls(conn)     # TLS negotiated inside the protocol
-            if conn.proto is None:
-                continue                     # byte-counted only (no parser yet)
-            if conn.peers is not None:       # a UDP socket: per peer (pipeline/udp.py)
-                udp.on_data(self, conn, direction, ts, raw[h:h + cap_len], true_len)
-                continue
-            if lost_msgs:
-                self._retire(conn, lost_msgs)
-            is_req = direction == conn.req_dir
+            is_req = roles & 255 == conn.req_dir
             stream = conn.req_stream if is_req else conn.resp_stream
-            if stream is None:
-                self._make_streams(conn)
+            if lost or more or stream is None or (roles & _SOURCE and not conn.ssl):
+                # the rarer records: bytes lost before them, messages lost, flags, the
+                # first plaintext of TLS negotiated inside the protocol, a connection
+                # without a parser or without streams yet
+                if roles & _SOURCE and not conn.ssl:
+                    self.switch_to_tls(conn)     # TLS negotiated inside the protocol
+                if conn.proto is None:
+                    continue                     # byte-counted only (no parser yet)
+                if conn.peers is not None:       # a UDP socket: per peer (pipeline/udp.py)
+                    udp.on_data(self, conn, roles & 255, ts, raw[h:h + cap_len], true_len)
+                    continue
+                if more & _LOST_MSGS:
+                    self._retire(conn, more & _LOST_MSGS)
+                if conn.req_stream is None:
+                    self._make_streams(conn)
                 stream = conn.req_stream if is_req else conn.resp_stream
+                # sampled-out messages before this record (the common case under load):
+                # skipped first, so that a stream in sync again takes the in-place parse
+                if more & _CLEAN_GAP:
+                    stream.clean_gap(lost)
+                    lost = 0
             frames = stream.frames
-            # sampled-out messages before this record (the common case under load): skipped
-            # first, so that a stream in sync again takes the fast path below
-            gap = flags & EVF_CLEAN_GAP
-            if gap:
-                stream.clean_gap(lost)
-                lost = 0
-            if (flags & EVF_TURN_CUT or lost or not cap_len or stream.cut or stream.buf
+            if (lost or more & _TURN_CUT or not cap_len or stream.cut or stream.buf
                     or stream.skip or stream.resync):
                 n = len(frames)
-                if stream.cut and not gap:
-                    lost = stream.turn_start(flags, lost)
-                if flags & EVF_TURN_CUT:        # the rest of this response turn is skipped
+                if stream.cut and not more & _CLEAN_GAP:
+                    lost = stream.turn_start(more >> _FLAGS_SHIFT, lost)
+                if more & _TURN_CUT:            # the rest of this response turn is skipped
                     stream.append(raw[h:h + cap_len], cap_len, ts, lost)
                     stream.cut_turn(ts)
                 elif not cap_len:

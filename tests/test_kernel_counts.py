@@ -160,3 +160,33 @@ def test_refused_records_count_on_their_link_only():
     tr.add_kernel_counts(CID, acct(refused=3))
     tr.add_kernel_counts(CID, acct(refused=5))
     assert [l.refused for l in links.links.values()] == [5]
+
+
+def test_feed_decoder_reads_the_header_fields():
+    """Tracker.feed decodes evt_data with a narrower view of the header's layout (fields
+    grouped into integers): every field it reads comes out as the full layout packs it."""
+    import random
+
+    import pytest
+
+    from pipeline import conntrack as C
+
+    rng = random.Random(3)
+    sizes = {f: s for f, (_, s) in DATA.offsets().items()}
+    for _ in range(200):
+        vals = {f: rng.choice([0, 1, (1 << 8 * sizes[f]) - 1, rng.getrandbits(8 * sizes[f])])
+                for f in DATA.fields}
+        raw = DATA.pack(**vals)
+        conn_id, ts, true_len, cap_len, lost, roles, more = C._DATA_VIEW.unpack_from(raw)
+        assert (conn_id, ts, true_len, cap_len, lost) == (
+            vals["conn_id"], vals["ts"], vals["true_len"], vals["cap_len"], vals["lost"])
+        assert roles & 255 == vals["direction"]
+        assert bool(roles & C._SOURCE) == bool(vals["source"])
+        assert more & C._LOST_MSGS == vals["lost_msgs"]
+        assert more >> C._FLAGS_SHIFT == vals["flags"]
+        assert bool(more & C._CLEAN_GAP) == bool(vals["flags"] & DEFINES["EVF_CLEAN_GAP"])
+        assert bool(more & C._TURN_CUT) == bool(vals["flags"] & DEFINES["EVF_TURN_CUT"])
+    with pytest.raises(ValueError):
+        DATA.view(("ts", "lost"))             # not adjacent
+    with pytest.raises(ValueError):
+        DATA.view("lost", "ts")               # out of order
