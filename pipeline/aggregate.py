@@ -14,6 +14,7 @@ from math import log as _log
 
 from pipeline.sketch import INV_LOG_GAMMA, MAX_KEY, MAX_NS, quantiles
 from pipeline.stream import StreamStats
+from protocol import registry
 from protocol.base import ERR_CLIENT, ERR_SERVER
 
 PERCENTILES = (0.5, 0.9, 0.99)      # latency_p50, latency_p90, latency_p99 (pipeline/sketch.py)
@@ -194,12 +195,17 @@ class Link:
     __slots__ = ("key", "tgid", "client_ip", "server_ip", "server_port", "l4_role", "l7_role",
                  "protocol", "ssl", "bytes_sent", "bytes_recv", "segs_sent", "segs_recv",
                  "rpc", "apis", "last_active", "conns", "kernel_only", "stream_stats",
-                 "refused")
+                 "refused", "api_hash")
 
     def __init__(self, key, now):
         (self.tgid, self.client_ip, self.server_ip, self.server_port, self.l4_role,
          self.l7_role, self.protocol, self.ssl) = key
         self.key = key
+        # the kernel's hash of an API name, if the kernel counts this protocol's APIs
+        # itself (HTTP/1.x), else None
+        info = registry.BY_NAME.get(self.protocol)
+        proto = registry.protocol_for_id(info.proto_id) if info is not None else None
+        self.api_hash = proto.api_hash if proto is not None else None
         self.bytes_sent = self.bytes_recv = self.segs_sent = self.segs_recv = 0
         self.rpc = RpcStats()
         self.apis = {}
@@ -216,10 +222,11 @@ class Link:
     def add_record(self, rec):
         self.add_records((rec,))
 
-    def add_records(self, recs):
+    def add_records(self, recs, learn=None):
         """Count ``recs`` in the link's RpcStats and in their APIs' (add_all once per API;
         the APIs past MAX_APIS_PER_LINK and the records without one count in the link's
-        alone)."""
+        alone).  ``learn(api, self.api_hash)``, if given, is called for each API not in the
+        link's table (pipeline/conntrack.py Tracker.learn_api)."""
         rpc = self.rpc
         apis = self.apis
         groups = {}               # API -> its records in recs
@@ -232,6 +239,8 @@ class Link:
             g = groups.get(api)
             if g is None:
                 if api not in apis:
+                    if learn is not None:
+                        learn(api, self.api_hash)
                     if len(apis) >= Links.MAX_APIS_PER_LINK:
                         alone.append(rec)
                         continue

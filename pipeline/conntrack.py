@@ -102,15 +102,6 @@ class Conn:
         self.shed_wait = SHED_OK_AFTER if proto is not None and proto.kernel_sampled else 0
 
 
-def _count(counted, link, recs):
-    """``counted``: link -> its records of one stitch round, in the order they came."""
-    more = counted.get(link)
-    if more is None:
-        counted[link] = list(recs)
-    else:
-        more += recs
-
-
 class Tracker:
     def __init__(self, links: Links, record_sink=None, control_sink=None):
         self.links = links
@@ -405,13 +396,18 @@ class Tracker:
         # link -> its records, counted once per link at the end, in the order they came
         # (Link.add_records of all at once counts as of each in turn)
         counted = {}
+        get = counted.get
         try:
             for conn in conns:
                 rs, ps = conn.req_stream, conn.resp_stream
                 if conn.retire:
                     recs = self._retire_now(conn)
                     if recs:
-                        _count(counted, conn.link, recs)
+                        more = get(conn.link)
+                        if more is None:
+                            counted[conn.link] = list(recs)
+                        else:
+                            more += recs
                 proto = conn.proto
                 state = conn.state
                 try:
@@ -436,15 +432,19 @@ class Tracker:
                 if recs:
                     link = conn.link
                     link.last_active = now
-                    _count(counted, link, recs)
-                    if proto.api_hash is not None:
-                        self.learn_apis(recs, proto.api_hash)
+                    more = get(link)
+                    if more is None:
+                        counted[link] = list(recs)
+                    else:
+                        more += recs
                     if sink is not None:
                         for rec in recs:
                             sink(link, rec)
         finally:
+            learn = self.learn_api
             for link, recs in counted.items():
-                link.add_records(recs)
+                # the kernel's name of each HTTP API new to the link (learn_api)
+                link.add_records(recs, learn if link.api_hash is not None else None)
 
     def _retire_now(self, conn):
         """Pair what can be paired, then take the oldest requests that the kernel's
@@ -547,19 +547,16 @@ class Tracker:
             return None
         return delta
 
-    def learn_apis(self, recs, api_hash):
-        """The kernel knows an HTTP API by its hash: remember each new API name's, and queue
-        it for the kernel's map apis_known (the kernel marks an API it sent the first
-        request of as asked, and samples its next requests; see bpf/probe.c http_bytes)."""
+    def learn_api(self, api, api_hash):
+        """The kernel knows an HTTP API by its hash (``api_hash``, the protocol's): remember
+        a new API name's, and queue it for the kernel's map apis_known (the kernel marks an
+        API it sent the first request of as asked, and samples its next requests; see
+        bpf/probe.c http_bytes).  Called by Link.add_records for each API new to a link."""
         known = self.api_hashes
-        for rec in recs:
-            api = rec.api
-            if api is not None and api not in known:
-                if len(known) >= MAX_KNOWN_APIS:
-                    return
-                h = known[api] = api_hash(api)
-                self.api_names[h] = api
-                self.new_apis.append(h)
+        if api not in known and len(known) < MAX_KNOWN_APIS:
+            h = known[api] = api_hash(api)
+            self.api_names[h] = api
+            self.new_apis.append(h)
 
     def _finish(self, conn):
         if conn.peers:

@@ -190,3 +190,38 @@ def test_feed_decoder_reads_the_header_fields():
         DATA.view(("ts", "lost"))             # not adjacent
     with pytest.raises(ValueError):
         DATA.view("lost", "ts")               # out of order
+
+
+def test_http_apis_learned_once_each():
+    """Each HTTP API name the parsers see is handed to the kernel once (its hash queued in
+    new_apis, the name kept for the kernel's per-API counts), whichever link shows it first;
+    a link whose API table is full still learns the names of its records."""
+    from pipeline.aggregate import Links as L
+    from protocol.http.stitch import api_hash
+
+    tr = Tracker(Links())
+    recs = [open_rec(7), open_rec(8)]
+    # conn 8: another link (another server port)
+    recs[1] = OPEN.pack(type=DEFINES["EVT_OPEN"], tgid=10, conn_id=8, ts=1, fd=4, family=2,
+                        server_port=81, client_port=5001, l4_role=DEFINES["L4_SERVER"],
+                        l7_role=DEFINES["L7_SERVER"], proto=1, ssl=0,
+                        client_ip=b"\x7f\0\0\1" + b"\0" * 12,
+                        server_ip=b"\x7f\0\0\1" + b"\0" * 12)
+    ts = 10
+    for path in (b"/a", b"/b", b"/a?x=1", b"/c"):
+        for cid in (7, 8):
+            recs += [data(INGRESS, ts, req(path), cid=cid),
+                     data(EGRESS, ts + 1, resp(200), cid=cid)]
+            ts += 2
+    old = L.MAX_APIS_PER_LINK
+    L.MAX_APIS_PER_LINK = 2          # /c goes past both links' tables
+    try:
+        tr.feed(recs)
+        tr.stitch_dirty()
+    finally:
+        L.MAX_APIS_PER_LINK = old
+    names = ["GET /a", "GET /b", "GET /c"]
+    assert sorted(tr.new_apis) == sorted(api_hash(n) for n in names)
+    assert {tr.api_names[h] for h in tr.new_apis} == set(names)
+    assert all(len(link.apis) == 2 for link in tr.links.links.values())
+    assert [l.rpc.req for l in tr.links.links.values()] == [4, 4]

@@ -46,6 +46,9 @@ def _recv_exactly(sock, n):
         got += len(d)
 
 
+_LISTENING = []
+
+
 def play_connection(conn, host="127.0.0.1"):
     """Replay one connection; returns (client port, server port)."""
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -54,7 +57,9 @@ def play_connection(conn, host="127.0.0.1"):
     port = ls.getsockname()[1]
     cli = socket.create_connection((host, port), timeout=TIMEOUT)
     srv, _ = ls.accept()
-    ls.close()
+    # kept open until the process ends: no later connection of the run gets this server
+    # port (the tests tell the replayed files apart by it)
+    _LISTENING.append(ls)
     srv.settimeout(TIMEOUT)
     for s in (cli, srv):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
