@@ -892,3 +892,26 @@ def test_frames_made_inline():
         100 + i, 200 + i, "POST /a" if i % 5 == 0 else "GET /a",
         "POST" if i % 5 == 0 else "GET", "/a?i=%d" % i, "404" if i % 4 == 0 else "200",
         ERR_CLIENT if i % 4 == 0 else ERR_NONE)) for i in range(12)]
+
+
+def test_api_cache_equals_api_name():
+    """stitch caches API names by (method, target), and a target with a query by its path:
+    the same names as api_name of each request, whatever the cache held before."""
+    from protocol.http.parse import HttpParser
+    from protocol.http.stitch import _API_CACHE, api_name
+
+    rng = random.Random(5)
+    targets = ["/a", "/a?x=1", "/a?y", "/b?", "?q", "/a/b?c?d", "*", "/" + "l" * 80 + "?z"]
+    state = PROTOCOL.new_state()
+    rq = HttpParser(MessageType.REQUEST, state)
+    rs = HttpParser(MessageType.RESPONSE, state)
+    for round_ in range(3):
+        if round_ == 2:
+            _API_CACHE.clear()
+        picks = [(rng.choice(["GET", "PUT"]), rng.choice(targets)) for _ in range(40)]
+        reqs, resps = [], []
+        for i, (m, t) in enumerate(picks):
+            reqs.append(rq.parse(req(m, t), 0, 2 * i)[1])
+            resps.append(rs.parse(resp(200), 0, 2 * i + 1)[1])
+        got = [r.api for r in PROTOCOL.stitch(reqs, resps, state)]
+        assert got == [api_name(m, t) for m, t in picks]
