@@ -58,8 +58,8 @@ class Layout(NamedTuple):
     def view(self, *items):
         """A narrower decoder of this struct for a hot path: a ``struct.Struct`` whose values
         are ``items`` in order, the fields left out skipped.  An item is a field name, or a
-        tuple of adjacent fields read as one little-endian unsigned integer (the first
-        field in its lowest bytes; 1, 2, 4 or 8 bytes in all): fewer values to make and
+        tuple of adjacent integer fields read as one little-endian unsigned integer (the
+        first field in its lowest bytes; 2, 4 or 8 bytes in all): fewer values to make and
         test where the fields are zero in the common case.  The shift of each field of a
         tuple within its integer is ``8 * (offset - first offset)`` (see ``offsets``)."""
         offs = self.offsets()

@@ -396,18 +396,13 @@ class Tracker:
         # link -> its records, counted once per link at the end, in the order they came
         # (Link.add_records of all at once counts as of each in turn)
         counted = {}
-        get = counted.get
         try:
             for conn in conns:
                 rs, ps = conn.req_stream, conn.resp_stream
                 if conn.retire:
                     recs = self._retire_now(conn)
                     if recs:
-                        more = get(conn.link)
-                        if more is None:
-                            counted[conn.link] = list(recs)
-                        else:
-                            more += recs
+                        counted.setdefault(conn.link, []).extend(recs)
                 proto = conn.proto
                 state = conn.state
                 try:
@@ -432,11 +427,7 @@ class Tracker:
                 if recs:
                     link = conn.link
                     link.last_active = now
-                    more = get(link)
-                    if more is None:
-                        counted[link] = list(recs)
-                    else:
-                        more += recs
+                    counted.setdefault(link, []).extend(recs)
                     if sink is not None:
                         for rec in recs:
                             sink(link, rec)
